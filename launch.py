@@ -1,0 +1,84 @@
+r"""Entry point: parse flags, load the experiment file, train and evaluate.
+
+  python launch.py                                        # experiments/default.py, ./workdir
+  python launch.py --config experiments/default.py --workdir /tmp/run1
+  python launch.py --config.train.total_steps=200 --config.model.hidden='(64,32)'
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+
+def _fail(msg: str, code: int = 2) -> None:
+  print(f'error: {msg}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _unknown_field(e: Exception) -> None:
+  msg = str(e).strip('\'"').replace('\\n', ' ').replace("\\'", "'")
+  _fail(f'unknown config field in an override: {msg}')
+
+
+try:
+  # config_flags reads --config.* overrides from sys.argv already here, so a misspelt field
+  # raises at definition time.
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'experiments',
+                             'default.py'),
+      'Experiment file (a Python file with get_config); any field is overridable as '
+      '--config.section.field=value.', lock_config=True)
+except (AttributeError, KeyError) as err:
+  _unknown_field(err)
+_WORKDIR = flags.DEFINE_string('workdir', 'workdir',
+                               'Run directory: checkpoints, metrics.jsonl, tensorboard/, '
+                               'final_metrics.json. An existing one is resumed.')
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with bad experiment files and overrides reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}\n(pass --helpfull for the list of flags)')
+  except (AttributeError, KeyError) as e:  # unknown --config.x field: ml_collections suggests one
+    _unknown_field(e)
+  except (ValueError, TypeError) as e:
+    _fail(f'bad config override: {e}')
+  return []
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; flags take the form --name=value')
+  if not flags.FLAGS['verbosity'].present:
+    # orbax and grain log every save at INFO; the progress line and tables are printed anyway.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    config = _CONFIG.value
+    config.seed  # an experiment file that failed to load raises here  # pylint: disable=pointless-statement
+  except (IOError, OSError) as e:
+    _fail(f'cannot load the experiment given by --config ({flags.FLAGS["config"].serialize()}): '
+          f'{e.__cause__ or e}')
+  # Imported here so `--help` and flag errors do not pay for importing jax.
+  from onetrans_jax.errors import ConfigError, NonFiniteLossError
+  from onetrans_jax.schema import SchemaError
+  from onetrans_jax.train import train_and_evaluate
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except ConfigError as e:
+    _fail(f'config: {e}')
+  except SchemaError as e:
+    _fail(f'data: {e}')
+  except NonFiniteLossError as e:
+    _fail(str(e), code=3)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,56 @@
+"""orbax checkpoints of a whole run: train state, data-iterator position and evaluation state.
+
+Saving the grain iterator next to the model (MaxText style) is what makes a resume exact: the
+restarted run reads the very batches the uninterrupted run would have read. ``extra`` is a small
+JSON tree (next-batch evaluation buffers, per-day metrics) that the loop needs to continue.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, keep: int):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={
+            'state': ocp.StandardCheckpointHandler(),
+            'data': grain.checkpoint.CheckpointHandler(),
+            'extra': ocp.JsonCheckpointHandler(),
+        })
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iter: Any, extra: dict[str, Any]) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        extra=ocp.args.JsonSave(extra)))
+
+  def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]]:
+    """``abstract_state``: ShapeDtypeStructs carrying the target shardings."""
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter),
+        extra=ocp.args.JsonRestore()))
+    return out['state'], out['extra']
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_with_sharding(abstract: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)

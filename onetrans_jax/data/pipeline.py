@@ -1,0 +1,130 @@
+"""grain input pipeline: request index range -> (shuffle) -> per-process slice -> batches.
+
+One path for every dataset: a loader only provides a random-access source of request dicts in the
+batch contract (schema.py) and a chronological split into index ranges. The iterator is a grain
+``DatasetIterator`` whose state (a position) is saved in every checkpoint, so a resumed run reads
+exactly the batches it would have read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from onetrans_jax.errors import ConfigError
+from onetrans_jax.data import synthetic
+from onetrans_jax.schema import FeatureSchema
+
+
+class RequestSource(Protocol):
+  """What a dataset provides: ``source[i]`` is request ``i`` in the batch contract, unbatched."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class DataConfigError(ConfigError):
+  """A data config that cannot work; the message names the field."""
+
+
+class Dataset:
+  """A schema, a random-access source and the chronological split as index ranges."""
+
+  def __init__(self, schema: FeatureSchema, source: RequestSource, train: tuple[int, int],
+               eval: tuple[int, int], has_true_prob: bool):  # pylint: disable=redefined-builtin
+    self.schema, self.source = schema, source
+    self.train_range, self.eval_range = train, eval
+    self.has_true_prob = has_true_prob
+
+
+def _build_synthetic(cfg: ml_collections.ConfigDict) -> Dataset:
+  n_train, n_eval = int(cfg.num_train_requests), int(cfg.num_eval_requests)
+  if n_train < 1 or n_eval < 1:
+    raise DataConfigError('config.data.num_train_requests and config.data.num_eval_requests must '
+                          f'be >= 1, got {n_train} and {n_eval}')
+  fields = {f: cfg[f] for f in synthetic.SyntheticConfig.__dataclass_fields__
+            if f in cfg and f != 'num_requests'}
+  try:
+    scfg = synthetic.SyntheticConfig(num_requests=n_train + n_eval, **fields)
+  except ValueError as e:
+    raise DataConfigError(str(e)) from None
+  source = synthetic.SyntheticSource(scfg)
+  # Request time grows with the index: train on the past, evaluate on what follows.
+  return Dataset(source.schema, source, (0, n_train), (n_train, n_train + n_eval),
+                 has_true_prob=True)
+
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
+    'synthetic': _build_synthetic,
+}
+
+
+def build_dataset(cfg: ml_collections.ConfigDict) -> Dataset:
+  if cfg.name not in DATASETS:
+    raise DataConfigError(f'config.data.name={cfg.name!r} is not a known dataset; '
+                          f'choose one of {sorted(DATASETS)}')
+  return DATASETS[cfg.name](cfg)
+
+
+def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batch_size: int,
+                  shuffle: bool, seed: int, repeat: bool, validate: bool = True,
+                  num_threads: int = 2, worker_count: int = 0) -> grain.DatasetIterator:
+  """A checkpointable iterator over batches of ``global_batch_size / process_count`` requests.
+
+  Each process reads a disjoint strided slice of the index range (``ShardByJaxProcess`` style), so
+  multi-host runs need no coordination. ``repeat`` makes an endless stream of epochs (reshuffled
+  each epoch when ``shuffle``); without it the last batch may be short (callers pad it).
+  """
+  pc, pi = jax.process_count(), jax.process_index()
+  if global_batch_size % pc:
+    raise DataConfigError(f'config.data.batch_size={global_batch_size} must be divisible by the '
+                          f'number of processes ({pc})')
+  start, stop = index_range
+  ds = grain.MapDataset.range(start, stop)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat(None)
+  if pc > 1:
+    ds = ds.slice(slice(pi, None, pc))
+  ds = ds.map(dataset.source.__getitem__)
+  ds = ds.batch(global_batch_size // pc, drop_remainder=repeat)
+  if validate:
+    schema = dataset.schema
+
+    def check(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+      schema.check_batch(batch, where=f'{type(dataset.source).__name__} batch')
+      return batch
+
+    ds = ds.map(check)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+  if worker_count > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(it)
+
+
+def pad_requests(batch: Mapping[str, Any], num_requests: int) -> dict[str, Any]:
+  """Pad a short (final eval) batch to ``num_requests`` with fully masked copies of request 0.
+
+  Padded requests have ``cand/mask`` all False, so they never reach a loss or a metric, and the
+  jitted step keeps one static shape.
+  """
+  r = batch['cand']['mask'].shape[0]
+  if r == num_requests:
+    return dict(batch)
+  if r > num_requests:
+    raise ValueError(f'batch has {r} requests, more than {num_requests}')
+
+  def pad(x: np.ndarray) -> np.ndarray:
+    fill = np.repeat(x[:1], num_requests - r, axis=0)
+    return np.concatenate([x, fill], axis=0)
+
+  out = jax.tree.map(pad, dict(batch))
+  out['cand']['mask'][r:] = False
+  return out

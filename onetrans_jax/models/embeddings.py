@@ -1,0 +1,89 @@
+"""Feature embeddings shared by every model: one table per vocabulary, numeric projections.
+
+All embedding tables live under the top-level module name ``embeddings`` (``EMBEDDINGS``): the
+optimizer gives that subtree the sparse optimizer (Adagrad, SPEC A.8) and the parameter count
+leaves it out ("Params = dense parameters, no embedding tables").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from onetrans_jax.schema import FeatureSchema
+
+EMBEDDINGS = 'embeddings'
+
+
+class FeatureEmbeddings(nn.Module):
+  """Embedding tables keyed by vocabulary; features that share a vocabulary share its table."""
+  schema: FeatureSchema
+  dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.normal(stddev=0.05)
+    self.tables = {
+        v.name: self.param(v.name, init, (v.size, self.dim), self.param_dtype)
+        for v in self.schema.vocabularies
+    }
+
+  def _lookup(self, ids: jnp.ndarray, vocabs: list[str]) -> jnp.ndarray:
+    """ids [..., n] with column j in vocabulary vocabs[j] -> [..., n, dim]."""
+    cols = [jnp.take(self.tables[v], ids[..., j], axis=0) for j, v in enumerate(vocabs)]
+    return jnp.stack(cols, axis=-2).astype(self.dtype)
+
+  def request(self, batch: Mapping[str, Any]) -> jnp.ndarray:
+    """[R, F_u, dim] user and context categorical features."""
+    return self._lookup(batch['request']['cat'], [f.vocab for f in self.schema.request_categorical])
+
+  def candidates(self, batch: Mapping[str, Any]) -> jnp.ndarray:
+    """[R, C, F_c, dim] candidate categorical features."""
+    return self._lookup(batch['cand']['cat'], [f.vocab for f in self.schema.candidate_categorical])
+
+  def sequence(self, batch: Mapping[str, Any], name: str) -> jnp.ndarray:
+    """[R, L, 1 + S, dim]: the item id and the side features of every event."""
+    s = self.schema.sequence(name)
+    return self._lookup(batch['seq'][name]['ids'], [s.item_vocab] + [v for _, v in s.side_features])
+
+  def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        'request': self.request(batch),
+        'cand': self.candidates(batch),
+        'seq': {s.name: self.sequence(batch, s.name) for s in self.schema.sequences},
+    }
+
+
+class NumericEmbedding(nn.Module):
+  """Numeric feature i -> x_i * w_i + b_i, a width-``dim`` token per feature (stacked weights).
+
+  A per-feature affine map keeps each numeric feature its own token, like a categorical one,
+  without bucket boundaries to choose; loaders standardise the values (a log for counts, a z-score).
+  """
+  num_features: int
+  dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """x [..., n] -> [..., n, dim]."""
+    w = self.param('w', nn.initializers.normal(0.05), (self.num_features, self.dim),
+                   self.param_dtype)
+    b = self.param('b', nn.initializers.zeros, (self.num_features, self.dim), self.param_dtype)
+    x = x.astype(self.dtype)
+    return x[..., None] * w.astype(self.dtype) + b.astype(self.dtype)
+
+
+def masked_mean(x: jnp.ndarray, mask: jnp.ndarray, axis: int) -> jnp.ndarray:
+  """Mean over ``axis`` of the valid entries; an all-padding (empty) sequence gives zeros, not NaN."""
+  m = mask.astype(x.dtype)
+  while m.ndim < x.ndim:
+    m = m[..., None]
+  total = jnp.sum(x * m, axis=axis)
+  count = jnp.sum(m, axis=axis)
+  return total / jnp.maximum(count, 1.0)

@@ -1,0 +1,122 @@
+"""What a run shows: the progress line, metrics.jsonl, TensorBoard events and the final table.
+
+Only process 0 writes files. Every record in ``metrics.jsonl`` is one JSON object with ``step``,
+``split`` ('train', 'eval', 'next_batch', 'final') and flat scalar fields, e.g. ``click/auc``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from absl import logging
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
+  out: dict[str, float] = {}
+  for k, v in metrics.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, Mapping):
+      out.update(flatten(v, key + '/'))
+    else:
+      out[key] = float(v)
+  return out
+
+
+class MetricWriter:
+  """JSONL + TensorBoard (tensorboardX) under the workdir, appended across resumes."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      from tensorboardX import SummaryWriter  # local: only process 0 pays the import
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    flat = flatten(scalars)
+    record = {'step': int(step), 'split': split}
+    record.update({k: (None if math.isnan(v) else v) for k, v in flat.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for k, v in flat.items():
+      if not math.isnan(v):
+        self._tb.add_scalar(f'{split}/{k}', v, int(step))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _hms(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class Progress:
+  """Throughput and ETA measured from this process's (re)start, so the ETA survives a resume."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total_steps = total_steps
+    self.start_step = start_step
+    self.t0 = time.perf_counter()
+    self.last_t, self.last_step, self.examples = self.t0, start_step, 0.0
+
+  def update(self, step: int, examples: float) -> dict[str, float]:
+    """Call at a log step with the real impressions seen since the last call."""
+    now = time.perf_counter()
+    self.examples += examples
+    rate = examples / max(now - self.last_t, 1e-9)
+    steps_per_s = (step - self.start_step) / max(now - self.t0, 1e-9)
+    eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+    self.last_t, self.last_step = now, step
+    return {'examples_per_s': rate, 'elapsed_s': now - self.t0, 'eta_s': eta}
+
+  def line(self, step: int, loss: float, stats: Mapping[str, float]) -> str:
+    return (f'step {step}/{self.total_steps} | loss {loss:.4f} | '
+            f'{stats["examples_per_s"]:,.0f} ex/s | elapsed {_hms(stats["elapsed_s"])} | '
+            f'ETA {_hms(stats["eta_s"])}')
+
+
+COLUMNS = (('auc', 'AUC'), ('uauc', 'UAUC'), ('logloss', 'logloss'),
+           ('const_logloss', 'const logloss'), ('oracle_auc', 'oracle AUC'),
+           ('oracle_uauc', 'oracle UAUC'), ('count', 'impressions'),
+           ('positive_rate', 'pos rate'))
+
+
+def format_table(metrics: Mapping[str, Mapping[str, float]], task_names: Sequence[str],
+                 title: str) -> str:
+  """Plain-text table, one row a task; columns absent from every task are left out."""
+  cols = [(k, h) for k, h in COLUMNS if any(k in metrics.get(t, {}) for t in task_names)]
+  rows = [['task'] + [h for _, h in cols]]
+  for t in task_names:
+    row = [t]
+    for k, _ in cols:
+      v = metrics.get(t, {}).get(k, float('nan'))
+      row.append(f'{int(v):,}' if k == 'count' and not math.isnan(v) else f'{v:.4f}')
+    rows.append(row)
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = [title]
+  for i, r in enumerate(rows):
+    lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in
+                           enumerate(zip(r, widths))))
+    if i == 0:
+      lines.append('  '.join('-' * w for w in widths))
+  return '\n'.join(lines)
+
+
+def log(msg: str) -> None:
+  """Progress and tables go to stdout (what a user watches) and to the absl log."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+  logging.info(msg)

@@ -1,0 +1,56 @@
+"""launch.py as a user meets it: one clear line for every bad input, a table for a good run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SMALL = ['--config.data.num_users=100', '--config.data.num_items=200',
+         '--config.data.num_categories=8', '--config.data.click_len=8', '--config.data.cart_len=4',
+         '--config.data.order_len=2', '--config.data.num_candidates=4',
+         '--config.data.min_candidates=2', '--config.data.num_eval_requests=64',
+         '--config.data.batch_size=8', '--config.train.total_steps=4', '--config.train.log_every=2',
+         '--config.model.hidden=(16,)']
+
+
+def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, 'launch.py', f'--workdir={workdir}', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=experiments/nope.py'], 'cannot load the experiment given by --config'),
+    (['--config.model.hiden=(8,)'], 'unknown config field in an override: .*hidden'),
+    (['--config.train.total_steps=ten'], 'config.train.total_steps=ten'),
+    (['--config.eval.mode=weekly'], "config: config.eval.mode='weekly'"),
+    (['--config.data.batch_size=0'], 'config.data.batch_size=0'),
+    (['--config.model.name=transformer'], "config.model.name='transformer' is not a known model"),
+    (['--config.data.min_candidates=99'], 'config.data.min_candidates'),
+    (['extra_positional'], 'unexpected arguments'),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+  proc = _launch(*args, workdir=str(tmp_path))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  import re
+  assert re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_good_run_prints_table_and_resumes(tmp_path):
+  proc = _launch(*SMALL, workdir=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'step 4/4' in proc.stdout and 'oracle AUC' in proc.stdout
+  assert (tmp_path / 'final_metrics.json').exists()
+  # Same workdir, more steps: resumes from step 4 instead of starting over.
+  proc = _launch(*SMALL[:-3], '--config.train.total_steps=6', '--config.train.log_every=2',
+                 '--config.model.hidden=(16,)', workdir=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'resumed from' in proc.stdout and 'at step 4' in proc.stdout
+  assert 'step 6/6' in proc.stdout and 'step 2/6' not in proc.stdout
+  assert 'the config differs' in proc.stdout

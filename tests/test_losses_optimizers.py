@@ -1,0 +1,79 @@
+"""Loss populations and the sparse/dense optimizer split (SPEC A.8)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from onetrans_jax.errors import ConfigError
+from onetrans_jax.losses import multitask_bce
+from onetrans_jax.optimizers import count_params, make_optimizer, param_labels
+
+
+def _bce(z, y):
+  p = 1 / (1 + np.exp(-z))
+  return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def test_multitask_bce_populations():
+  logits = np.array([[[0.5, -1.0], [2.0, 0.3], [-0.7, 1.1]]], np.float32)
+  labels = np.array([[[1, 1], [0, 0], [1, 0]]], np.float32)
+  mask = np.array([[True, True, False]])  # the third candidate is padding
+  total, per_task = multitask_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
+                                  (-1, 0), (1.0, 2.0))
+  ctr = (_bce(0.5, 1) + _bce(2.0, 0)) / 2          # all real impressions
+  cvr = _bce(-1.0, 1)                               # clicked impressions only
+  np.testing.assert_allclose(per_task, [ctr, cvr], rtol=1e-5)
+  np.testing.assert_allclose(total, ctr + 2 * cvr, rtol=1e-5)
+  # No clicked impression: the conditional task contributes 0, not NaN.
+  _, per_task = multitask_bce(jnp.asarray(logits), jnp.zeros_like(labels), jnp.asarray(mask),
+                              (-1, 0), (1.0, 1.0))
+  assert float(per_task[1]) == 0.0
+
+
+def _opt_config(**dense):
+  c = ml_collections.ConfigDict()
+  c.clip_global_norm = None
+  c.sparse = ml_collections.ConfigDict(dict(name='adagrad', learning_rate=0.1,
+                                            initial_accumulator_value=1.0))
+  c.dense = ml_collections.ConfigDict(dict(name='rmsprop', learning_rate=0.005, decay=0.99999,
+                                           initial_scale=0.0, bias_correction=True, **dense))
+  return c
+
+
+def test_embeddings_get_adagrad_dense_gets_rmsprop():
+  params = {'embeddings': {'item': jnp.ones((3, 2))}, 'mlp_0': {'kernel': jnp.ones((2, 2))}}
+  assert param_labels(params) == {'embeddings': {'item': 'sparse'}, 'mlp_0': {'kernel': 'dense'}}
+  tx = make_optimizer(_opt_config())
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adagrad, lr 0.1, accumulator 1.0: -0.1 * 0.5 / sqrt(1 + 0.25).
+  np.testing.assert_allclose(updates['embeddings']['item'], -0.1 * 0.5 / np.sqrt(1.25), rtol=1e-5)
+  # RMSProp with bias correction: first step moves by lr * sign(g).
+  np.testing.assert_allclose(updates['mlp_0']['kernel'], -0.005, rtol=1e-3)
+  assert count_params(params) == {'dense': 4, 'sparse': 6}
+
+
+def test_clipping_and_config_errors():
+  c = _opt_config()
+  c.clip_global_norm = 1.0
+  tx = make_optimizer(c)
+  params = {'embeddings': {'item': jnp.zeros((2,))}, 'w': jnp.zeros((2,))}
+  grads = {'embeddings': {'item': jnp.array([30.0, 40.0])}, 'w': jnp.zeros((2,))}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Clipped to norm 1 first: g = (0.6, 0.8).
+  expected = -0.1 * np.array([0.6, 0.8]) / np.sqrt(1 + np.array([0.36, 0.64]))
+  np.testing.assert_allclose(updates['embeddings']['item'], expected, rtol=1e-5)
+  c = _opt_config()
+  c.dense.name = 'lamb'
+  with pytest.raises(ConfigError, match=r'config.optimizer.dense.name=.lamb.'):
+    make_optimizer(c)
+  c = _opt_config()
+  c.dense.decay = 1.0
+  with pytest.raises(ConfigError, match=r'config.optimizer.dense.decay must be in \(0, 1\)'):
+    make_optimizer(c)
+  assert isinstance(make_optimizer(_opt_config()), optax.GradientTransformation)
