@@ -4,7 +4,9 @@ r"""Entry point: parse flags, load the experiment file, train and evaluate.
   python launch.py --config experiments/default.py --workdir /tmp/run1
   python launch.py --config.train.total_steps=200 --config.model.hidden='(64,32)'
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint. An experiment file with a
+``config.sweep`` section (e.g. experiments/onetrans_rq2_ablation.py) trains all its variants and
+prints one comparison table.
 """
 
 from __future__ import annotations
@@ -69,9 +71,13 @@ def main(argv: list[str]) -> None:
   # Imported here so `--help` and flag errors do not pay for importing jax.
   from onetrans_jax.errors import ConfigError, NonFiniteLossError
   from onetrans_jax.schema import SchemaError
+  from onetrans_jax.sweep import run_sweep
   from onetrans_jax.train import train_and_evaluate
   try:
-    train_and_evaluate(config, _WORKDIR.value)
+    if 'sweep' in config:  # an experiment of several variants x seeds, printing one table
+      run_sweep(config, _WORKDIR.value)
+    else:
+      train_and_evaluate(config, _WORKDIR.value)
   except ConfigError as e:
     _fail(f'config: {e}')
   except SchemaError as e:

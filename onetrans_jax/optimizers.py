@@ -1,6 +1,6 @@
 """The paper's optimizer split (SPEC A.8): Adagrad for embedding tables, RMSProp for the rest.
 
-``optax.multi_transform`` routes each parameter by its path: everything under the top-level
+``optax.multi_transform`` routes each parameter by its path: everything under an
 ``embeddings`` module is "sparse", everything else "dense". Global-norm clipping runs first over all
 gradients together.
 
@@ -28,10 +28,10 @@ class OptimizerConfigError(ConfigError):
 
 
 def param_labels(params: Any) -> Any:
-  """'sparse' for every leaf under the embeddings module, 'dense' for the rest."""
+  """'sparse' for every leaf under a module named ``embeddings`` (at any depth), else 'dense'."""
   def label(path, _):
-    top = path[0].key if hasattr(path[0], 'key') else str(path[0])
-    return 'sparse' if top == EMBEDDINGS else 'dense'
+    keys = [getattr(p, 'key', None) for p in path]
+    return 'sparse' if EMBEDDINGS in keys else 'dense'
   return jax.tree_util.tree_map_with_path(label, params)
 
 

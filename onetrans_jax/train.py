@@ -28,7 +28,7 @@ import optax
 from onetrans_jax import checkpointing, metrics as metrics_lib, reporting, sharding
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
-from onetrans_jax.losses import multitask_bce
+from onetrans_jax.losses import LOSS_MODES, multitask_bce
 from onetrans_jax.models import build_model
 from onetrans_jax.optimizers import count_params, make_optimizer
 from onetrans_jax.schema import FeatureSchema, label_weights
@@ -128,7 +128,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   schema = dataset.schema
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
-  weights = task_weights(config.get('loss', ml_collections.ConfigDict()), schema)
+  loss_cfg = config.get('loss', ml_collections.ConfigDict())
+  weights = task_weights(loss_cfg, schema)
+  loss_mode = loss_cfg.get('mode', 'conditional')
+  if loss_mode not in LOSS_MODES:
+    raise ConfigError(f'config.loss.mode={loss_mode!r}: choose one of {list(LOSS_MODES)}')
   parents = schema.task_parents
   mesh = sharding.make_mesh(config.mesh)
   batch_shd, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -173,7 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def loss_fn(params, batch):
     logits = model.apply({'params': params}, batch, train=True)
-    loss, per_task = multitask_bce(logits, batch['labels'], batch['cand']['mask'], parents, weights)
+    loss, per_task = multitask_bce(logits, batch['labels'], batch['cand']['mask'], parents, weights,
+                                   loss_mode)
     return loss, per_task
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:

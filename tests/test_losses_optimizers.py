@@ -77,3 +77,20 @@ def test_clipping_and_config_errors():
   with pytest.raises(ConfigError, match=r'config.optimizer.dense.decay must be in \(0, 1\)'):
     make_optimizer(c)
   assert isinstance(make_optimizer(_opt_config()), optax.GradientTransformation)
+
+
+def test_esmm_trains_the_joint_probability_on_all_impressions():
+  logits = np.array([[[0.5, -1.0, 0.2], [2.0, 0.3, -0.4]]], np.float32)
+  labels = np.array([[[1, 1, 0], [0, 0, 0]]], np.float32)
+  mask = np.array([[True, True]])
+  _, per_task = multitask_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
+                              (-1, 0, 1), (1.0, 1.0, 1.0), mode='esmm')
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  p = sig(logits[0])
+  joint = np.stack([p[:, 0], p[:, 0] * p[:, 1], p[:, 0] * p[:, 1] * p[:, 2]], -1)
+  y = labels[0]
+  expected = -(y * np.log(joint) + (1 - y) * np.log(1 - joint)).mean(0)
+  np.testing.assert_allclose(per_task, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="loss mode 'focal'"):
+    multitask_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask), (-1, 0, 1),
+                  (1.0, 1.0, 1.0), mode='focal')

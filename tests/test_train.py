@@ -93,6 +93,10 @@ def test_inconsistent_configs(config, tmp_path):
   with pytest.raises(ConfigError, match='config.data.batch_size=0'):
     train_and_evaluate(config, str(tmp_path))
   config.data.batch_size = 16
+  config.loss.mode = 'focal'
+  with pytest.raises(ConfigError, match="config.loss.mode='focal'"):
+    train_and_evaluate(config, str(tmp_path))
+  config.loss.mode = 'esmm'
   config.loss.task_weights = (1.0, 2.0)
   with pytest.raises(ConfigError, match='task_weights has 2 entries for 3 tasks'):
     train_and_evaluate(config, str(tmp_path))

@@ -7,12 +7,18 @@ module and config, never in the data path or the training loop.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import pyramid, tokenizer
+from onetrans_jax.models.attention import IMPLEMENTATIONS
+from onetrans_jax.models.onetrans import REMAT_POLICIES, OneTrans
+from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
 from onetrans_jax.models.pooled_mlp import ACTIVATIONS, PooledMLP
 from onetrans_jax.schema import FeatureSchema
 
@@ -43,8 +49,87 @@ def _pooled_mlp(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Mod
                    activation=cfg.activation, dtype=_dtype(cfg))
 
 
+def _choice(cfg: ml_collections.ConfigDict, field: str, choices) -> Any:
+  value = cfg.get(field)
+  if value not in choices:
+    raise ModelConfigError(f'config.model.{field}={value!r}: choose one of {list(choices)}')
+  return value
+
+
+def _positive(cfg: ml_collections.ConfigDict, *fields: str) -> None:
+  for f in fields:
+    if not isinstance(cfg.get(f), int) or cfg.get(f) < 1:
+      raise ModelConfigError(f'config.model.{f} must be a positive integer, got {cfg.get(f)!r}')
+
+
+def onetrans_layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema
+                    ) -> tuple[int, int, tuple[int, ...]]:
+  """(L_S, L_NS, pyramid schedule) of a OneTrans config: static Python ints."""
+  merge = _choice(cfg, 'seq_merge', tokenizer.SEQ_MERGES)
+  use_sep = cfg.get('use_sep', None)
+  if use_sep is None:
+    use_sep = merge == 'timestamp_agnostic'
+  if use_sep and merge != 'timestamp_agnostic':
+    raise ModelConfigError('config.model.use_sep=True needs config.model.seq_merge='
+                           "'timestamp_agnostic' ([SEP] tokens separate concatenated sequences)")
+  l_s = tokenizer.merged_length(schema, merge, use_sep)
+  l_ns = int(cfg.num_ns_tokens)
+  total = l_s + l_ns
+  layers = int(cfg.num_layers)
+  if cfg.get('pyramid_schedule', None) is not None:
+    if not cfg.get('pyramid', True):
+      raise ModelConfigError('config.model.pyramid_schedule is set but config.model.pyramid is '
+                             'False; drop the schedule or enable the pyramid')
+    sched = pyramid.check_schedule(cfg.pyramid_schedule, total, l_ns, layers)
+  elif cfg.get('pyramid', True):
+    sched = pyramid.linear_schedule(total, l_ns, layers, int(cfg.get('pyramid_multiple', 32)))
+  else:
+    sched = (total,) * (layers - 1) + (l_ns,)  # no pruning; the last layer queries the NS tokens
+  return l_s, l_ns, sched
+
+
+def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Module:
+  _positive(cfg, 'width', 'num_heads', 'num_layers', 'num_ns_tokens', 'embed_dim', 'ffn_mult')
+  if cfg.width % cfg.num_heads:
+    raise ModelConfigError(f'config.model.num_heads={cfg.num_heads} must divide '
+                           f'config.model.width={cfg.width}')
+  _choice(cfg, 'activation', FFN_ACTIVATIONS)
+  ns_tok = _choice(cfg, 'ns_tokenizer', tokenizer.NS_TOKENIZERS)
+  sharing = _choice(cfg, 'param_sharing', ('mixed', 'shared'))
+  attention = _choice(cfg, 'attention', ('causal', 'full'))
+  impl = _choice(cfg, 'attention_impl', IMPLEMENTATIONS)
+  remat = _choice(cfg, 'remat', REMAT_POLICIES)
+  groups = cfg.get('ns_groups', None)
+  if groups is not None:
+    if ns_tok != 'group_wise':
+      raise ModelConfigError("config.model.ns_groups is set but config.model.ns_tokenizer is not "
+                             "'group_wise'")
+    groups = tuple(tuple(g) for g in groups)
+    tokenizer.check_groups(schema, groups, cfg.num_ns_tokens)
+  elif ns_tok == 'group_wise':
+    tokenizer.default_groups(schema, cfg.num_ns_tokens)  # raises if too few features
+  if impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ModelConfigError("config.model.attention_impl='cudnn' needs a GPU (this backend is "
+                           f"{jax.default_backend()!r}); use 'xla'")
+  l_s, l_ns, sched = onetrans_layout(cfg, schema)
+  order = cfg.get('agnostic_order', None)
+  if order is not None:
+    tokenizer.agnostic_order(schema, order)
+  return OneTrans(
+      schema, width=cfg.width, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+      num_ns_tokens=l_ns, schedule=sched, embed_dim=cfg.embed_dim, ffn_mult=cfg.ffn_mult,
+      activation=cfg.activation, ns_tokenizer=ns_tok, ns_groups=groups,
+      ns_hidden=int(cfg.get('ns_hidden', 0)), seq_merge=cfg.seq_merge,
+      use_sep=l_s > sum(sq.max_len for sq in schema.sequences),
+      seq_order=None if order is None else tuple(order),
+      time_gap_buckets=int(cfg.get('time_gap_buckets', 0)), shared_params=sharing == 'shared',
+      causal=attention == 'causal', attention_impl=impl, remat=remat,
+      head_hidden=int(cfg.get('head_hidden', 0)), dtype=_dtype(cfg))
+
+
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, FeatureSchema], nn.Module]] = {
     'pooled_mlp': _pooled_mlp,
+    'onetrans': _onetrans,
 }
 
 

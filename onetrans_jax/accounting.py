@@ -1,0 +1,105 @@
+r"""Parameter and FLOP accounting, as the paper counts (SPEC A.8, A.9).
+
+"Params" = dense parameters (embedding tables excluded). FLOPs are analytic matmul FLOPs
+(2 per multiply-add) of the reference per-candidate pass; training = 3 x forward (forward, plus
+two matmuls of the same size per weight in the backward pass). Attention scores are counted over
+the full L' x L rectangle of each layer (no credit for the causal triangle). Elementwise work
+(norms, softmax, activations) is left out. The paper's own FLOP convention is unknown (SPEC A.9):
+compare ratios and orderings, not absolute TFLOPs. ``xla_flops`` gives XLA's count of the compiled
+computation beside it.
+
+  python -m onetrans_jax.accounting --config experiments/onetrans_s.py
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+
+from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.models.tokenizer import default_groups, ns_feature_names
+from onetrans_jax.optimizers import count_params
+from onetrans_jax.schema import FeatureSchema
+
+PAPER_BATCH = 2048  # "TFLOPs = training compute for a batch of 2048" (SPEC A.8)
+
+
+def dense_params(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[str, int]:
+  """Dense and embedding parameter counts from shapes alone (no memory is allocated)."""
+  from onetrans_jax.train import dummy_batch  # local: train imports this module's users
+  model = build_model(model_cfg, schema)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
+  return count_params(params)
+
+
+def onetrans_forward_flops(cfg: ml_collections.ConfigDict,
+                           schema: FeatureSchema) -> dict[str, float]:
+  """Analytic forward matmul FLOPs per candidate of a OneTrans config, by component."""
+  d, e, m = cfg.width, cfg.embed_dim, cfg.ffn_mult
+  l_s, l_ns, sched = onetrans_layout(cfg, schema)
+  out = {'tokenizer': 0.0, 'attention_proj': 0.0, 'attention_scores': 0.0, 'ffn': 0.0, 'head': 0.0}
+  for seq in schema.sequences:  # per-sequence 2-layer MLP over every event
+    out['tokenizer'] += 2.0 * seq.max_len * ((1 + len(seq.side_features)) * e * d + d * d)
+  n_feat = len(ns_feature_names(schema))
+  if cfg.ns_tokenizer == 'auto_split':
+    hidden = cfg.get('ns_hidden', 0) or l_ns * d
+    out['tokenizer'] += 2.0 * (n_feat * e * hidden + hidden * l_ns * d)
+  else:
+    groups = cfg.get('ns_groups', None) or default_groups(schema, l_ns)
+    width = max(len(g) for g in groups) * e
+    hidden = cfg.get('ns_hidden', 0) or d
+    out['tokenizer'] += 2.0 * l_ns * (width * hidden + hidden * d)
+  keys = l_s + l_ns
+  for queries in sched:
+    out['attention_proj'] += 2.0 * (keys * d * 2 * d + queries * d * d * 2)  # K,V all; Q,O tail
+    out['attention_scores'] += 2.0 * 2 * queries * keys * d                  # QK^T and AV
+    out['ffn'] += 2.0 * queries * 2 * d * m * d
+    keys = queries
+  head = cfg.get('head_hidden', 0) or d
+  out['head'] = 2.0 * schema.num_tasks * (d * head + head)
+  out['total'] = sum(out.values())
+  return out
+
+
+def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
+  return 3.0 * onetrans_forward_flops(cfg, schema)['total']
+
+
+def xla_flops(fn: Callable[..., Any], *args: Any) -> float:
+  """XLA's FLOP count of ``fn`` compiled for ``args`` (cost analysis of the optimised HLO)."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get('flops', float('nan')))
+
+
+def report(config: ml_collections.ConfigDict) -> str:
+  from onetrans_jax.data import pipeline
+  schema = pipeline.build_dataset(config.data).schema
+  counts = dense_params(config.model, schema)
+  lines = [f'model {config.model.name}: dense params {counts["dense"] / 1e6:.2f}M, '
+           f'embedding params {counts["sparse"] / 1e6:.2f}M']
+  if config.model.name == 'onetrans':
+    f = onetrans_forward_flops(config.model, schema)
+    _, _, sched = onetrans_layout(config.model, schema)
+    lines.append(f'pyramid schedule {sched}')
+    lines.append('forward GFLOPs per example: ' + ', '.join(
+        f'{k} {v / 1e9:.3f}' for k, v in f.items()))
+    lines.append(f'training TFLOPs per batch of {PAPER_BATCH}: '
+                 f'{3 * f["total"] * PAPER_BATCH / 1e12:.2f}')
+  return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  print(report(_CONFIG.value))
+
+
+if __name__ == '__main__':
+  from absl import app
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file.')
+  app.run(main)

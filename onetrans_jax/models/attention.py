@@ -1,0 +1,55 @@
+"""Tail-query attention masks and the attention call (SPEC A.3, A.5, A.7).
+
+With L keys and Q queries (the last Q tokens), query row r sits at absolute position
+p = L - Q + r and, under the causal mask, may attend to keys j <= p. Padding keys (left-padded S
+tokens) are masked out; every query keeps its own key so that a padding query's row is never empty
+(its output is discarded: no valid token attends to a padding key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ('xla', 'cudnn')
+
+
+def tail_causal(num_keys: int, num_queries: int) -> np.ndarray:
+  """Static [Q, L] bool: query r (absolute position L - Q + r) sees keys j <= its position."""
+  pos = num_keys - num_queries + np.arange(num_queries)
+  return np.arange(num_keys)[None, :] <= pos[:, None]
+
+
+def attention_mask(key_valid: jnp.ndarray, num_queries: int, causal: bool) -> jnp.ndarray:
+  """key_valid [B, L] -> [B, 1, Q, L] bool mask for ``jax.nn.dot_product_attention``."""
+  num_keys = key_valid.shape[-1]
+  own = np.zeros((num_queries, num_keys), bool)
+  own[np.arange(num_queries), num_keys - num_queries + np.arange(num_queries)] = True
+  visible = key_valid[:, None, None, :]
+  if causal:
+    visible = visible & tail_causal(num_keys, num_queries)[None, None]
+  return visible | own[None, None]
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
+           implementation: str = 'xla') -> jnp.ndarray:
+  """q [B, Q, H, Dh], k/v [B, L, H, Dh], mask [B, 1, Q, L] -> [B, Q, H, Dh].
+
+  ``implementation='cudnn'`` selects cuDNN flash attention (GPU, bf16/fp16); the tail-offset causal
+  mask is passed as an explicit mask because ``is_causal`` assumes aligned query/key positions.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation {implementation!r}: choose one of {IMPLEMENTATIONS}')
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def reference_attention(q: Any, k: Any, v: Any, mask: Any) -> jnp.ndarray:
+  """Plain softmax(QK^T / sqrt(Dh)) V with the mask, in float32: the test oracle."""
+  q, k, v = (jnp.asarray(x, jnp.float32) for x in (q, k, v))
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+  logits = jnp.where(mask, logits, -1e30)
+  w = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum('bhqk,bkhd->bqhd', w, v)
