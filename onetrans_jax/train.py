@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from onetrans_jax import checkpointing, metrics as metrics_lib, reporting, sharding
+from onetrans_jax import accounting, checkpointing, metrics as metrics_lib, reporting, sharding
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
 from onetrans_jax.losses import LOSS_MODES, multitask_bce
@@ -172,8 +172,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_shd = jax.tree.map(lambda _: repl, abstract_state)
   state = jax.jit(init_state, out_shardings=state_shd)(rng)
   counts = count_params(state.params)
+  flops = ''
+  if config.model.name == 'onetrans':
+    per_example = accounting.training_flops_per_example(config.model, schema)
+    flops = (f', {per_example / 1e9:.3f} training GFLOPs per example '
+             f'({per_example * accounting.PAPER_BATCH / 1e12:.3f} TFLOPs per batch of '
+             f'{accounting.PAPER_BATCH}), pyramid {model.schedule}')
   reporting.log(f'model {config.model.name}: {counts["dense"]:,} dense parameters, '
-                f'{counts["sparse"]:,} embedding parameters; mesh {dict(mesh.shape)}')
+                f'{counts["sparse"]:,} embedding parameters{flops}; mesh {dict(mesh.shape)}')
 
   def loss_fn(params, batch):
     logits = model.apply({'params': params}, batch, train=True)

@@ -84,7 +84,7 @@ def onetrans_layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema
   elif cfg.get('pyramid', True):
     sched = pyramid.linear_schedule(total, l_ns, layers, int(cfg.get('pyramid_multiple', 32)))
   else:
-    sched = (total,) * (layers - 1) + (l_ns,)  # no pruning; the last layer queries the NS tokens
+    sched = (total,) * layers  # the paper's "no pyramid" row: every layer at full length
   return l_s, l_ns, sched
 
 

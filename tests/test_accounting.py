@@ -1,0 +1,58 @@
+"""Accounting (SPEC A.9): paper-shape dense params, analytic FLOPs against XLA's count."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from experiments import onetrans_l, onetrans_s
+from onetrans_jax import accounting
+from onetrans_jax.data import pipeline
+from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.train import dummy_batch
+from tests.test_onetrans import onetrans_model_config
+
+
+def _schema(cfg):
+  return pipeline.build_dataset(cfg.data).schema
+
+
+@pytest.mark.parametrize('module, paper_params, paper_schedule', [
+    (onetrans_s, 91e6, (1190, 960, 704, 480, 256, 12)),
+    (onetrans_l, 330e6, (1500, 1280, 1088, 864, 640, 448, 224, 16)),
+])
+def test_paper_shapes(module, paper_params, paper_schedule):
+  cfg = module.get_config()
+  schema = _schema(cfg)
+  assert onetrans_layout(cfg.model, schema)[2] == paper_schedule
+  dense = accounting.dense_params(cfg.model, schema)['dense']
+  assert abs(dense / paper_params - 1) <= 0.15, dense
+
+
+def test_shared_params_ablation_matches_paper_order():
+  cfg = onetrans_s.get_config()
+  cfg.model.param_sharing = 'shared'
+  dense = accounting.dense_params(cfg.model, _schema(cfg))['dense']
+  assert abs(dense / 24e6 - 1) <= 0.15, dense  # the paper's 24M
+
+
+def test_pyramid_and_size_orderings():
+  s, l = onetrans_s.get_config(), onetrans_l.get_config()
+  fs = accounting.training_flops_per_example(s.model, _schema(s))
+  fl = accounting.training_flops_per_example(l.model, _schema(l))
+  assert 2.5 < fl / fs < 4.5  # paper: 8.62 / 2.64 = 3.27
+  s.model.pyramid = False
+  f_flat = accounting.training_flops_per_example(s.model, _schema(s))
+  assert f_flat / fs > 1.8    # paper: 8.08 / 2.64 = 3.06 (FLOP convention unknown)
+
+
+def test_analytic_flops_match_xla(config):
+  mcfg = onetrans_model_config()
+  schema = _schema(config)
+  model = build_model(mcfg, schema)
+  batch = dummy_batch(schema, 1)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch)['params'])
+  params = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), params)
+  xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
+  analytic = accounting.onetrans_forward_flops(mcfg, schema)['total'] * schema.num_candidates
+  assert 0.7 < xla / analytic < 1.5, (xla, analytic)
