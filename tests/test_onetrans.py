@@ -168,8 +168,10 @@ def test_ns_inputs_do_not_reach_s_tokens_end_to_end(data):
 def test_pyramid_keeps_the_most_recent_tail(data):
   """Pyramid layer-1 outputs equal the no-pyramid layer-1 outputs at the kept (latest) slots."""
   schema, _ = data
-  model_p, params = _init(schema, onetrans_model_config(pyramid=True))
-  model_f = build_model(onetrans_model_config(pyramid=False), schema)  # same parameters
+  # The no-pyramid model's parameters are a superset (its last layer also has S-side weights);
+  # both models run on them.
+  model_f, params = _init(schema, onetrans_model_config(pyramid=False))
+  model_p = build_model(onetrans_model_config(pyramid=True), schema)
   rng = np.random.default_rng(1)
   s = jnp.asarray(rng.normal(size=(2, 28, 16)), jnp.float32)
   ns = jnp.asarray(rng.normal(size=(2, 4, 16)), jnp.float32)
@@ -247,11 +249,24 @@ def test_remat_is_exact(data):
 
 def test_shared_params_far_fewer(data):
   schema, _ = data
-  _, mixed = _init(schema, onetrans_model_config())
-  _, shared = _init(schema, onetrans_model_config(param_sharing='shared'))
+  _, mixed = _init(schema, onetrans_model_config(pyramid=False))
+  _, shared = _init(schema, onetrans_model_config(pyramid=False, param_sharing='shared'))
   n_mixed, n_shared = count_params(mixed)['dense'], count_params(shared)['dense']
-  # Per layer: 1 + L_NS weight sets (mixed) against 1 (shared).
+  # Per layer: 1 + L_NS weight sets (mixed) against 1 (shared); without the pyramid every layer
+  # has S queries, so the ratio is exact.
   blocks = lambda p: sum(x.size for k, v in p.items() if k.startswith('block_')
                          for x in jax.tree.leaves(v))
   assert blocks(mixed) == pytest.approx(5 * blocks(shared), rel=0.01)
   assert n_shared < 0.6 * n_mixed
+
+
+@pytest.mark.parametrize('layout', [dict(), dict(seq_merge='timestamp_agnostic')])
+def test_every_parameter_gets_a_gradient(data, layout):
+  """No dead weights: each parameter (embedding tables aside: ids absent from the batch) moves."""
+  schema, batch = data
+  model, params = _init(schema, onetrans_model_config(**layout))
+  grads = jax.grad(lambda p: jnp.sum(model.apply({'params': p}, batch) ** 2))(params)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  dead = [jax.tree_util.keystr(path) for path, g in flat
+          if 'embeddings' not in jax.tree_util.keystr(path) and not np.any(np.asarray(g))]
+  assert not dead, dead

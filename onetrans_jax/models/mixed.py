@@ -34,8 +34,13 @@ class MixedLinear(nn.Module):
   def __call__(self, s: jnp.ndarray, ns: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     init = self.kernel_init or _default_init()
     d_in = s.shape[-1]
-    w_s = self.param('s_kernel', init, (d_in, self.features), self.param_dtype)
-    s_out = jnp.einsum('bld,de->ble', s.astype(self.dtype), w_s.astype(self.dtype))
+    if s.shape[1] == 0 and not self.shared:
+      # No S token passes here (the last pyramid layer queries NS tokens only): an S kernel
+      # would be a parameter that can never receive a gradient, so none is created.
+      s_out = jnp.zeros(s.shape[:2] + (self.features,), self.dtype)
+    else:
+      w_s = self.param('s_kernel', init, (d_in, self.features), self.param_dtype)
+      s_out = jnp.einsum('bld,de->ble', s.astype(self.dtype), w_s.astype(self.dtype))
     if self.shared:
       ns_out = jnp.einsum('bnd,de->bne', ns.astype(self.dtype), w_s.astype(self.dtype))
     else:
@@ -64,7 +69,8 @@ class MixedRMSNorm(nn.Module):
   @nn.compact
   def __call__(self, s: jnp.ndarray, ns: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     d = s.shape[-1]
-    g_s = self.param('s_scale', nn.initializers.ones, (d,), self.param_dtype)
+    no_s = s.shape[1] == 0 and not self.shared  # see MixedLinear: no gain nobody uses
+    g_s = None if no_s else self.param('s_scale', nn.initializers.ones, (d,), self.param_dtype)
     g_ns = g_s[None] if self.shared else self.param('ns_scale', nn.initializers.ones,
                                                     (self.num_ns, d), self.param_dtype)
 
@@ -73,4 +79,4 @@ class MixedRMSNorm(nn.Module):
       x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
       return (x * g.astype(jnp.float32)).astype(self.dtype)
 
-    return norm(s, g_s), norm(ns, g_ns)
+    return (s.astype(self.dtype) if no_s else norm(s, g_s)), norm(ns, g_ns)

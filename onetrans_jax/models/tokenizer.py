@@ -93,20 +93,22 @@ class UnifiedTokenizer(nn.Module):
     """-> S tokens [R, L_S, d] and their validity [R, L_S] (right-aligned)."""
     s, d = self.schema, self.width
     toks, valid, times, keys = [], [], [], []
-    type_emb = self.param('sequence_type', nn.initializers.normal(0.02), (len(s.sequences), d))
+    aware = self.seq_merge == 'timestamp_aware'
+    type_emb = (self.param('sequence_type', nn.initializers.normal(0.02), (len(s.sequences), d))
+                if aware else None)  # the agnostic merge marks boundaries with [SEP] instead
     for i, seq in enumerate(s.sequences):  # sequences differ in width: one MLP_i each
       ev = emb.sequence(batch, seq.name)
       r, l = ev.shape[:2]
       x = ev.reshape(r, l, -1)
       x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_0')(x)
       x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_1')(nn.silu(x))
-      if self.seq_merge == 'timestamp_aware':
+      if aware:
         x = x + type_emb[i].astype(x.dtype)
       toks.append(x)
       valid.append(batch['seq'][seq.name]['mask'])
       times.append(batch['seq'][seq.name]['time'])
     r = toks[0].shape[0]
-    if self.seq_merge == 'timestamp_aware':
+    if aware:
       tok, val, tim = (jnp.concatenate(x, axis=1) for x in (toks, valid, times))
       # Padding first (key -1), then events by time; a stable sort keeps ties in schema order.
       key = jnp.where(val, tim, -1)
