@@ -121,7 +121,8 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
     row += [f'{res["params"] / 1e6:.3f}', f'{res["tflops"]:.3f}']
     rows.append(row)
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-  lines = [f'{reference} absolute, other rows relative to it (mean ± std over {n_seeds} seeds; '
+  seeds = f'{n_seeds} seed' + ('s' if n_seeds != 1 else '')
+  lines = [f'{reference} absolute, other rows relative to it (mean ± std over {seeds}; '
            'TFLOPs: analytic training FLOPs per batch of 2048)']
   for i, r in enumerate(rows):
     lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w)
