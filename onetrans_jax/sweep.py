@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, reporting
+from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 
 METRICS = ('auc', 'uauc')
@@ -74,12 +75,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         reporting.log(f'[sweep] {name} seed {seed}: training in {run_dir}')
         final = train_and_evaluate(cfg, run_dir)['final']
       runs.append(final)
-    from onetrans_jax.data import pipeline
     schema = pipeline.build_dataset(cfg.data).schema
-    params = accounting.dense_params(cfg.model, schema)['dense']
-    tflops = (accounting.training_flops_per_example(cfg.model, schema) * accounting.PAPER_BATCH /
-              1e12 if cfg.model.name == 'onetrans' else float('nan'))
-    results[name] = {'runs': runs, 'params': params, 'tflops': tflops}
+    results[name] = {'runs': runs, 'params': accounting.dense_params(cfg.model, schema)['dense'],
+                     'tflops': accounting.batch_tflops(cfg.model, schema)}
   table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks))
   reporting.log(table)
   with open(os.path.join(workdir, 'sweep_table.txt'), 'w', encoding='utf-8') as f:

@@ -172,12 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_shd = jax.tree.map(lambda _: repl, abstract_state)
   state = jax.jit(init_state, out_shardings=state_shd)(rng)
   counts = count_params(state.params)
-  flops = ''
-  if config.model.name == 'onetrans':
-    per_example = accounting.training_flops_per_example(config.model, schema)
-    flops = (f', {per_example / 1e9:.3f} training GFLOPs per example '
-             f'({per_example * accounting.PAPER_BATCH / 1e12:.3f} TFLOPs per batch of '
-             f'{accounting.PAPER_BATCH}), pyramid {model.schedule}')
+  tflops = accounting.batch_tflops(config.model, schema)
+  flops = '' if np.isnan(tflops) else (
+      f', {tflops * 1e3 / accounting.PAPER_BATCH:.3f} training GFLOPs per example '
+      f'({tflops:.3f} TFLOPs per batch of {accounting.PAPER_BATCH}), pyramid {model.schedule}')
   reporting.log(f'model {config.model.name}: {counts["dense"]:,} dense parameters, '
                 f'{counts["sparse"]:,} embedding parameters{flops}; mesh {dict(mesh.shape)}')
 

@@ -36,19 +36,6 @@ def _dtype(cfg: ml_collections.ConfigDict) -> jnp.dtype:
   return DTYPES[name]
 
 
-def _pooled_mlp(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Module:
-  if cfg.embed_dim < 1:
-    raise ModelConfigError(f'config.model.embed_dim must be >= 1, got {cfg.embed_dim}')
-  hidden = tuple(int(h) for h in cfg.hidden)
-  if any(h < 1 for h in hidden):
-    raise ModelConfigError(f'config.model.hidden must hold positive widths, got {hidden}')
-  if cfg.activation not in ACTIVATIONS:
-    raise ModelConfigError(f'config.model.activation={cfg.activation!r}: choose one of '
-                           f'{sorted(ACTIVATIONS)}')
-  return PooledMLP(schema, embed_dim=int(cfg.embed_dim), hidden=hidden,
-                   activation=cfg.activation, dtype=_dtype(cfg))
-
-
 def _choice(cfg: ml_collections.ConfigDict, field: str, choices) -> Any:
   value = cfg.get(field)
   if value not in choices:
@@ -62,17 +49,31 @@ def _positive(cfg: ml_collections.ConfigDict, *fields: str) -> None:
       raise ModelConfigError(f'config.model.{f} must be a positive integer, got {cfg.get(f)!r}')
 
 
+def _pooled_mlp(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Module:
+  _positive(cfg, 'embed_dim')
+  hidden = tuple(int(h) for h in cfg.hidden)
+  if any(h < 1 for h in hidden):
+    raise ModelConfigError(f'config.model.hidden must hold positive widths, got {hidden}')
+  return PooledMLP(schema, embed_dim=int(cfg.embed_dim), hidden=hidden,
+                   activation=_choice(cfg, 'activation', ACTIVATIONS), dtype=_dtype(cfg))
+
+
+def _use_sep(cfg: ml_collections.ConfigDict, merge: str) -> bool:
+  """[SEP] tokens: on by default for the timestamp-agnostic merge, meaningless for the aware one."""
+  use_sep = cfg.get('use_sep', None)
+  if use_sep is None:
+    return merge == 'timestamp_agnostic'
+  if use_sep and merge != 'timestamp_agnostic':
+    raise ModelConfigError('config.model.use_sep=True needs config.model.seq_merge='
+                           "'timestamp_agnostic' ([SEP] tokens separate concatenated sequences)")
+  return bool(use_sep)
+
+
 def onetrans_layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema
                     ) -> tuple[int, int, tuple[int, ...]]:
   """(L_S, L_NS, pyramid schedule) of a OneTrans config: static Python ints."""
   merge = _choice(cfg, 'seq_merge', tokenizer.SEQ_MERGES)
-  use_sep = cfg.get('use_sep', None)
-  if use_sep is None:
-    use_sep = merge == 'timestamp_agnostic'
-  if use_sep and merge != 'timestamp_agnostic':
-    raise ModelConfigError('config.model.use_sep=True needs config.model.seq_merge='
-                           "'timestamp_agnostic' ([SEP] tokens separate concatenated sequences)")
-  l_s = tokenizer.merged_length(schema, merge, use_sep)
+  l_s = tokenizer.merged_length(schema, merge, _use_sep(cfg, merge))
   l_ns = int(cfg.num_ns_tokens)
   total = l_s + l_ns
   layers = int(cfg.num_layers)
@@ -111,7 +112,7 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
   if impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ModelConfigError("config.model.attention_impl='cudnn' needs a GPU (this backend is "
                            f"{jax.default_backend()!r}); use 'xla'")
-  l_s, l_ns, sched = onetrans_layout(cfg, schema)
+  _, l_ns, sched = onetrans_layout(cfg, schema)
   order = cfg.get('agnostic_order', None)
   if order is not None:
     tokenizer.agnostic_order(schema, order)
@@ -120,7 +121,7 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
       num_ns_tokens=l_ns, schedule=sched, embed_dim=cfg.embed_dim, ffn_mult=cfg.ffn_mult,
       activation=cfg.activation, ns_tokenizer=ns_tok, ns_groups=groups,
       ns_hidden=int(cfg.get('ns_hidden', 0)), seq_merge=cfg.seq_merge,
-      use_sep=l_s > sum(sq.max_len for sq in schema.sequences),
+      use_sep=_use_sep(cfg, cfg.seq_merge),
       seq_order=None if order is None else tuple(order),
       time_gap_buckets=int(cfg.get('time_gap_buckets', 0)), shared_params=sharing == 'shared',
       causal=attention == 'causal', attention_impl=impl, remat=remat,
