@@ -1,6 +1,6 @@
 r"""OneTrans_S (SPEC A.9): 6 layers, d=256, 4 heads, L_NS=12, pyramid 1190 -> 12.
 
-  python launch.py --config experiments/onetrans_s.py:small     # CPU-sized (4.7 s a step on 2 cores)
+  python launch.py --config experiments/onetrans_s.py:small     # CPU-sized (~10 min on 2 cores)
   python launch.py --config experiments/onetrans_s.py           # the paper's shapes (accelerator)
 
 The paper shape merges click/cart/order sequences of 778 + 280 + 120 = 1178 events with the 12 NS

@@ -64,6 +64,37 @@ def onetrans_forward_flops(cfg: ml_collections.ConfigDict,
   return out
 
 
+def shared_forward_flops(cfg: ml_collections.ConfigDict,
+                         schema: FeatureSchema) -> dict[str, float]:
+  """Forward matmul FLOPs under request-level sharing (SPEC A.6), split by who pays them.
+
+  'user': once per request (sequence MLPs; per layer the S keys/values, the kept S queries,
+  their attention over S keys and their FFN; the request half of the auto-split layer);
+  'candidate': per candidate (the rest of the NS tokenizer; per layer the NS projections, NS
+  attention over the layer's S keys plus the NS keys, the NS FFN; the head). A request with C
+  candidates costs user + C * candidate, against C * onetrans_forward_flops()['total'].
+  """
+  d, e, m = cfg.width, cfg.embed_dim, cfg.ffn_mult
+  l_s, l_ns, sched = onetrans_layout(cfg, schema)
+  user = sum(2.0 * seq.max_len * ((1 + len(seq.side_features)) * e * d + d * d)
+             for seq in schema.sequences)
+  full = onetrans_forward_flops(cfg, schema)
+  if cfg.ns_tokenizer == 'auto_split':
+    hidden = cfg.get('ns_hidden', 0) or l_ns * d
+    n_req = len(schema.request_categorical) + len(schema.request_numeric)
+    user += 2.0 * n_req * e * hidden
+  cand = full['tokenizer'] - user + full['head']
+  keys_s = l_s
+  for queries in sched:
+    q_s = queries - l_ns
+    user += 2.0 * (keys_s * d * 2 * d + q_s * d * d * 2 + 2 * q_s * keys_s * d +
+                   q_s * 2 * d * m * d)
+    cand += 2.0 * (l_ns * d * 2 * d + l_ns * d * d * 2 + 2 * l_ns * (keys_s + l_ns) * d +
+                   l_ns * 2 * d * m * d)
+    keys_s = q_s
+  return {'user': user, 'candidate': cand}
+
+
 def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
   return 3.0 * onetrans_forward_flops(cfg, schema)['total']
 
@@ -97,6 +128,12 @@ def report(config: ml_collections.ConfigDict) -> str:
         f'{k} {v / 1e9:.3f}' for k, v in f.items()))
     lines.append(f'training TFLOPs per batch of {PAPER_BATCH}: '
                  f'{batch_tflops(config.model, schema):.2f}')
+    split = shared_forward_flops(config.model, schema)
+    c = schema.num_candidates
+    ratio = c * f['total'] / (split['user'] + c * split['candidate'])
+    lines.append(f'request-level sharing: forward GFLOPs {split["user"] / 1e9:.3f} per request + '
+                 f'{split["candidate"] / 1e9:.3f} per candidate; {ratio:.2f}x fewer than '
+                 f'per-candidate passes at C={c}')
   return '\n'.join(lines)
 
 

@@ -7,6 +7,13 @@ import sys
 
 import pytest
 
+# The tests run tiny shapes, so XLA's LLVM optimisation costs far more than it saves: compiling
+# without it cuts the suite's compile time about threefold. Set before jax initialises its backend;
+# an explicit XLA_FLAGS from the caller is kept and extended.
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_backend_optimization_level=0').strip()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)

@@ -46,13 +46,21 @@ def test_pyramid_and_size_orderings():
   assert f_flat / fs > 1.8    # paper: 8.08 / 2.64 = 3.06 (FLOP convention unknown)
 
 
-def test_analytic_flops_match_xla(config):
-  mcfg = onetrans_model_config()
+@pytest.mark.parametrize('request_level', [False, True])
+def test_analytic_flops_match_xla(config, request_level):
+  """Per-candidate pass: C x the per-example count; request-level: user + C x candidate."""
+  mcfg = onetrans_model_config(request_level=request_level)
   schema = _schema(config)
   model = build_model(mcfg, schema)
   batch = dummy_batch(schema, 1)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch)['params'])
   params = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), params)
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
-  analytic = accounting.onetrans_forward_flops(mcfg, schema)['total'] * schema.num_candidates
+  c = schema.num_candidates
+  if request_level:
+    split = accounting.shared_forward_flops(mcfg, schema)
+    analytic = split['user'] + c * split['candidate']
+    assert analytic < 0.7 * c * accounting.onetrans_forward_flops(mcfg, schema)['total']
+  else:
+    analytic = accounting.onetrans_forward_flops(mcfg, schema)['total'] * c
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)

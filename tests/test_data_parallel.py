@@ -24,7 +24,8 @@ print('RESULT', json.dumps({{'devices': jax.device_count(), 'final': out['final'
 
 def _run(devices: int, workdir: str) -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
+                                   f' --xla_force_host_platform_device_count={devices}').strip())
   proc = subprocess.run([sys.executable, '-c', SCRIPT.format(root=ROOT, workdir=workdir)],
                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -33,6 +33,13 @@ def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
     (['--config.model.name=transformer'], "config.model.name='transformer' is not a known model"),
     (['--config.data.min_candidates=99'], 'config.data.min_candidates'),
     (['extra_positional'], 'unexpected arguments'),
+    # Fields whose default is None (typed placeholders) are still overridable from the command line.
+    (['--config=experiments/onetrans_s.py:small', '--config.model.request_level=True',
+      '--config.model.attention=full'], "request_level=True needs config.model.attention='causal'"),
+    (['--config=experiments/onetrans_s.py:small', '--config.model.use_sep=True'],
+     "use_sep=True needs config.model.seq_merge='timestamp_agnostic'"),
+    (['--config=experiments/onetrans_s.py:small', '--config.model.pyramid_schedule=(108,56,4)'],
+     'pyramid_schedule goes down to 4, below config.model.num_ns_tokens=8'),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
   proc = _launch(*args, workdir=str(tmp_path))

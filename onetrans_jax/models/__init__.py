@@ -69,6 +69,18 @@ def _use_sep(cfg: ml_collections.ConfigDict, merge: str) -> bool:
   return bool(use_sep)
 
 
+def _request_level(cfg: ml_collections.ConfigDict, attention: str) -> bool:
+  """Request-level sharing of the S side (SPEC A.6): on by default, exact only when causal."""
+  value = cfg.get('request_level', None)
+  if value is None:
+    return attention == 'causal'
+  if value and attention != 'causal':
+    raise ModelConfigError("config.model.request_level=True needs config.model.attention="
+                           "'causal': under full attention the S tokens read each candidate's "
+                           'NS tokens, so there is no per-request S side to share')
+  return bool(value)
+
+
 def onetrans_layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema
                     ) -> tuple[int, int, tuple[int, ...]]:
   """(L_S, L_NS, pyramid schedule) of a OneTrans config: static Python ints."""
@@ -124,7 +136,8 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
       use_sep=_use_sep(cfg, cfg.seq_merge),
       seq_order=None if order is None else tuple(order),
       time_gap_buckets=int(cfg.get('time_gap_buckets', 0)), shared_params=sharing == 'shared',
-      causal=attention == 'causal', attention_impl=impl, remat=remat,
+      causal=attention == 'causal', request_level=_request_level(cfg, attention),
+      attention_impl=impl, remat=remat,
       head_hidden=int(cfg.get('head_hidden', 0)), dtype=_dtype(cfg))
 
 

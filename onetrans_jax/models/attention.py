@@ -46,6 +46,34 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
+def shared_prefix_attention(q: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
+                            s_valid: jnp.ndarray, k_ns: jnp.ndarray, v_ns: jnp.ndarray
+                            ) -> jnp.ndarray:
+  """Candidates' NS queries over [the request's S keys ; their own NS keys], causal within NS.
+
+  q, k_ns, v_ns [R, C, N, H, Dh]; k_s, v_s [R, L, H, Dh] (one copy per request); s_valid [R, L].
+  NS query i sees every valid S key and NS keys j <= i: exactly its rows of the joint causal mask.
+  The S keys are never broadcast over C, so a candidate costs O(N (L + N)) and the memory stays
+  O(R L) for the S side; the two logit blocks share one float32 softmax. This path is einsum-based
+  (XLA): a fused kernel would need the S keys copied per candidate, which is what it avoids.
+  """
+  scale = 1.0 / np.sqrt(q.shape[-1])
+  n = q.shape[2]
+  f32 = jnp.float32
+  logit_s = jnp.einsum('rcnhd,rlhd->rchnl', q, k_s, preferred_element_type=f32) * scale
+  logit_ns = jnp.einsum('rcnhd,rcmhd->rchnm', q, k_ns, preferred_element_type=f32) * scale
+  neg = jnp.finfo(f32).min
+  logit_s = jnp.where(s_valid[:, None, None, None, :], logit_s, neg)
+  logit_ns = jnp.where(np.tril(np.ones((n, n), bool)), logit_ns, neg)
+  w = jax.nn.softmax(jnp.concatenate([logit_s, logit_ns], axis=-1), axis=-1)
+  l_s = k_s.shape[1]
+  out = (jnp.einsum('rchnl,rlhd->rcnhd', w[..., :l_s].astype(v_s.dtype), v_s,
+                    preferred_element_type=f32) +
+         jnp.einsum('rchnm,rcmhd->rcnhd', w[..., l_s:].astype(v_ns.dtype), v_ns,
+                    preferred_element_type=f32))
+  return out.astype(q.dtype)
+
+
 def reference_attention(q: Any, k: Any, v: Any, mask: Any) -> jnp.ndarray:
   """Plain softmax(QK^T / sqrt(Dh)) V with the mask, in float32: the test oracle."""
   q, k, v = (jnp.asarray(x, jnp.float32) for x in (q, k, v))

@@ -1,8 +1,9 @@
 """Mixed parameterization (SPEC A.4): one weight set shared by all S tokens, one per NS position.
 
-Activations travel as a pair: ``s`` [B, Ls, ...] and ``ns`` [B, N, ...]. The S weights apply with
-one einsum; the N stacked NS weights apply with one batched einsum ('bnd,nde->bne'), never a loop
-over tokens. ``shared=True`` is the paper's "shared params for all tokens" ablation: the NS tokens
+Activations travel as a pair: ``s`` [B, Ls, ...] and ``ns`` [B, N, ...], or [R, C, N, ...] when a
+request's C candidates share one S side (each side may then be computed alone). The S weights apply
+with one einsum; the N stacked NS weights apply with one batched einsum ('...nd,nde->...ne'), never
+a loop over tokens. ``shared=True`` is the paper's "shared params for all tokens" ablation: the NS tokens
 then use the S weights and the stacked weights do not exist.
 """
 
@@ -31,23 +32,29 @@ class MixedLinear(nn.Module):
   kernel_init: Init | None = None
 
   @nn.compact
-  def __call__(self, s: jnp.ndarray, ns: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
+               ) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
+    """Either side may be None (request-level sharing runs the S and NS sides separately).
+
+    A kernel is created on the first call that needs it: a layer whose S side never runs (the
+    last pyramid layer queries NS tokens only) has no S kernel, so no weight is left without a
+    gradient. ``ns`` may carry extra leading axes ([R, C, N, d] for candidates of a request).
+    """
     init = self.kernel_init or _default_init()
-    d_in = s.shape[-1]
-    if s.shape[1] == 0 and not self.shared:
-      # No S token passes here (the last pyramid layer queries NS tokens only): an S kernel
-      # would be a parameter that can never receive a gradient, so none is created.
-      s_out = jnp.zeros(s.shape[:2] + (self.features,), self.dtype)
-    else:
+    s_out = ns_out = None
+    if s is not None or self.shared:
+      d_in = (s if s is not None else ns).shape[-1]
       w_s = self.param('s_kernel', init, (d_in, self.features), self.param_dtype)
-      s_out = jnp.einsum('bld,de->ble', s.astype(self.dtype), w_s.astype(self.dtype))
-    if self.shared:
-      ns_out = jnp.einsum('bnd,de->bne', ns.astype(self.dtype), w_s.astype(self.dtype))
-    else:
-      # Stack of per-token kernels: init each slice like an independent [d_in, features] kernel.
-      w_ns = self.param('ns_kernel', _stacked(init), (self.num_ns, d_in, self.features),
-                        self.param_dtype)
-      ns_out = jnp.einsum('bnd,nde->bne', ns.astype(self.dtype), w_ns.astype(self.dtype))
+      if s is not None:
+        s_out = jnp.einsum('...ld,de->...le', s.astype(self.dtype), w_s.astype(self.dtype))
+    if ns is not None:
+      if self.shared:
+        ns_out = jnp.einsum('...nd,de->...ne', ns.astype(self.dtype), w_s.astype(self.dtype))
+      else:
+        # Stack of per-token kernels: init each slice like an independent [d_in, features] kernel.
+        w_ns = self.param('ns_kernel', _stacked(init), (self.num_ns, ns.shape[-1], self.features),
+                          self.param_dtype)
+        ns_out = jnp.einsum('...nd,nde->...ne', ns.astype(self.dtype), w_ns.astype(self.dtype))
     return s_out, ns_out
 
 
@@ -67,16 +74,23 @@ class MixedRMSNorm(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, s: jnp.ndarray, ns: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    d = s.shape[-1]
-    no_s = s.shape[1] == 0 and not self.shared  # see MixedLinear: no gain nobody uses
-    g_s = None if no_s else self.param('s_scale', nn.initializers.ones, (d,), self.param_dtype)
-    g_ns = g_s[None] if self.shared else self.param('ns_scale', nn.initializers.ones,
-                                                    (self.num_ns, d), self.param_dtype)
+  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
+               ) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
+    """Either side may be None; gains are created on first use (see MixedLinear)."""
+    d = (s if s is not None else ns).shape[-1]
 
     def norm(x, g):
       x = x.astype(jnp.float32)
       x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
       return (x * g.astype(jnp.float32)).astype(self.dtype)
 
-    return (s.astype(self.dtype) if no_s else norm(s, g_s)), norm(ns, g_ns)
+    g_s = None
+    if s is not None or self.shared:
+      g_s = self.param('s_scale', nn.initializers.ones, (d,), self.param_dtype)
+    s_out = None if s is None else norm(s, g_s)
+    ns_out = None
+    if ns is not None:
+      g_ns = g_s[None] if self.shared else self.param('ns_scale', nn.initializers.ones,
+                                                      (self.num_ns, d), self.param_dtype)
+      ns_out = norm(ns, g_ns)
+    return s_out, ns_out

@@ -1,10 +1,13 @@
 """OneTrans (SPEC part A): one causal Transformer over [S tokens ; NS tokens].
 
-Forward pass of a request batch (the reference "full" pass, one token list per candidate):
-  tokenizer -> S tokens [R, L_S, d] (request-level), NS tokens [R, C, L_NS, d]
-  -> each candidate gets [S ; NS_c]  (S broadcast: B = R*C token lists)
-  -> pyramid of OneTransBlocks (layer i keeps the last schedule[i] tokens)
-  -> final RMSNorm, mean of the final NS tokens -> task towers -> logits [R, C, T].
+tokenizer -> S tokens [R, L_S, d] (request-level), NS tokens [R, C, L_NS, d] -> pyramid of
+OneTransBlocks (layer i keeps the last schedule[i] tokens) -> final RMSNorm, mean of the final NS
+tokens -> task towers -> logits [R, C, T]. Two exact layouts of the block stack:
+  * request-level sharing (SPEC A.6, the default under the causal mask): the S side runs once per
+    request and leaves per-layer keys/values (the *user cache*); every candidate's NS tokens attend
+    to it. ``user_cache`` / ``score_with_cache`` expose the two stages for cached serving.
+  * per candidate (``request_level=False``, required by full attention): S broadcast to B = R*C
+    token lists, each run whole: the paper's naive formulation and the test oracle.
 Layers differ in their static token counts, so they are unrolled (a scan needs equal shapes).
 """
 
@@ -29,6 +32,9 @@ REMAT_POLICIES = {
 }
 
 
+UserCache = dict[str, tuple[jnp.ndarray, ...]]  # 'k', 'v' [R, Ls_i, H, Dh], 'valid' [R, Ls_i]
+
+
 class OneTrans(nn.Module):
   schema: FeatureSchema
   width: int
@@ -48,12 +54,16 @@ class OneTrans(nn.Module):
   time_gap_buckets: int = 0
   shared_params: bool = False
   causal: bool = True
+  request_level: bool = True      # share the S side across a request's candidates (causal only)
   attention_impl: str = 'xla'
   remat: str = 'none'
   head_hidden: int = 0            # 0: d
   dtype: Any = jnp.float32
 
   def setup(self):
+    if self.request_level and not self.causal:
+      raise ValueError('request-level sharing needs causal attention: under full attention S '
+                       'tokens read the candidate\'s NS tokens')
     self.tokenizer = UnifiedTokenizer(
         self.schema, self.width, self.num_ns_tokens, embed_dim=self.embed_dim,
         ns_tokenizer=self.ns_tokenizer, ns_groups=self.ns_groups, ns_hidden=self.ns_hidden,
@@ -61,41 +71,96 @@ class OneTrans(nn.Module):
         time_gap_buckets=self.time_gap_buckets, dtype=self.dtype)
     block = OneTransBlock
     if REMAT_POLICIES[self.remat] is not None:
-      block = nn.remat(OneTransBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(4,))
+      block = nn.remat(OneTransBlock, policy=REMAT_POLICIES[self.remat],
+                       methods=['__call__', 'user_side', 'candidate_side'])
     self.blocks = [
-        block(self.width, self.num_heads, self.num_ns_tokens, ffn_mult=self.ffn_mult,
-              activation=self.activation, shared=self.shared_params, causal=self.causal,
-              attention_impl=self.attention_impl, dtype=self.dtype, name=f'block_{i}')
-        for i in range(self.num_layers)
+        block(self.width, self.num_heads, self.num_ns_tokens, queries - self.num_ns_tokens,
+              ffn_mult=self.ffn_mult, activation=self.activation, shared=self.shared_params,
+              causal=self.causal, attention_impl=self.attention_impl, dtype=self.dtype,
+              name=f'block_{i}')
+        for i, queries in enumerate(self.schedule)
     ]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm before the head.
     self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm')
     self.towers = TaskTowers(self.schema.num_tasks, self.head_hidden or self.width, self.dtype)
 
+  # ------------------------------------------------------------------ block stack, two layouts
   def encode(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray,
              collect: bool = False) -> tuple[jnp.ndarray, list[dict[str, jnp.ndarray]]]:
-    """The block stack on B token lists: s [B, L_S, d], ns [B, N, d] -> final NS [B, N, d].
+    """Per token list: s [B, L_S, d], ns [B, N, d] -> final NS [B, N, d].
 
     ``collect`` also returns every layer's output states (for the causality tests).
     """
     states = []
-    for blk, queries in zip(self.blocks, self.schedule):
-      s, ns = blk(s, s_valid, ns, queries - self.num_ns_tokens)
+    for blk in self.blocks:
+      s, ns = blk(s, s_valid, ns)
       s_valid = s_valid[:, s_valid.shape[1] - s.shape[1]:]
       if collect:
         states.append({'s': s, 'ns': ns})
     return ns, states
 
+  def encode_user(self, s: jnp.ndarray, s_valid: jnp.ndarray
+                  ) -> tuple[UserCache, list[jnp.ndarray]]:
+    """Stage I, once per request: s [R, L_S, d] -> (user cache, each layer's kept S states)."""
+    cache: dict[str, list[jnp.ndarray]] = {'k': [], 'v': [], 'valid': []}
+    kept = []
+    for blk in self.blocks:
+      out, (k, v) = blk.user_side(s, s_valid)
+      for name, x in (('k', k), ('v', v), ('valid', s_valid)):
+        cache[name].append(x)
+      s, s_valid = out, s_valid[:, s_valid.shape[1] - out.shape[1]:]
+      kept.append(s)
+    return {name: tuple(x) for name, x in cache.items()}, kept
+
+  def encode_candidates(self, ns: jnp.ndarray, cache: UserCache
+                        ) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+    """Stage II: ns [R, C, N, d] against the user cache -> (final NS, each layer's NS states)."""
+    states = []
+    for blk, k, v, valid in zip(self.blocks, cache['k'], cache['v'], cache['valid']):
+      ns = blk.candidate_side(ns, k, v, valid)
+      states.append(ns)
+    return ns, states
+
+  def _logits(self, ns: jnp.ndarray) -> jnp.ndarray:
+    """Final NS tokens [..., N, d] -> logits [..., T]."""
+    return self.towers(jnp.mean(self.final_norm(ns.astype(jnp.float32)), axis=-2))
+
+  # ------------------------------------------------------------------ entry points
   def __call__(self, batch: Mapping[str, Any], train: bool = False,
                collect: bool = False) -> Any:
+    """Logits [R, C, T]; ``collect`` adds each layer's states, laid out per candidate
+    ([R*C, ...], S broadcast) whichever layout ran, so the two layouts compare directly."""
     del train  # no dropout (SPEC A.4 [D])
     tok = self.tokenizer(batch)
     r, c = batch['cand']['mask'].shape
+    if self.request_level:
+      cache, kept = self.encode_user(tok['s'], tok['s_valid'])
+      ns, ns_states = self.encode_candidates(tok['ns'], cache)
+      logits = self._logits(ns)
+      if not collect:
+        return logits
+      flat = lambda x: x.reshape((r * c,) + x.shape[2:])
+      states = [{'s': flat(jnp.broadcast_to(s[:, None], (r, c) + s.shape[1:])), 'ns': flat(n)}
+                for s, n in zip(kept, ns_states)]
+      return logits, states
     l_s, d = tok['s'].shape[1:]
     s = jnp.broadcast_to(tok['s'][:, None], (r, c, l_s, d)).reshape(r * c, l_s, d)
     s_valid = jnp.broadcast_to(tok['s_valid'][:, None], (r, c, l_s)).reshape(r * c, l_s)
-    ns = tok['ns'].reshape(r * c, self.num_ns_tokens, d)
-    ns, states = self.encode(s, s_valid, ns, collect)
-    pooled = jnp.mean(self.final_norm(ns.astype(jnp.float32)), axis=1)
-    logits = self.towers(pooled).reshape(r, c, -1)
+    ns, states = self.encode(s, s_valid, tok['ns'].reshape(r * c, self.num_ns_tokens, d),
+                             collect)
+    logits = self._logits(ns).reshape(r, c, -1)
     return (logits, states) if collect else logits
+
+  def user_cache(self, batch: Mapping[str, Any]) -> UserCache:
+    """Serving stage I: reads only the request's sequences (``batch['seq']``, request time)."""
+    if not self.request_level:
+      raise ValueError('user_cache needs a request-level (causal) OneTrans')
+    tok = self.tokenizer(batch, part='user')
+    return self.encode_user(tok['s'], tok['s_valid'])[0]
+
+  def score_with_cache(self, batch: Mapping[str, Any], cache: UserCache) -> jnp.ndarray:
+    """Serving stage II: request features and candidates (no sequences) -> logits [R, C, T]."""
+    if not self.request_level:
+      raise ValueError('score_with_cache needs a request-level (causal) OneTrans')
+    tok = self.tokenizer(batch, part='candidates')
+    return self._logits(self.encode_candidates(tok['ns'], cache)[0])

@@ -3,9 +3,14 @@
     Z  = MixedMHA(Norm(X)) + X         queries: the last q_s S tokens and all NS tokens
     X' = MixedFFN(Norm(Z)) + Z         keys/values: the whole input
 
-Inputs and outputs are the (S, NS) pair: ``s`` [B, Ls, d] with its validity mask, ``ns`` [B, N, d].
-The block returns only the query rows (the kept tail), so the next layer's input is this layer's
-query set.
+Two layouts of the same computation:
+  * ``__call__``: one token list per candidate, s [B, Ls, d] and ns [B, N, d]; the joint mask
+    covers causal and full attention. The reference, and the only layout for full attention.
+  * ``user_side`` then ``candidate_side`` (SPEC A.6, request-level sharing): under the causal mask
+    no S token reads an NS token, so the S side runs once per request ([R, Ls, d]) and leaves its
+    keys/values; each candidate's NS tokens ([R, C, N, d]) then attend to them. Training and
+    cached serving both use this split.
+Each returns only the query rows (the kept tail), so the next layer's input is this layer's queries.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from onetrans_jax.models.attention import attend, attention_mask
+from onetrans_jax.models.attention import attend, attention_mask, shared_prefix_attention
 from onetrans_jax.models.mixed import MixedLinear, MixedRMSNorm
 
 FFN_ACTIVATIONS = {'silu': nn.silu, 'gelu': nn.gelu, 'relu': nn.relu}
@@ -25,6 +30,7 @@ class OneTransBlock(nn.Module):
   width: int
   num_heads: int
   num_ns: int
+  num_s_queries: int            # q_s: S tokens this layer keeps (pyramid schedule minus N)
   ffn_mult: int = 4
   activation: str = 'silu'
   shared: bool = False          # the "shared params for all tokens" ablation
@@ -32,29 +38,77 @@ class OneTransBlock(nn.Module):
   attention_impl: str = 'xla'
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray,
-               num_s_queries: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def setup(self):
+    kw = dict(num_ns=self.num_ns, shared=self.shared, dtype=self.dtype)
+    d = self.width
+    self.attn_norm = MixedRMSNorm(**kw)
+    self.kv = MixedLinear(2 * d, **kw)
+    self.q = MixedLinear(d, **kw)
+    self.out = MixedLinear(d, **kw)
+    self.ffn_norm = MixedRMSNorm(**kw)
+    self.ffn_in = MixedLinear(self.ffn_mult * d, **kw)
+    self.ffn_out = MixedLinear(d, **kw)
+
+  def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
+    return x.reshape(x.shape[:-1] + (self.num_heads, self.width // self.num_heads))
+
+  def _kv(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    kv = self._heads(x.reshape(x.shape[:-1] + (2, self.width)))
+    return kv[..., 0, :, :], kv[..., 1, :, :]
+
+  def _ffn(self, zs: jnp.ndarray | None, zns: jnp.ndarray | None):
+    """Residual mixed FFN on either side or both; a None side stays None."""
+    act = FFN_ACTIVATIONS[self.activation]
+    ys, yns = self.ffn_in(*self.ffn_norm(zs, zns))
+    ys, yns = self.ffn_out(None if ys is None else act(ys), None if yns is None else act(yns))
+    return (None if zs is None else zs + ys.astype(zs.dtype),
+            None if zns is None else zns + yns.astype(zns.dtype))
+
+  # ------------------------------------------------------------------ per-list (reference) layout
+  def __call__(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray
+               ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """s [B, Ls, d], s_valid [B, Ls], ns [B, N, d] -> (s' [B, q_s, d], ns' [B, N, d])."""
     b, ls, d = s.shape
-    h, dh = self.num_heads, self.width // self.num_heads
-    q_s = num_s_queries
-    kw = dict(num_ns=self.num_ns, shared=self.shared, dtype=self.dtype)
-
-    xs, xns = MixedRMSNorm(name='attn_norm', **kw)(s, ns)
-    ks, kns = MixedLinear(2 * d, name='kv', **kw)(xs, xns)      # keys/values over all tokens
-    qs, qns = MixedLinear(d, name='q', **kw)(xs[:, ls - q_s:], xns)  # queries: the tail only
-    kv = jnp.concatenate([ks, kns], axis=1).reshape(b, ls + self.num_ns, 2, h, dh)
-    q = jnp.concatenate([qs, qns], axis=1).reshape(b, q_s + self.num_ns, h, dh)
+    q_s = self.num_s_queries
+    xs, xns = self.attn_norm(s, ns)
+    ks, kns = self.kv(xs, xns)                                  # keys/values over all tokens
+    qs, qns = self.q(xs[:, ls - q_s:] if q_s else None, xns)   # queries: the tail only
+    kv = jnp.concatenate([ks, kns], axis=1)
+    k, v = self._kv(kv)
+    q = self._heads(qns if qs is None else jnp.concatenate([qs, qns], axis=1))
     key_valid = jnp.concatenate([s_valid, jnp.ones((b, self.num_ns), bool)], axis=1)
     mask = attention_mask(key_valid, q_s + self.num_ns, self.causal)
-    o = attend(q, kv[:, :, 0], kv[:, :, 1], mask, self.attention_impl).reshape(b, -1, d)
-    os_, ons = MixedLinear(d, name='out', **kw)(o[:, :q_s], o[:, q_s:])
-    zs = s[:, ls - q_s:] + os_.astype(s.dtype)
+    o = attend(q, k, v, mask, self.attention_impl).reshape(b, -1, d)
+    os_, ons = self.out(o[:, :q_s] if q_s else None, o[:, q_s:])
+    zs = s[:, ls - q_s:] + os_.astype(s.dtype) if q_s else s[:, ls:]
     zns = ns + ons.astype(ns.dtype)
+    ys, yns = self._ffn(zs if q_s else None, zns)
+    return (ys if q_s else zs), yns
 
-    ys, yns = MixedRMSNorm(name='ffn_norm', **kw)(zs, zns)
-    ys, yns = MixedLinear(self.ffn_mult * d, name='ffn_in', **kw)(ys, yns)
-    act = FFN_ACTIVATIONS[self.activation]
-    ys, yns = MixedLinear(d, name='ffn_out', **kw)(act(ys), act(yns))
-    return zs + ys.astype(zs.dtype), zns + yns.astype(zns.dtype)
+  # ------------------------------------------------------------------ request-level layout
+  def user_side(self, s: jnp.ndarray, s_valid: jnp.ndarray
+                ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
+    """Once per request: s [R, Ls, d] -> (kept S states [R, q_s, d], (k_s, v_s) [R, Ls, H, Dh]).
+
+    Needs the causal mask (checked by the model): S queries then see S keys only.
+    """
+    r, ls, d = s.shape
+    q_s = self.num_s_queries
+    xs, _ = self.attn_norm(s, None)
+    k_s, v_s = self._kv(self.kv(xs, None)[0])
+    if not q_s:  # the last pyramid layer: S only feeds keys/values
+      return s[:, ls:], (k_s, v_s)
+    q = self._heads(self.q(xs[:, ls - q_s:], None)[0])
+    o = attend(q, k_s, v_s, attention_mask(s_valid, q_s, True), self.attention_impl)
+    zs = s[:, ls - q_s:] + self.out(o.reshape(r, q_s, d), None)[0].astype(s.dtype)
+    return self._ffn(zs, None)[0], (k_s, v_s)
+
+  def candidate_side(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
+                     s_valid: jnp.ndarray) -> jnp.ndarray:
+    """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d]."""
+    _, xns = self.attn_norm(None, ns)
+    k_ns, v_ns = self._kv(self.kv(None, xns)[1])
+    q = self._heads(self.q(None, xns)[1])
+    o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
+    zns = ns + self.out(None, o.reshape(ns.shape))[1].astype(ns.dtype)
+    return self._ffn(None, zns)[1]

@@ -187,10 +187,18 @@ class UnifiedTokenizer(nn.Module):
     return jnp.einsum('rcnh,nhd->rcnd', h, w2.astype(self.dtype)) + b2.astype(self.dtype)
 
   @nn.compact
-  def __call__(self, batch: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+  def __call__(self, batch: Mapping[str, Any], part: str = 'all') -> dict[str, jnp.ndarray]:
+    """``part``: 'all'; 'user' (S tokens only, no candidate features read); 'candidates' (NS
+    tokens only, no sequence read): the two stages of cached serving (SPEC A.6)."""
+    if part not in ('all', 'user', 'candidates'):
+      raise ValueError(f"tokenizer part {part!r}: choose 'all', 'user' or 'candidates'")
     emb = FeatureEmbeddings(self.schema, self.embed_dim, self.dtype, name=EMBEDDINGS)
-    s_tok, s_valid = self.sequence_tokens(emb, batch)
-    return {'s': s_tok, 's_valid': s_valid, 'ns': self.ns_tokens(emb, batch)}
+    out = {}
+    if part != 'candidates':
+      out['s'], out['s_valid'] = self.sequence_tokens(emb, batch)
+    if part != 'user':
+      out['ns'] = self.ns_tokens(emb, batch)
+    return out
 
 
 def _stacked_init():
