@@ -64,3 +64,19 @@ def test_analytic_flops_match_xla(config, request_level):
   else:
     analytic = accounting.onetrans_forward_flops(mcfg, schema)['total'] * c
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)
+
+
+def test_cached_candidate_cost_is_linear_in_sequence_length(config):
+  """SPEC A.6: a cached candidate costs O(L_NS x L); the per-candidate pass grows faster."""
+  cost = {}
+  for click_len in (64, 256):
+    cfg = config.copy_and_resolve_references()
+    cfg.data.click_len = click_len
+    mcfg = onetrans_model_config(pyramid=False)
+    schema = _schema(cfg)
+    cost[click_len] = (accounting.shared_forward_flops(mcfg, schema)['candidate'],
+                       accounting.onetrans_forward_flops(mcfg, schema)['total'])
+  (c0, f0), (c1, f1) = cost[64], cost[256]
+  l0, l1 = 64 + 8 + 4, 256 + 8 + 4  # S tokens: click + cart + order of the test world
+  assert c1 / c0 < l1 / l0           # attention to the longer S list, nothing quadratic
+  assert f1 / f0 > l1 / l0           # the full pass: S projections, FFN and L^2 attention

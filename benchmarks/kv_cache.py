@@ -1,0 +1,163 @@
+r"""Cross-request KV caching (SPEC A.6): cached vs per-candidate scoring, and request-level training.
+
+  python benchmarks/kv_cache.py                       # the issue's grid, CPU-sized model
+  python benchmarks/kv_cache.py --candidates=1,16 --seq_lens=256 --repeats=3   # quick look
+
+Per request (R=1), for each L_S and C: latency of the per-candidate pass (C token lists of
+L_S + L_NS tokens) and of cached scoring (stage I once, stage II for C candidates, one jitted
+call), XLA's peak-memory estimate of each compiled program (arguments + outputs + temporaries,
+``memory_analysis``), the measured speedup and the analytic FLOP ratio beside it. The stage II
+cost per candidate (from C=1 to the largest C) shows that a cached candidate costs O(L_NS x L),
+not O(L^2). Then one training step (loss + gradients) with and without request-level sharing.
+Ratios are taken within one run; absolute times depend on the machine (noted in the header).
+Per-candidate programs whose memory estimate exceeds --max_gb are compiled but not run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import common  # noqa: E402
+from onetrans_jax import accounting, losses, serving  # noqa: E402
+from onetrans_jax.data import pipeline  # noqa: E402
+from onetrans_jax.models import build_model  # noqa: E402
+from onetrans_jax.train import dummy_batch  # noqa: E402
+
+_CANDIDATES = flags.DEFINE_list('candidates', ['1', '16', '64', '256', '1024'], 'C values.')
+_SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'L_S values (S tokens per request).')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per cell (median reported).')
+_MAX_GB = flags.DEFINE_float('max_gb', 6.0, 'Skip running programs estimated above this.')
+_WIDTH = flags.DEFINE_integer('width', 64, 'd.')
+_LAYERS = flags.DEFINE_integer('layers', 3, 'Layers.')
+_NS = flags.DEFINE_integer('ns_tokens', 8, 'L_NS.')
+_TRAIN_REQUESTS = flags.DEFINE_integer('train_requests', 16, 'Requests per training step.')
+_TRAIN_CANDIDATES = flags.DEFINE_integer('train_candidates', 16, 'Candidates per request.')
+
+
+def _setup(seq_len: int, candidates: int, requests: int = 1):
+  """Synthetic data whose merged S list is ``seq_len`` tokens, and one batch of it."""
+  cart, order = seq_len // 8, seq_len // 16
+  data = common.synthetic_data(click_len=seq_len - cart - order, cart_len=cart, order_len=order,
+                               num_candidates=candidates, min_candidates=candidates,
+                               batch_size=requests)
+  ds = pipeline.build_dataset(data)
+  items = [ds.source[i] for i in range(requests)]
+  batch = jax.tree.map(lambda *x: np.stack(x), *items)
+  batch.pop('true_prob')
+  model_cfg = common.onetrans_model(width=_WIDTH.value, num_heads=4, num_layers=_LAYERS.value,
+                                    num_ns_tokens=_NS.value, pyramid_multiple=32)
+  return ds.schema, model_cfg, batch
+
+
+def _time(fn, *args) -> float:
+  jax.block_until_ready(fn(*args))  # warm
+  times = []
+  for _ in range(_REPEATS.value):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def _memory_gb(fn, *args) -> float:
+  m = fn.lower(*args).compile().memory_analysis()
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return total / 2**30
+
+
+def serving_table() -> list[str]:
+  rows = []
+  per_candidate = {}
+  for seq_len in (int(x) for x in _SEQ_LENS.value):
+    for c in (int(x) for x in _CANDIDATES.value):
+      schema, mcfg, batch = _setup(seq_len, c)
+      shared = build_model(mcfg, schema)
+      mcfg_naive = mcfg.copy_and_resolve_references()
+      mcfg_naive.request_level = False
+      naive = build_model(mcfg_naive, schema)
+      params = jax.jit(shared.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+      user_fn, score_fn = serving.cached_scoring_fns(shared)
+      cached = jax.jit(lambda p, b: score_fn(p, serving.candidate_part(b),
+                                             user_fn(p, serving.user_part(b))))
+      stage2 = jax.jit(lambda p, b, cache: score_fn(p, b, cache))
+      uncached = jax.jit(lambda p, b: naive.apply({'params': p}, b))
+      mem_c, mem_u = _memory_gb(cached, params, batch), _memory_gb(uncached, params, batch)
+      t_c = _time(cached, params, batch)
+      cache = user_fn(params, serving.user_part(batch))
+      t_2 = _time(stage2, params, serving.candidate_part(batch), cache)
+      per_candidate.setdefault(seq_len, {})[c] = t_2
+      t_u = _time(uncached, params, batch) if mem_u <= _MAX_GB.value else float('nan')
+      split = accounting.shared_forward_flops(mcfg, schema)
+      full = accounting.onetrans_forward_flops(mcfg, schema)['total']
+      flop_ratio = c * full / (split['user'] + c * split['candidate'])
+      speedup = t_u / t_c
+      rows.append(f'{seq_len:>5} {c:>5} {t_u * 1e3:>12.2f} {t_c * 1e3:>10.2f} {t_2 * 1e3:>10.2f} '
+                  f'{speedup:>8.2f}x {flop_ratio:>8.2f}x {mem_u:>9.3f} {mem_c:>9.3f}'
+                  .replace('nan', '  —'))
+      print(rows[-1], flush=True)
+  lines = [f'{"L_S":>5} {"C":>5} {"uncached ms":>12} {"cached ms":>10} {"stage II":>10} '
+           f'{"speedup":>9} {"FLOPs":>9} {"mem U GB":>9} {"mem C GB":>9}'] + rows
+  lines.append('')
+  lines.append('stage II cost per extra candidate (ms), between the smallest and largest C:')
+  cs = sorted(int(x) for x in _CANDIDATES.value)
+  marginal = {}
+  for seq_len, times in per_candidate.items():
+    if len(cs) > 1:
+      marginal[seq_len] = (times[cs[-1]] - times[cs[0]]) / (cs[-1] - cs[0])
+      lines.append(f'  L_S={seq_len}: {marginal[seq_len] * 1e3:.4f} ms')
+  if len(marginal) > 1:
+    (l0, m0), (l1, m1) = sorted(marginal.items())[0], sorted(marginal.items())[-1]
+    lines.append(f'  ratio {m1 / m0:.2f} for L ratio {l1 / l0:.1f} '
+                 f'(O(L_NS x L) predicts ~{l1 / l0:.1f}, O(L^2) {(l1 / l0) ** 2:.0f})')
+  return lines
+
+
+def training_table() -> list[str]:
+  seq_len = int(_SEQ_LENS.value[0])
+  schema, mcfg, batch = _setup(seq_len, _TRAIN_CANDIDATES.value, _TRAIN_REQUESTS.value)
+  params = None
+  times = {}
+  for request_level in (True, False):
+    cfg = mcfg.copy_and_resolve_references()
+    cfg.request_level = request_level
+    model = build_model(cfg, schema)
+    if params is None:
+      params = jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+    parents = schema.task_parents
+
+    def loss(p, b, model=model):
+      logits = model.apply({'params': p}, b, train=True)
+      return losses.multitask_bce(logits, b['labels'], b['cand']['mask'], parents,
+                                  [1.0] * len(parents))[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    times[request_level] = (_time(step, params, batch), _memory_gb(step, params, batch))
+  (t_s, m_s), (t_n, m_n) = times[True], times[False]
+  return [f'training step, {_TRAIN_REQUESTS.value} requests x {_TRAIN_CANDIDATES.value} '
+          f'candidates, L_S={seq_len}: shared {t_s * 1e3:.1f} ms ({m_s:.3f} GB), per candidate '
+          f'{t_n * 1e3:.1f} ms ({m_n:.3f} GB): {t_n / t_s:.2f}x faster, '
+          f'{m_n / m_s:.2f}x less memory']
+
+
+def main(argv):
+  del argv
+  dev = jax.devices()[0]
+  print(f'device: {dev.platform} {dev.device_kind} x{jax.device_count()}; model d={_WIDTH.value}, '
+        f'{_LAYERS.value} layers, L_NS={_NS.value}, float32; median of {_REPEATS.value} calls; '
+        'one request per call', flush=True)
+  lines = serving_table() + [''] + training_table()
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
