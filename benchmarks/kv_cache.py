@@ -100,10 +100,10 @@ def serving_table() -> list[str]:
       split = accounting.shared_forward_flops(mcfg, schema)
       full = accounting.onetrans_forward_flops(mcfg, schema)['total']
       flop_ratio = c * full / (split['user'] + c * split['candidate'])
-      speedup = t_u / t_c
-      rows.append(f'{seq_len:>5} {c:>5} {t_u * 1e3:>12.2f} {t_c * 1e3:>10.2f} {t_2 * 1e3:>10.2f} '
-                  f'{speedup:>8.2f}x {flop_ratio:>8.2f}x {mem_u:>9.3f} {mem_c:>9.3f}'
-                  .replace('nan', '  —'))
+      uncached_ms = '—' if np.isnan(t_u) else f'{t_u * 1e3:.2f}'
+      speedup = '—' if np.isnan(t_u) else f'{t_u / t_c:.2f}x'
+      rows.append(f'{seq_len:>5} {c:>5} {uncached_ms:>12} {t_c * 1e3:>10.2f} {t_2 * 1e3:>10.2f} '
+                  f'{speedup:>9} {flop_ratio:>8.2f}x {mem_u:>9.3f} {mem_c:>9.3f}')
       print(rows[-1], flush=True)
   lines = [f'{"L_S":>5} {"C":>5} {"uncached ms":>12} {"cached ms":>10} {"stage II":>10} '
            f'{"speedup":>9} {"FLOPs":>9} {"mem U GB":>9} {"mem C GB":>9}'] + rows
