@@ -10,10 +10,10 @@ CTR = click, CVR = cart given click (the synthetic funnel's conversion step).
 The default trains the CPU-sized OneTrans_S (experiments/onetrans_s.py:small) 7 variants x 3 seeds
 x 1000 steps. Measured on 2 CPU cores, a run of 1000 steps takes about 10 minutes with
 request-level sharing; the full-attention row cannot share the user side (S tokens read the
-candidate's NS tokens) and runs ~6x slower, so the whole sweep is about 6 hours of 2 CPU cores:
-an accelerator is the better place. ``:quick`` (16 requests a step, 100 steps, one seed) checks the
-whole pipeline in about 5 minutes on 2 CPU cores; its numbers are too short-trained to read
-as ablation results.
+candidate's NS tokens) and runs ~6x slower, so the whole sweep is an estimated 6 hours of 2 CPU
+cores: an accelerator is the better place. ``:quick`` (16 requests a step, 100 steps, one seed)
+checks the whole pipeline in about 5 minutes on 2 CPU cores (measured); its numbers are too
+short-trained to read as ablation results.
 ``:paper`` uses the paper's OneTrans_S shapes (an accelerator is needed). An interrupted sweep
 resumes where it stopped.
 """
