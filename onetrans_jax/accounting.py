@@ -35,14 +35,20 @@ def dense_params(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) ->
   return count_params(params)
 
 
+def _sequence_mlp_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
+  """The per-sequence 2-layer MLPs over every event (the S side of the tokenizer)."""
+  d, e = cfg.width, cfg.embed_dim
+  return sum(2.0 * seq.max_len * ((1 + len(seq.side_features)) * e * d + d * d)
+             for seq in schema.sequences)
+
+
 def onetrans_forward_flops(cfg: ml_collections.ConfigDict,
                            schema: FeatureSchema) -> dict[str, float]:
   """Analytic forward matmul FLOPs per candidate of a OneTrans config, by component."""
   d, e, m = cfg.width, cfg.embed_dim, cfg.ffn_mult
   l_s, l_ns, sched = onetrans_layout(cfg, schema)
-  out = {'tokenizer': 0.0, 'attention_proj': 0.0, 'attention_scores': 0.0, 'ffn': 0.0, 'head': 0.0}
-  for seq in schema.sequences:  # per-sequence 2-layer MLP over every event
-    out['tokenizer'] += 2.0 * seq.max_len * ((1 + len(seq.side_features)) * e * d + d * d)
+  out = {'tokenizer': _sequence_mlp_flops(cfg, schema), 'attention_proj': 0.0,
+         'attention_scores': 0.0, 'ffn': 0.0, 'head': 0.0}
   n_feat = len(ns_feature_names(schema))
   if cfg.ns_tokenizer == 'auto_split':
     hidden = cfg.get('ns_hidden', 0) or l_ns * d
@@ -76,8 +82,7 @@ def shared_forward_flops(cfg: ml_collections.ConfigDict,
   """
   d, e, m = cfg.width, cfg.embed_dim, cfg.ffn_mult
   l_s, l_ns, sched = onetrans_layout(cfg, schema)
-  user = sum(2.0 * seq.max_len * ((1 + len(seq.side_features)) * e * d + d * d)
-             for seq in schema.sequences)
+  user = _sequence_mlp_flops(cfg, schema)
   full = onetrans_forward_flops(cfg, schema)
   if cfg.ns_tokenizer == 'auto_split':
     hidden = cfg.get('ns_hidden', 0) or l_ns * d

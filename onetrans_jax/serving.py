@@ -21,7 +21,7 @@ import numpy as np
 from jax import export
 
 from onetrans_jax import serving_runtime
-from onetrans_jax.models.onetrans import OneTrans
+from onetrans_jax.models.onetrans import OneTrans, require_user_cache
 from onetrans_jax.schema import FeatureSchema
 
 Batch = Mapping[str, Any]
@@ -40,10 +40,7 @@ def candidate_part(batch: Batch) -> dict[str, Any]:
 def _check_model(model: Any) -> None:
   if not isinstance(model, OneTrans):
     raise ValueError(f'cached serving is defined for OneTrans, got {type(model).__name__}')
-  if not model.request_level:
-    raise ValueError('cached serving needs config.model.attention=\'causal\' and '
-                     'config.model.request_level left on: with full attention the S tokens read '
-                     'each candidate, so there is no candidate-independent user cache')
+  require_user_cache(model)  # fail here, before anything is traced
 
 
 def cached_scoring_fns(model: OneTrans) -> tuple[Callable[..., Any], Callable[..., Any]]:

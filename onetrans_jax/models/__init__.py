@@ -58,27 +58,28 @@ def _pooled_mlp(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Mod
                    activation=_choice(cfg, 'activation', ACTIVATIONS), dtype=_dtype(cfg))
 
 
+def _switch(cfg: ml_collections.ConfigDict, field: str, possible: bool, needs: str) -> bool:
+  """A switch whose default (None) follows whether it can work; True where it cannot is refused."""
+  value = cfg.get(field, None)
+  if value is None:
+    return possible
+  if value and not possible:
+    raise ModelConfigError(f'config.model.{field}=True needs {needs}')
+  return bool(value)
+
+
 def _use_sep(cfg: ml_collections.ConfigDict, merge: str) -> bool:
   """[SEP] tokens: on by default for the timestamp-agnostic merge, meaningless for the aware one."""
-  use_sep = cfg.get('use_sep', None)
-  if use_sep is None:
-    return merge == 'timestamp_agnostic'
-  if use_sep and merge != 'timestamp_agnostic':
-    raise ModelConfigError('config.model.use_sep=True needs config.model.seq_merge='
-                           "'timestamp_agnostic' ([SEP] tokens separate concatenated sequences)")
-  return bool(use_sep)
+  return _switch(cfg, 'use_sep', merge == 'timestamp_agnostic',
+                 "config.model.seq_merge='timestamp_agnostic' ([SEP] tokens separate "
+                 'concatenated sequences)')
 
 
 def _request_level(cfg: ml_collections.ConfigDict, attention: str) -> bool:
   """Request-level sharing of the S side (SPEC A.6): on by default, exact only when causal."""
-  value = cfg.get('request_level', None)
-  if value is None:
-    return attention == 'causal'
-  if value and attention != 'causal':
-    raise ModelConfigError("config.model.request_level=True needs config.model.attention="
-                           "'causal': under full attention the S tokens read each candidate's "
-                           'NS tokens, so there is no per-request S side to share')
-  return bool(value)
+  return _switch(cfg, 'request_level', attention == 'causal',
+                 "config.model.attention='causal': under full attention the S tokens read each "
+                 "candidate's NS tokens, so there is no per-request S side to share")
 
 
 def onetrans_layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema

@@ -35,6 +35,14 @@ REMAT_POLICIES = {
 UserCache = dict[str, tuple[jnp.ndarray, ...]]  # 'k', 'v' [R, Ls_i, H, Dh], 'valid' [R, Ls_i]
 
 
+def require_user_cache(model: OneTrans) -> None:
+  """Cached serving needs a candidate-independent S side: a request-level (causal) OneTrans."""
+  if not model.request_level:
+    raise ValueError('cached serving needs config.model.attention=\'causal\' and '
+                     'config.model.request_level left on: with full attention the S tokens read '
+                     'each candidate, so there is no candidate-independent user cache')
+
+
 class OneTrans(nn.Module):
   schema: FeatureSchema
   width: int
@@ -153,14 +161,12 @@ class OneTrans(nn.Module):
 
   def user_cache(self, batch: Mapping[str, Any]) -> UserCache:
     """Serving stage I: reads only the request's sequences (``batch['seq']``, request time)."""
-    if not self.request_level:
-      raise ValueError('user_cache needs a request-level (causal) OneTrans')
+    require_user_cache(self)
     tok = self.tokenizer(batch, part='user')
     return self.encode_user(tok['s'], tok['s_valid'])[0]
 
   def score_with_cache(self, batch: Mapping[str, Any], cache: UserCache) -> jnp.ndarray:
     """Serving stage II: request features and candidates (no sequences) -> logits [R, C, T]."""
-    if not self.request_level:
-      raise ValueError('score_with_cache needs a request-level (causal) OneTrans')
+    require_user_cache(self)
     tok = self.tokenizer(batch, part='candidates')
     return self._logits(self.encode_candidates(tok['ns'], cache)[0])
