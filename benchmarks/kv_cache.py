@@ -8,7 +8,12 @@ L_S + L_NS tokens) and of cached scoring (stage I once, stage II for C candidate
 call), XLA's peak-memory estimate of each compiled program (arguments + outputs + temporaries,
 ``memory_analysis``), the measured speedup and the analytic FLOP ratio beside it. The stage II
 cost per candidate (from C=1 to the largest C) shows that a cached candidate costs O(L_NS x L),
-not O(L^2). Then one training step (loss + gradients) with and without request-level sharing.
+not O(L^2). Then the incremental user cache: appending a few events to a stored user state
+against encoding the whole history again (stage I), for a history that still fits every pyramid
+window (all layers reused) and for a full window (old events evicted: only the tokens and layer-0
+keys/values reused, SPEC A.6's caveat), with the append-stable tokenizer (``s_position='none'``,
+no time-gap buckets). Then one training step (loss + gradients) with and without request-level
+sharing.
 Ratios are taken within one run; absolute times depend on the machine (noted in the header).
 Per-candidate programs whose memory estimate exceeds --max_gb are compiled but not run.
 """
@@ -40,6 +45,7 @@ _MAX_GB = flags.DEFINE_float('max_gb', 6.0, 'Skip running programs estimated abo
 _WIDTH = flags.DEFINE_integer('width', 64, 'd.')
 _LAYERS = flags.DEFINE_integer('layers', 3, 'Layers.')
 _NS = flags.DEFINE_integer('ns_tokens', 8, 'L_NS.')
+_APPEND = flags.DEFINE_integer('append', 8, 'Click events appended per incremental update.')
 _TRAIN_REQUESTS = flags.DEFINE_integer('train_requests', 16, 'Requests per training step.')
 _TRAIN_CANDIDATES = flags.DEFINE_integer('train_candidates', 16, 'Candidates per request.')
 
@@ -122,6 +128,58 @@ def serving_table() -> list[str]:
   return lines
 
 
+def _events(schema, counts: dict[str, int], start: int, width: dict[str, int], seed: int):
+  """One user's events: counts[name] per sequence, right-aligned in ``width[name]`` slots, at
+  increasing times from ``start`` (sequences interleaved), small valid ids."""
+  rng = np.random.default_rng(seed)
+  seq = {}
+  for j, q in enumerate(schema.sequences):
+    k, w = counts[q.name], width[q.name]
+    ids = np.zeros((1, w, 1 + len(q.side_features)), np.int32)
+    ids[0, w - k:] = rng.integers(1, 6, size=(k, ids.shape[-1]))
+    t = np.zeros((1, w), np.int32)
+    t[0, w - k:] = start + j + len(schema.sequences) * np.arange(k)
+    mask = np.zeros((1, w), bool)
+    mask[0, w - k:] = True
+    seq[q.name] = {'ids': ids, 'time': t, 'mask': mask}
+  return seq
+
+
+def incremental_table() -> list[str]:
+  rows = []
+  for seq_len in (int(x) for x in _SEQ_LENS.value):
+    schema, mcfg, batch = _setup(seq_len, 1)
+    mcfg.s_position, mcfg.time_gap_buckets = 'none', 0
+    model = build_model(mcfg, schema)
+    params = jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+    start, append = serving.incremental_user_fns(model)
+    lens = {q.name: q.max_len for q in schema.sequences}
+    deepest = model.schedule[-2] - model.num_ns_tokens if model.num_layers > 1 else seq_len
+    k = _APPEND.value
+    new_width = {q.name: (k if q.name == schema.sequences[0].name else 1)
+                 for q in schema.sequences}
+    # (regime, cached events per sequence): one that fits the deepest kept window, one full.
+    small = max(1, (deepest - k) // 2)
+    for regime, cached in (('fits', {n: min(l, small // len(lens)) for n, l in lens.items()}),
+                           ('full', lens)):
+      old = {'request': batch['request'], 'seq': _events(schema, cached, 0, lens, seed=1)}
+      new = {'seq': _events(schema, {n: (k if w == k else 0) for n, w in new_width.items()},
+                            10 * seq_len, new_width, seed=2)}
+      whole = {'request': batch['request'],
+               'seq': {n: {f: np.concatenate([old['seq'][n][f], new['seq'][n][f]], 1)[:, -l:]
+                           for f in ('ids', 'time', 'mask')} for n, l in lens.items()}}
+      state = start(params, old)
+      plan = serving.plan_append(model, state, new)
+      t_fresh = _time(start, params, whole)
+      t_append = _time(append, params, state, new)
+      rows.append(f'{seq_len:>5} {regime:>5} {sum(cached.values()):>7} {k:>4} '
+                  f'{str(plan):>9} {t_fresh * 1e3:>10.2f} {t_append * 1e3:>10.2f} '
+                  f'{t_fresh / t_append:>8.2f}x')
+      print(rows[-1], flush=True)
+  return ([f'{"L_S":>5} {"state":>5} {"cached":>7} {"new":>4} {"(kv,out)":>9} {"stage I ms":>10} '
+           f'{"append ms":>10} {"speedup":>9}'] + rows)
+
+
 def training_table() -> list[str]:
   seq_len = int(_SEQ_LENS.value[0])
   schema, mcfg, batch = _setup(seq_len, _TRAIN_CANDIDATES.value, _TRAIN_REQUESTS.value)
@@ -155,7 +213,7 @@ def main(argv):
   print(f'device: {dev.platform} {dev.device_kind} x{jax.device_count()}; model d={_WIDTH.value}, '
         f'{_LAYERS.value} layers, L_NS={_NS.value}, float32; median of {_REPEATS.value} calls; '
         'one request per call', flush=True)
-  lines = serving_table() + [''] + training_table()
+  lines = serving_table() + [''] + incremental_table() + [''] + training_table()
   print('\n'.join(lines))
 
 

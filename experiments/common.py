@@ -90,6 +90,8 @@ def onetrans_model(**overrides) -> ml_collections.ConfigDict:
   m.use_sep = placeholder(bool)  # agnostic: [SEP] between sequences (None: True); aware: unused
   m.agnostic_order = placeholder(tuple)  # agnostic: sequence order; None: schema order reversed
   m.time_gap_buckets = 16         # log2 time-gap buckets added to S tokens; 0: off
+  m.s_position = 'from_recent'    # S slot position embedding counted from the most recent event,
+                                  # or 'none'; 'none' + time_gap_buckets=0: appendable user cache
   m.param_sharing = 'mixed'       # or 'shared' (ablation: one weight set for all tokens)
   m.attention = 'causal'          # or 'full' (ablation)
   m.request_level = placeholder(bool)  # share the S side across a request's candidates (SPEC

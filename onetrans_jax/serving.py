@@ -4,6 +4,10 @@ Stage I encodes a request's behaviour sequences once into the per-layer user cac
 values); stage II scores any number of candidates against it. Both are exact: they compute the
 same numbers as the per-candidate forward pass (tests/test_request_level.py, test_serving.py).
 
+Across requests, ``incremental_user_fns`` keeps a user's stage-I state and appends newly arrived
+events to it (``OneTrans.extend_user_state``); ``plan_append`` decides on the host, from event
+counts, how many layers can be reused exactly.
+
 ``export_scorer`` writes both stages with ``jax.export`` (R and C symbolic, so one export serves
 every batch shape) plus the parameters; ``onetrans_jax.serving_runtime`` loads them with jax and
 numpy alone.
@@ -21,7 +25,7 @@ import numpy as np
 from jax import export
 
 from onetrans_jax import serving_runtime
-from onetrans_jax.models.onetrans import OneTrans, require_user_cache
+from onetrans_jax.models.onetrans import OneTrans, UserState, require_incremental, require_user_cache
 from onetrans_jax.schema import FeatureSchema
 
 Batch = Mapping[str, Any]
@@ -50,6 +54,70 @@ def cached_scoring_fns(model: OneTrans) -> tuple[Callable[..., Any], Callable[..
   score = jax.jit(lambda p, b, cache: model.apply({'params': p}, b, cache,
                                                   method=OneTrans.score_with_cache))
   return user, score
+
+
+def plan_append(model: OneTrans, state: UserState, events: Batch) -> tuple[int, int]:
+  """(kv_layers, out_layers) for ``OneTrans.extend_user_state``, from the event counts.
+
+  Layer i's old outputs stay exact while the user's whole history (after the append) fits its S
+  input window; once a sequence overflows its ``max_len`` the oldest events are evicted and only
+  the layer-0 keys/values are reused. Also checks that the events can be appended: every field
+  present, one row per user in ``state``, and each user's new events strictly later than the
+  cached ones (the merge orders equal times by sequence, so a tie could land mid-window).
+  """
+  require_incremental(model)
+  seqs = model.schema.sequences
+  valid, kind = np.asarray(state['valid']), np.asarray(state['kind'])
+  time = np.asarray(state['time'], np.int64)
+  rows = valid.shape[0]
+  new_counts, first_new = [], np.full(rows, np.iinfo(np.int64).max)
+  for q in seqs:
+    ev = events.get('seq', {}).get(q.name)
+    if ev is None or any(f not in ev for f in ('ids', 'mask', 'time')):
+      raise ValueError(f"appended events need seq/{q.name}/ids, mask and time (an empty sequence "
+                       'is an all-False mask)')
+    mask, t = np.asarray(ev['mask'], bool), np.asarray(ev['time'], np.int64)
+    if mask.shape[0] != rows or t.shape != mask.shape:
+      raise ValueError(f'seq/{q.name}: mask {mask.shape} and time {t.shape} must be [R, L] with '
+                       f'R = {rows}, the rows of the user state')
+    new_counts.append(mask.sum(1))
+    first_new = np.minimum(first_new, np.where(mask, t, np.iinfo(np.int64).max).min(1))
+  last_old = np.where(valid, time, np.iinfo(np.int64).min).max(1)
+  late = np.flatnonzero(first_new <= last_old)
+  if late.size:
+    r = int(late[0])
+    raise ValueError(f'row {r}: a new event at time {int(first_new[r])} is not later than the '
+                     f'cached history (last event at {int(last_old[r])}); rebuild the state with '
+                     'the full history (user_state) instead of appending')
+  old_counts = np.stack([(valid & (kind == i)).sum(1) for i in range(len(seqs))], 1)
+  after = old_counts + np.stack(new_counts, 1)
+  layers = model.num_layers
+  if np.any(after > np.asarray([q.max_len for q in seqs])):
+    return min(1, layers), 0   # eviction: only the tokens and layer-0 keys/values survive
+  total = int(after.sum(1).max())
+  n_s = np.asarray(state['tokens']).shape[1]
+  windows = [n_s] + [q - model.num_ns_tokens for q in model.schedule[:-1]]  # S inputs per layer
+  fits = next((i for i, n in enumerate(windows) if total > n), layers)
+  return min(fits + 1, layers), fits
+
+
+def incremental_user_fns(model: OneTrans) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """(start(params, user_batch) -> state, append(params, state, events) -> state).
+
+  ``state['cache']`` is the user cache for ``cached_scoring_fns``'s scorer. ``append`` is jitted
+  once per (kv_layers, out_layers) plan and per shape of the appended events.
+  """
+  _check_model(model)
+  require_incremental(model)
+  start = jax.jit(lambda p, b: model.apply({'params': p}, b, method=OneTrans.user_state))
+  extend = jax.jit(lambda p, st, ev, kv, out: model.apply(
+      {'params': p}, st, ev, kv, out, method=OneTrans.extend_user_state), static_argnums=(3, 4))
+
+  def append(params: Any, state: UserState, events: Batch) -> UserState:
+    kv, out = plan_append(model, state, events)
+    return extend(params, state, {'seq': events['seq']}, kv, out)
+
+  return start, append
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:

@@ -126,6 +126,10 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
     raise ModelConfigError("config.model.attention_impl='cudnn' needs a GPU (this backend is "
                            f"{jax.default_backend()!r}); use 'xla'")
   _, l_ns, sched = onetrans_layout(cfg, schema)
+  s_position = cfg.get('s_position', 'from_recent')  # configs written before the field existed
+  if s_position not in tokenizer.S_POSITIONS:
+    raise ModelConfigError(f'config.model.s_position={s_position!r}: choose one of '
+                           f'{list(tokenizer.S_POSITIONS)}')
   order = cfg.get('agnostic_order', None)
   if order is not None:
     tokenizer.agnostic_order(schema, order)
@@ -136,7 +140,8 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
       ns_hidden=int(cfg.get('ns_hidden', 0)), seq_merge=cfg.seq_merge,
       use_sep=_use_sep(cfg, cfg.seq_merge),
       seq_order=None if order is None else tuple(order),
-      time_gap_buckets=int(cfg.get('time_gap_buckets', 0)), shared_params=sharing == 'shared',
+      time_gap_buckets=int(cfg.get('time_gap_buckets', 0)), s_position=s_position,
+      shared_params=sharing == 'shared',
       causal=attention == 'causal', request_level=_request_level(cfg, attention),
       attention_impl=impl, remat=remat,
       head_hidden=int(cfg.get('head_hidden', 0)), dtype=_dtype(cfg))

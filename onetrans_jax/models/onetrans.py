@@ -9,6 +9,10 @@ tokens -> task towers -> logits [R, C, T]. Two exact layouts of the block stack:
   * per candidate (``request_level=False``, required by full attention): S broadcast to B = R*C
     token lists, each run whole: the paper's naive formulation and the test oracle.
 Layers differ in their static token counts, so they are unrolled (a scan needs equal shapes).
+
+Across requests a user's behaviour only grows: ``user_state`` / ``extend_user_state`` keep the user
+cache with the merged S window and update it when events arrive, recomputing only the rows that
+can have changed (SPEC A.6; see ``extend_user_state``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ REMAT_POLICIES = {
 
 
 UserCache = dict[str, tuple[jnp.ndarray, ...]]  # 'k', 'v' [R, Ls_i, H, Dh], 'valid' [R, Ls_i]
+# The incremental user state: the merged S window ('tokens' [R, L_S, d], 'valid', 'time', 'kind'
+# [R, L_S]), every layer's kept S outputs ('kept': [R, q_i, d] per layer) and the user cache.
+UserState = dict[str, Any]
 
 
 def require_user_cache(model: OneTrans) -> None:
@@ -41,6 +48,31 @@ def require_user_cache(model: OneTrans) -> None:
     raise ValueError('cached serving needs config.model.attention=\'causal\' and '
                      'config.model.request_level left on: with full attention the S tokens read '
                      'each candidate, so there is no candidate-independent user cache')
+
+
+def require_incremental(model: OneTrans) -> None:
+  """An appendable user cache needs S tokens that do not move when later events arrive."""
+  require_user_cache(model)
+  if model.seq_merge != 'timestamp_aware':
+    raise ValueError('the incremental user cache needs config.model.seq_merge=\'timestamp_aware\': '
+                     'with the timestamp-agnostic merge a new event lands mid-sequence (SPEC A.6)')
+  if not model.tokenizer_append_stable:
+    raise ValueError('the incremental user cache needs append-stable S tokens: set '
+                     'config.model.s_position=\'none\' and config.model.time_gap_buckets=0 (the '
+                     'slot position counted from the most recent event and the gap to the request '
+                     'time change every cached token when events are appended)')
+
+
+def _shift_merge(old: jnp.ndarray, tail: jnp.ndarray, shift: jnp.ndarray) -> jnp.ndarray:
+  """Row r of the result: old[j + shift[r]] for the first n - t slots, then the t tail rows.
+
+  old [R, n, ...] is a window before ``shift[r]`` events were appended to row r; tail [R, t, ...]
+  holds freshly computed values for the window's last t slots (t >= every shift).
+  """
+  n, t = old.shape[1], tail.shape[1]
+  idx = jnp.arange(n - t)[None, :] + shift[:, None]
+  idx = idx.reshape(idx.shape + (1,) * (old.ndim - 2))
+  return jnp.concatenate([jnp.take_along_axis(old, idx, axis=1), tail.astype(old.dtype)], axis=1)
 
 
 class OneTrans(nn.Module):
@@ -60,6 +92,7 @@ class OneTrans(nn.Module):
   use_sep: bool = False
   seq_order: tuple[str, ...] | None = None
   time_gap_buckets: int = 0
+  s_position: str = 'from_recent'
   shared_params: bool = False
   causal: bool = True
   request_level: bool = True      # share the S side across a request's candidates (causal only)
@@ -76,7 +109,7 @@ class OneTrans(nn.Module):
         self.schema, self.width, self.num_ns_tokens, embed_dim=self.embed_dim,
         ns_tokenizer=self.ns_tokenizer, ns_groups=self.ns_groups, ns_hidden=self.ns_hidden,
         seq_merge=self.seq_merge, use_sep=self.use_sep, seq_order=self.seq_order,
-        time_gap_buckets=self.time_gap_buckets, dtype=self.dtype)
+        time_gap_buckets=self.time_gap_buckets, s_position=self.s_position, dtype=self.dtype)
     block = OneTransBlock
     if REMAT_POLICIES[self.remat] is not None:
       block = nn.remat(OneTransBlock, policy=REMAT_POLICIES[self.remat],
@@ -91,6 +124,11 @@ class OneTrans(nn.Module):
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm before the head.
     self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm')
     self.towers = TaskTowers(self.schema.num_tasks, self.head_hidden or self.width, self.dtype)
+
+  @property
+  def tokenizer_append_stable(self) -> bool:
+    """S tokens depend on their own event only (see tokenizer.py): usable outside ``apply``."""
+    return self.s_position == 'none' and not self.time_gap_buckets
 
   # ------------------------------------------------------------------ block stack, two layouts
   def encode(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray,
@@ -170,3 +208,84 @@ class OneTrans(nn.Module):
     require_user_cache(self)
     tok = self.tokenizer(batch, part='candidates')
     return self._logits(self.encode_candidates(tok['ns'], cache)[0])
+
+  # ------------------------------------------------------------------ incremental user cache
+  def user_state(self, batch: Mapping[str, Any]) -> UserState:
+    """Stage I keeping what later appends need: the S window and every layer's kept outputs."""
+    require_incremental(self)
+    tok = self.tokenizer(batch, part='user')
+    cache, kept = self.encode_user(tok['s'], tok['s_valid'])
+    return {'tokens': tok['s'], 'valid': tok['s_valid'], 'time': tok['s_time'],
+            'kind': tok['s_kind'], 'cache': cache, 'kept': tuple(kept)}
+
+  def extend_user_state(self, state: UserState, events: Mapping[str, Any], kv_layers: int,
+                        out_layers: int) -> UserState:
+    """Appends newly arrived events (``events['seq']``, later than everything in ``state``).
+
+    The result equals ``user_state`` of the whole history (each sequence truncated to its
+    ``max_len``). What is reused, from static counts the caller derives from the data
+    (``serving.plan_append``):
+      * S tokens and layer-0 keys/values of every surviving event: exact always, since a token
+        depends on its own event only (append-stable tokenizer) and a key on its own token;
+      * layer i's kept outputs for old events, for i < ``out_layers``: exact while layer i's input
+        window still holds the user's whole (not evicted) history, because causal queries see only
+        earlier tokens, which did not change; new events' rows (the last K slots) are computed;
+      * layer i's keys/values, for 0 < i < ``kv_layers`` (<= out_layers + 1): exact when the
+        previous layer's outputs are; only the last K rows are projected.
+    Every other layer is recomputed over its (tail) window: once the history overflows a pyramid
+    layer's window, that window slides and its old rows see a different prefix (SPEC A.6 caveat).
+    The appended events are padded to a static width K (their merged length), and a reused layer
+    recomputes its last min(K, window) rows: batch appends at the width they need.
+    """
+    require_incremental(self)
+    n_layers = len(self.blocks)
+    if not 0 <= out_layers <= kv_layers <= min(out_layers + 1, n_layers):
+      raise ValueError(f'extend_user_state: need 0 <= out_layers ({out_layers}) <= kv_layers '
+                       f'({kv_layers}) <= min(out_layers + 1, {n_layers})')
+    new = self.tokenizer(events, part='user')
+    l_s = state['tokens'].shape[1]
+    num_new = new['s'].shape[1]
+    # Merge [window ; new events] and keep each sequence's last max_len events, oldest first.
+    both = {k: jnp.concatenate([state[k], new['s_' + k if k != 'tokens' else 's']], axis=1)
+            for k in ('tokens', 'valid', 'time', 'kind')}
+    kinds = len(self.schema.sequences)
+    onehot = (both['kind'][..., None] == jnp.arange(kinds)) & both['valid'][..., None]
+    later = jnp.flip(jnp.cumsum(jnp.flip(onehot, 1), axis=1), 1) - onehot  # same-kind events after
+    max_len = jnp.asarray([q.max_len for q in self.schema.sequences])
+    keep = both['valid'] & jnp.sum(onehot * (later < max_len), axis=-1).astype(bool)
+    key = jnp.where(keep, jnp.arange(l_s + num_new)[None, :], -1)
+    perm = jnp.argsort(key, axis=1, stable=True)[:, num_new:]          # [R, L_S]
+    window = {k: jnp.take_along_axis(v, perm.reshape(perm.shape + (1,) * (v.ndim - 2)), axis=1)
+              for k, v in both.items()}
+    window['valid'] = jnp.take_along_axis(keep, perm, axis=1)
+    shift = jnp.sum(new['s_valid'], axis=1)   # slots every old event moved (without eviction)
+    x, valid = window['tokens'], window['valid']
+    cache = {'k': [], 'v': [], 'valid': []}
+    kept = []
+    for i, blk in enumerate(self.blocks):
+      n, q = x.shape[1], blk.num_s_queries
+      if i == 0 and kv_layers:
+        k_new, v_new = blk.s_kv(new['s'])
+        gather = perm[..., None, None]
+        k, v = (jnp.take_along_axis(jnp.concatenate([old, fresh], axis=1), gather, axis=1)
+                for old, fresh in ((state['cache']['k'][0], k_new),
+                                   (state['cache']['v'][0], v_new)))
+      elif i < kv_layers:
+        t = min(num_new, n)
+        k_t, v_t = blk.s_kv(x[:, n - t:])
+        k = _shift_merge(state['cache']['k'][i], k_t, shift)
+        v = _shift_merge(state['cache']['v'][i], v_t, shift)
+      else:
+        k, v = blk.s_kv(x)
+      if i < out_layers and q:
+        t = min(num_new, q)
+        out = _shift_merge(state['kept'][i], blk.s_rows(x[:, n - t:], k, v, valid), shift)
+      else:
+        out = blk.s_rows(x[:, n - q:], k, v, valid)
+      for name, val in (('k', k), ('v', v), ('valid', valid)):
+        cache[name].append(val)
+      kept.append(out)
+      x, valid = out, valid[:, n - q:]
+    return {'tokens': window['tokens'], 'valid': window['valid'], 'time': window['time'],
+            'kind': window['kind'], 'cache': {k: tuple(v) for k, v in cache.items()},
+            'kept': tuple(kept)}

@@ -92,16 +92,27 @@ class OneTransBlock(nn.Module):
 
     Needs the causal mask (checked by the model): S queries then see S keys only.
     """
-    r, ls, d = s.shape
-    q_s = self.num_s_queries
+    k_s, v_s = self.s_kv(s)
+    return self.s_rows(s[:, s.shape[1] - self.num_s_queries:], k_s, v_s, s_valid), (k_s, v_s)
+
+  def s_kv(self, s: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """S tokens [R, n, d] -> their keys and values [R, n, H, Dh]; each row reads its own token
+    only, which is what lets the incremental user cache reuse the rows of unchanged tokens."""
     xs, _ = self.attn_norm(s, None)
-    k_s, v_s = self._kv(self.kv(xs, None)[0])
-    if not q_s:  # the last pyramid layer: S only feeds keys/values
-      return s[:, ls:], (k_s, v_s)
-    q = self._heads(self.q(xs[:, ls - q_s:], None)[0])
-    o = attend(q, k_s, v_s, attention_mask(s_valid, q_s, True), self.attention_impl)
-    zs = s[:, ls - q_s:] + self.out(o.reshape(r, q_s, d), None)[0].astype(s.dtype)
-    return self._ffn(zs, None)[0], (k_s, v_s)
+    return self._kv(self.kv(xs, None)[0])
+
+  def s_rows(self, s_tail: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
+             s_valid: jnp.ndarray) -> jnp.ndarray:
+    """Outputs of the last ``s_tail.shape[1]`` S tokens (their inputs [R, t, d]) under the causal
+    mask over all S keys [R, Ls, H, Dh]: the kept tail (t = q_s) or only the rows that changed."""
+    r, t, d = s_tail.shape
+    if not t:  # the last pyramid layer: S only feeds keys/values
+      return s_tail
+    xs, _ = self.attn_norm(s_tail, None)
+    q = self._heads(self.q(xs, None)[0])
+    o = attend(q, k_s, v_s, attention_mask(s_valid, t, True), self.attention_impl)
+    zs = s_tail + self.out(o.reshape(r, t, d), None)[0].astype(s_tail.dtype)
+    return self._ffn(zs, None)[0]
 
   def candidate_side(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
                      s_valid: jnp.ndarray) -> jnp.ndarray:

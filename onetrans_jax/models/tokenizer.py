@@ -8,8 +8,13 @@ right-aligned list (padding left, the "most recent" token last, so the pyramid k
     default: the schema's order reversed, e.g. order, cart, click), optionally with one learnable
     [SEP] token per boundary. Valid tokens are packed to the right, so padding never sits between
     two sequences.
-Then a learned position embedding per slot (slot L_S-1 = most recent) and, optionally, a
-time-gap bucket embedding of log2(request time - event time).
+Then the order features (``order_features``): a learned position embedding per slot counted from
+the most recent event (``s_position='from_recent'``, SPEC A.2 [D]) and, optionally, a time-gap
+bucket embedding of log2(request time - event time). Both change every old token when events are
+appended, so the incremental user cache (SPEC A.6) needs ``s_position='none'`` and no time-gap
+buckets: then a token depends on its own event only and the order is carried by the causal mask
+(causal Transformers without positional encodings still learn position: Kazemnejad et al., "The
+Impact of Positional Encoding on Length Generalization in Transformers", NeurIPS 2023).
 
 NS side (per candidate): every categorical and numeric non-sequential feature embedded, then
   * ``auto_split``: concat -> one MLP -> split into L_NS tokens of width d;
@@ -32,6 +37,7 @@ from onetrans_jax.schema import FeatureSchema
 
 NS_TOKENIZERS = ('auto_split', 'group_wise')
 SEQ_MERGES = ('timestamp_aware', 'timestamp_agnostic')
+S_POSITIONS = ('from_recent', 'none')
 
 
 def ns_feature_names(schema: FeatureSchema) -> list[str]:
@@ -81,6 +87,7 @@ class UnifiedTokenizer(nn.Module):
   use_sep: bool = False
   seq_order: tuple[str, ...] | None = None
   time_gap_buckets: int = 0       # 0: no time-gap embedding
+  s_position: str = 'from_recent'  # or 'none': append-stable S tokens (incremental user cache)
   dtype: Any = jnp.float32
 
   @property
@@ -88,11 +95,16 @@ class UnifiedTokenizer(nn.Module):
     return merged_length(self.schema, self.seq_merge, self.use_sep)
 
   # ------------------------------------------------------------------ S side
-  def sequence_tokens(self, emb: FeatureEmbeddings, batch: Mapping[str, Any]
-                      ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """-> S tokens [R, L_S, d] and their validity [R, L_S] (right-aligned)."""
+  def event_tokens(self, emb: FeatureEmbeddings, batch: Mapping[str, Any]
+                   ) -> dict[str, jnp.ndarray]:
+    """The merged S list before order features, right-aligned.
+
+    -> {'s' [R, L, d], 's_valid' [R, L], 's_time' [R, L], 's_kind' [R, L] (index of the event's
+    sequence in the schema; -1 for a [SEP] token)}. L is the batch's own merged length, so a
+    handful of newly arrived events tokenizes the same way as a whole history.
+    """
     s, d = self.schema, self.width
-    toks, valid, times, keys = [], [], [], []
+    toks, valid, times, kinds = [], [], [], []
     aware = self.seq_merge == 'timestamp_aware'
     type_emb = (self.param('sequence_type', nn.initializers.normal(0.02), (len(s.sequences), d))
                 if aware else None)  # the agnostic merge marks boundaries with [SEP] instead
@@ -107,40 +119,53 @@ class UnifiedTokenizer(nn.Module):
       toks.append(x)
       valid.append(batch['seq'][seq.name]['mask'])
       times.append(batch['seq'][seq.name]['time'])
+      kinds.append(jnp.full((r, l), i, jnp.int32))
     r = toks[0].shape[0]
     if aware:
-      tok, val, tim = (jnp.concatenate(x, axis=1) for x in (toks, valid, times))
+      tok, val, tim, kind = (jnp.concatenate(x, axis=1) for x in (toks, valid, times, kinds))
       # Padding first (key -1), then events by time; a stable sort keeps ties in schema order.
       key = jnp.where(val, tim, -1)
     else:
       order = agnostic_order(s, self.seq_order)
       sep = (self.param('sep', nn.initializers.normal(0.02), (len(order) - 1, d))
              if self.use_sep else None)
-      parts_t, parts_v, parts_time = [], [], []
+      parts = ([], [], [], [])
       for pos, i in enumerate(order):
         if pos and sep is not None:
-          parts_t.append(jnp.broadcast_to(sep[pos - 1].astype(toks[i].dtype), (r, 1, d)))
-          parts_v.append(jnp.ones((r, 1), bool))
-          parts_time.append(batch['request']['time'][:, None])  # gap 0: a separator, not an event
-        parts_t.append(toks[i])
-        parts_v.append(valid[i])
-        parts_time.append(times[i])
-      tok, val, tim = (jnp.concatenate(x, axis=1) for x in (parts_t, parts_v, parts_time))
+          for part, x in zip(parts, (
+              jnp.broadcast_to(sep[pos - 1].astype(toks[i].dtype), (r, 1, d)),
+              jnp.ones((r, 1), bool),
+              batch['request']['time'][:, None],  # gap 0: a separator, not an event
+              jnp.full((r, 1), -1, jnp.int32))):
+            part.append(x)
+        for part, x in zip(parts, (toks[i], valid[i], times[i], kinds[i])):
+          part.append(x)
+      tok, val, tim, kind = (jnp.concatenate(x, axis=1) for x in parts)
       key = jnp.where(val, jnp.arange(val.shape[1])[None, :], -1)
     perm = jnp.argsort(key, axis=1, stable=True)
     tok = jnp.take_along_axis(tok, perm[..., None], axis=1)
-    val = jnp.take_along_axis(val, perm, axis=1)
-    tim = jnp.take_along_axis(tim, perm, axis=1)
-    l_s = tok.shape[1]
-    # Slot j is the (L_S - 1 - j)-th most recent token: a learned embedding per slot.
-    tok = tok + self.param('position', nn.initializers.normal(0.02), (l_s, d)).astype(tok.dtype)
+    val, tim, kind = (jnp.take_along_axis(x, perm, axis=1) for x in (val, tim, kind))
+    return {'s': jnp.where(val[..., None], tok, 0).astype(self.dtype), 's_valid': val,
+            's_time': tim, 's_kind': kind}
+
+  def order_features(self, tok: jnp.ndarray, valid: jnp.ndarray, time: jnp.ndarray,
+                     batch: Mapping[str, Any]) -> jnp.ndarray:
+    """Adds the slot position (counted from the most recent) and the request-time gap buckets."""
+    if self.s_position not in S_POSITIONS:
+      raise ConfigError(f'config.model.s_position={self.s_position!r}: choose one of '
+                        f'{list(S_POSITIONS)}')
+    if self.s_position == 'from_recent':
+      # Slot j is the (L_S - 1 - j)-th most recent token: a learned embedding per slot.
+      pos = self.param('position', nn.initializers.normal(0.02), (tok.shape[1], self.width))
+      tok = tok + pos.astype(tok.dtype)
     if self.time_gap_buckets:
-      gap = jnp.maximum(batch['request']['time'][:, None] - tim, 0).astype(jnp.float32)
+      gap = jnp.maximum(batch['request']['time'][:, None] - time, 0).astype(jnp.float32)
       bucket = jnp.clip(jnp.floor(jnp.log2(gap + 1.0)), 0, self.time_gap_buckets - 1)
-      bucket = jnp.where(val, bucket.astype(jnp.int32) + 1, 0)
-      table = self.param('time_gap', nn.initializers.normal(0.02), (self.time_gap_buckets + 1, d))
+      bucket = jnp.where(valid, bucket.astype(jnp.int32) + 1, 0)
+      table = self.param('time_gap', nn.initializers.normal(0.02),
+                         (self.time_gap_buckets + 1, self.width))
       tok = tok + jnp.take(table, bucket, axis=0).astype(tok.dtype)
-    return jnp.where(val[..., None], tok, 0).astype(self.dtype), val
+    return jnp.where(valid[..., None], tok, 0).astype(self.dtype)
 
   # ------------------------------------------------------------------ NS side
   def ns_tokens(self, emb: FeatureEmbeddings, batch: Mapping[str, Any]) -> jnp.ndarray:
@@ -189,13 +214,16 @@ class UnifiedTokenizer(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], part: str = 'all') -> dict[str, jnp.ndarray]:
     """``part``: 'all'; 'user' (S tokens only, no candidate features read); 'candidates' (NS
-    tokens only, no sequence read): the two stages of cached serving (SPEC A.6)."""
+    tokens only, no sequence read): the two stages of cached serving (SPEC A.6). The S side also
+    returns each slot's event time and sequence index (``s_time``, ``s_kind``), which the
+    incremental user cache keeps to merge later events."""
     if part not in ('all', 'user', 'candidates'):
       raise ValueError(f"tokenizer part {part!r}: choose 'all', 'user' or 'candidates'")
     emb = FeatureEmbeddings(self.schema, self.embed_dim, self.dtype, name=EMBEDDINGS)
     out = {}
     if part != 'candidates':
-      out['s'], out['s_valid'] = self.sequence_tokens(emb, batch)
+      out = self.event_tokens(emb, batch)
+      out['s'] = self.order_features(out['s'], out['s_valid'], out['s_time'], batch)
     if part != 'user':
       out['ns'] = self.ns_tokens(emb, batch)
     return out
