@@ -9,6 +9,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder  # a typed None: still overridable by flag
 
+from onetrans_jax.models import multitask_heads
+from onetrans_jax.models.onerank import onerank_model  # noqa: F401  (every OneRank field)
+
 
 def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
@@ -56,12 +59,19 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.optimizer = paper_optimizer()
   c.loss = ml_collections.ConfigDict()
   c.loss.task_weights = placeholder(tuple)  # None: 1 per task; or one weight per task
-  c.loss.mode = 'conditional'     # or 'esmm': conditional tasks trained as pCTR * pCVR on all
+  c.loss.mode = 'conditional'     # or 'esmm': conditional tasks trained as pCTR * pCVR on all;
+                                  # 'joint': unconditional labels on all impressions (OneRank's
+                                  # task definition); 'onerank': joint BCE + InfoNCE (OneRank)
+  c.loss.bce_weight = 1.0         # 'onerank': weight of the per-task BCE
+  c.loss.nce_weight = 1.0         # 'onerank': weight of the list-wise InfoNCE (paper: 1:1)
   c.train = ml_collections.ConfigDict()
   c.train.total_steps = total_steps
   c.train.log_every = 100
   c.train.checkpoint_every = 500  # 0: only at the end
   c.train.keep_checkpoints = 2
+  c.train.diagnostics_every = 0   # N > 0: every N steps log the tasks' gradient cosine on the
+                                  # shared encoder and each task's loss variance (SPEC C.6)
+  c.train.diagnostics_window = 20  # diagnostic samples in the loss-variance window
   c.eval = ml_collections.ConfigDict()
   c.eval.mode = 'holdout'         # or 'next_batch' (the paper's protocol)
   c.eval.every_steps = 0          # hold-out: also evaluate every N steps (0: only at the end)
@@ -103,6 +113,9 @@ def onetrans_model(**overrides) -> ml_collections.ConfigDict:
   m.remat = 'none'                # or 'full', 'dots' (activation recomputation)
   m.head_hidden = 0               # task tower width; 0: d
   m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
+  # The multi-task predictor over the pooled NS tokens: 'towers' (one MLP per task, the default
+  # head), or the OneRank paper's baselines 'shared_bottom', 'mmoe', 'ple' with their sizes.
+  m.update({k: v for k, v in multitask_heads.predictor_defaults().items() if k != 'head_hidden'})
   m.update(overrides)
   return m
 
@@ -116,4 +129,14 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   0.005 -> 0.671.
   """
   c.optimizer.dense.learning_rate = 0.001
+  return c
+
+
+def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``:quick`` variant of a sweep: 100 steps of 16 requests, a 512-request hold-out; it checks
+  every row end to end, too short-trained to compare models."""
+  c.train.total_steps = 100
+  c.train.log_every = 50
+  c.data.batch_size = 16
+  c.data.num_eval_requests = 512
   return c

@@ -20,7 +20,7 @@ resumes where it stopped.
 
 import ml_collections
 
-from experiments import onetrans_s
+from experiments import common, onetrans_s
 
 VARIANTS = (
     ('OneTrans_S', ()),
@@ -43,10 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep.seeds = (0, 1, 2)
   c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
   if arg == 'quick':
-    c.train.total_steps = 100
-    c.train.log_every = 50
-    c.data.batch_size = 16
-    c.data.num_eval_requests = 512
+    common.quick(c)
     c.sweep.seeds = (0,)
   elif arg not in (None, '', 'paper'):
     raise ValueError(f'experiments/onetrans_rq2_ablation.py: unknown variant {arg!r}; '

@@ -20,7 +20,8 @@ import jax
 import ml_collections
 
 from onetrans_jax.models import build_model, onetrans_layout
-from onetrans_jax.models.tokenizer import default_groups, ns_feature_names
+from onetrans_jax.models.multitask_heads import head_flops
+from onetrans_jax.models.tokenizer import default_groups, merged_length, ns_feature_names
 from onetrans_jax.optimizers import count_params
 from onetrans_jax.schema import FeatureSchema
 
@@ -64,8 +65,7 @@ def onetrans_forward_flops(cfg: ml_collections.ConfigDict,
     out['attention_scores'] += 2.0 * 2 * queries * keys * d                  # QK^T and AV
     out['ffn'] += 2.0 * queries * 2 * d * m * d
     keys = queries
-  head = cfg.get('head_hidden', 0) or d
-  out['head'] = 2.0 * schema.num_tasks * (d * head + head)
+  out['head'] = head_flops(cfg, d, schema.num_tasks)
   out['total'] = sum(out.values())
   return out
 
@@ -100,13 +100,58 @@ def shared_forward_flops(cfg: ml_collections.ConfigDict,
   return {'user': user, 'candidate': cand}
 
 
+def onerank_forward_flops(cfg: ml_collections.ConfigDict,
+                          schema: FeatureSchema) -> dict[str, float]:
+  """Forward matmul FLOPs of OneRank (SPEC B.3-B.6), split into 'request' and 'candidate' work.
+
+  OneRank has no per-candidate pass to count: its candidates share the prefix by construction
+  (the mask makes the prefix blind to them). 'request': the history MLPs, the contextual-token
+  maps, every layer's prefix (projections, causal scores over the full P x P rectangle, FFN) and
+  the task channels' per-request work; 'candidate': the candidate token MLP, every layer's group
+  of 1 + K' tokens (projections, scores against P + G keys, FFN) and the scoring.
+  """
+  d, e, m, k = cfg.width, cfg.embed_dim, cfg.ffn_mult, schema.num_tasks
+  merge = cfg.get('seq_merge', 'timestamp_aware')
+  use_sep = cfg.get('use_sep', None)
+  use_sep = merge == 'timestamp_agnostic' if use_sep is None else bool(use_sep)
+  n_ctx = len(schema.request_categorical) + len(schema.request_numeric)
+  p = n_ctx + merged_length(schema, merge, use_sep)
+  g = 1 + (k if cfg.get('task_tokens', 'per_task') == 'per_task' else 1)
+  request = _sequence_mlp_flops(cfg, schema) + 2.0 * len(schema.request_categorical) * e * d
+  cand_in = (len(schema.candidate_categorical) + len(schema.candidate_numeric)) * e
+  candidate = 2.0 * (cand_in * d + d * d)
+  per_token = 2.0 * (4 * d * d + 2 * m * d * d)          # Q, K, V, O and the FFN
+  request += cfg.num_layers * (p * per_token + 2.0 * 2 * p * p * d)
+  candidate += cfg.num_layers * (g * per_token + 2.0 * 2 * g * (p + g) * d)
+  if cfg.get('scoring', 'matching') == 'mlp':
+    hid = cfg.get('head_hidden', 0) or d
+    candidate += 2.0 * k * (d * hid + hid)
+    return {'request': request, 'candidate': candidate}
+  situation = cfg.get('situation', 'attention')
+  if situation != 'mean':
+    d_s = len(schema.request_categorical) * e + len(schema.request_numeric)
+    request += 2.0 * k * (d_s * d if situation == 'attention' else 0) + 2.0 * 2 * k * d * d
+    candidate += 2.0 * (2 * k * d * d + 2 * k * d)      # keys, values; scores and weighted sum
+  if cfg.get('cross_task', True):
+    kv = 4 if (cfg.get('detach', True) or cfg.get('detach_kv_weights', False)) else 2
+    request += 2.0 * ((2 + kv) * k * d * d + 2 * k * k * d + 2 * k * m * d * d)
+  candidate += 2.0 * k * d                                # z_k . r_k^i
+  return {'request': request, 'candidate': candidate}
+
+
 def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
+  """Training FLOPs per impression (3 x forward). OneRank's per-request work is spread over the
+  schema's C candidates slots (its prefix is shared by construction); every other model counts
+  its reference per-candidate pass (the OneTrans paper's convention)."""
+  if cfg.name == 'onerank':
+    f = onerank_forward_flops(cfg, schema)
+    return 3.0 * (f['request'] / schema.num_candidates + f['candidate'])
   return 3.0 * onetrans_forward_flops(cfg, schema)['total']
 
 
 def batch_tflops(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
   """Training TFLOPs for a batch of PAPER_BATCH examples; NaN for models without a count."""
-  if model_cfg.name != 'onetrans':
+  if model_cfg.name not in ('onetrans', 'onerank'):
     return float('nan')
   return training_flops_per_example(model_cfg, schema) * PAPER_BATCH / 1e12
 

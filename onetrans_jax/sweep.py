@@ -5,6 +5,10 @@ An experiment file opts in with ``config.sweep``:
   sweep.variants   tuple of (name, ((dotted.field, value), ...)) overrides, the reference included
   sweep.seeds      training seeds; each variant runs once per seed (mean +- std over seeds)
   sweep.tasks      (task, label) pairs for the table's metric columns, e.g. (('click', 'CTR'), ...)
+  sweep.relative   optional, default True: other rows relative % to the reference; False: all
+                   absolute (the OneRank paper's layout)
+  sweep.metric_labels  optional column names of (auc, uauc), default ('AUC', 'UAUC'); the OneRank
+                   paper's GAUC is our UAUC (per-user AUC weighted by impressions)
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>`` and resumes or is skipped when
 already finished, so an interrupted sweep continues where it stopped.
 """
@@ -78,7 +82,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     schema = pipeline.build_dataset(cfg.data).schema
     results[name] = {'runs': runs, 'params': accounting.dense_params(cfg.model, schema)['dense'],
                      'tflops': accounting.batch_tflops(cfg.model, schema)}
-  table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks))
+  table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks),
+                             relative=sw.get('relative', True),
+                             metric_labels=tuple(sw.get('metric_labels', ('AUC', 'UAUC'))))
   reporting.log(table)
   with open(os.path.join(workdir, 'sweep_table.txt'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
@@ -94,10 +100,12 @@ def _stats(runs: Sequence[Mapping[str, Mapping[str, float]]], task: str,
 
 
 def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], reference: str,
-                       tasks: Sequence[tuple[str, str]]) -> str:
-  """The paper's layout: the reference row absolute, the others relative % to it, +- seed std."""
+                       tasks: Sequence[tuple[str, str]], relative: bool = True,
+                       metric_labels: Sequence[str] = ('AUC', 'UAUC')) -> str:
+  """The paper's layout: the reference row absolute, the others relative % to it, +- seed std
+  (``relative=False``: every row absolute)."""
   n_seeds = len(results[reference]['runs'])
-  header = ['variant'] + [f'{label} {m.upper()}' for _, label in tasks for m in METRICS]
+  header = ['variant'] + [f'{label} {m}' for _, label in tasks for m in metric_labels]
   header += ['params (M)', 'TFLOPs']
   rows = [header]
   for name in names:
@@ -107,7 +115,7 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
       for m in METRICS:
         mean, std = _stats(res['runs'], task, m)
         ref, _ = _stats(results[reference]['runs'], task, m)
-        if name == reference:
+        if name == reference or not relative:
           cell = f'{mean:.5f}'
           if not math.isnan(std):
             cell += f' ±{std:.5f}'
@@ -116,12 +124,15 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
           if not math.isnan(std):
             cell += f' ±{100 * std / ref:.2f}'
         row.append(cell)
-    row += [f'{res["params"] / 1e6:.3f}', f'{res["tflops"]:.3f}']
+    tflops = '—' if math.isnan(res['tflops']) else f'{res["tflops"]:.3f}'
+    row += [f'{res["params"] / 1e6:.3f}', tflops]
     rows.append(row)
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
   seeds = f'{n_seeds} seed' + ('s' if n_seeds != 1 else '')
-  lines = [f'{reference} absolute, other rows relative to it (mean ± std over {seeds}; '
-           'TFLOPs: analytic training FLOPs per batch of 2048)']
+  layout = (f'{reference} absolute, other rows relative to it' if relative else
+            'absolute values')
+  lines = [f'{layout} (mean ± std over {seeds}; TFLOPs: analytic training FLOPs per batch of '
+           '2048, — where the model has no analytic count)']
   for i, r in enumerate(rows):
     lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w)
                            for j, (c, w) in enumerate(zip(r, widths))))

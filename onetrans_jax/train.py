@@ -25,10 +25,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from onetrans_jax import accounting, checkpointing, metrics as metrics_lib, reporting, sharding
+from onetrans_jax import accounting, checkpointing, diagnostics, reporting, sharding
+from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
-from onetrans_jax.losses import LOSS_MODES, multitask_bce
+from onetrans_jax.losses import LOSS_MODES, ancestor_matrix, multitask_bce, onerank_loss
 from onetrans_jax.models import build_model
 from onetrans_jax.optimizers import count_params, make_optimizer
 from onetrans_jax.schema import FeatureSchema, label_weights
@@ -98,8 +99,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'multiple of the number of devices ({num_devices})')
 
 
-def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """Replicated device outputs of one batch -> flat [R*C, T] arrays for the accumulator."""
+def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
+                      chain: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+  """Replicated device outputs of one batch -> flat [R*C, T] arrays for the accumulator.
+
+  ``chain``: the schema's task parents when the model predicts unconditional labels; the planted
+  conditional probabilities are then multiplied along it into the oracle's joint ones.
+  """
   probs, labels = np.asarray(out['probs']), np.asarray(out['labels'])
   r, c, t = probs.shape
   valid = label_weights(labels, np.asarray(out['cand_mask']), parents) > 0
@@ -110,7 +116,10 @@ def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...]) -> dict[
       'valid': valid.reshape(r * c, t),
   }
   if 'true_prob' in out:
-    arrays['true_probs'] = np.asarray(out['true_prob']).reshape(r * c, t)
+    truth = np.asarray(out['true_prob'], np.float64)
+    if chain is not None:  # P(t and its ancestors) = prod of the conditionals along the chain
+      truth = np.exp(np.log(np.maximum(truth, 1e-300)) @ ancestor_matrix(chain).T)
+    arrays['true_probs'] = truth.astype(np.float32).reshape(r * c, t)
   return arrays
 
 
@@ -133,7 +142,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   loss_mode = loss_cfg.get('mode', 'conditional')
   if loss_mode not in LOSS_MODES:
     raise ConfigError(f'config.loss.mode={loss_mode!r}: choose one of {list(LOSS_MODES)}')
-  parents = schema.task_parents
+  if (loss_mode == 'onerank') != (config.model.name == 'onerank') and loss_mode != 'joint':
+    raise ConfigError(
+        f"config.loss.mode={loss_mode!r} with config.model.name={config.model.name!r}: "
+        "the 'onerank' loss (BCE + InfoNCE) needs the OneRank model, and OneRank's matching scores "
+        "are unconditional, so it trains with config.loss.mode='onerank' or 'joint'")
+  # Which impressions each task's loss and metrics cover: conditional tasks live where their
+  # parent is 1; 'joint' and 'onerank' logits are unconditional, over every impression.
+  parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
+      (-1,) * schema.num_tasks)
+  chain = None if loss_mode in ('conditional', 'esmm') else schema.task_parents
+  diag_every = int(config.train.get('diagnostics_every', 0))
   mesh = sharding.make_mesh(config.mesh)
   batch_shd, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   total_steps = int(config.train.total_steps)
@@ -175,15 +194,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tflops = accounting.batch_tflops(config.model, schema)
   flops = '' if np.isnan(tflops) else (
       f', {tflops * 1e3 / accounting.PAPER_BATCH:.3f} training GFLOPs per example '
-      f'({tflops:.3f} TFLOPs per batch of {accounting.PAPER_BATCH}), pyramid {model.schedule}')
+      f'({tflops:.3f} TFLOPs per batch of {accounting.PAPER_BATCH})')
+  if getattr(model, 'schedule', None) is not None:
+    flops += f', pyramid {model.schedule}'
   reporting.log(f'model {config.model.name}: {counts["dense"]:,} dense parameters, '
                 f'{counts["sparse"]:,} embedding parameters{flops}; mesh {dict(mesh.shape)}')
 
   def loss_fn(params, batch):
+    """-> (total, per-task losses [T]); a task's loss is what its own channel is trained on."""
+    labels, cand_mask = batch['labels'], batch['cand']['mask']
+    if loss_mode == 'onerank':
+      logits, aux = model.apply({'params': params}, batch, train=True, aux=True)
+      loss, parts = onerank_loss(logits, aux['nce_logits'], labels, cand_mask, weights,
+                                 float(loss_cfg.get('bce_weight', 1.0)),
+                                 float(loss_cfg.get('nce_weight', 1.0)))
+      return loss, (float(loss_cfg.get('bce_weight', 1.0)) * parts['bce'] +
+                    float(loss_cfg.get('nce_weight', 1.0)) * parts['nce'])
     logits = model.apply({'params': params}, batch, train=True)
-    loss, per_task = multitask_bce(logits, batch['labels'], batch['cand']['mask'], parents, weights,
-                                   loss_mode)
-    return loss, per_task
+    return multitask_bce(logits, labels, cand_mask, parents, weights,
+                         'conditional' if loss_mode == 'joint' else loss_mode)
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -203,6 +232,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       out['true_prob'] = batch['true_prob']
     return out
 
+  def gradient_cosine(params, batch) -> jnp.ndarray:
+    """[T, T] cosine of the tasks' gradients on the shared encoder (SPEC C.6 stability signal)."""
+    private = getattr(type(model), 'TASK_PRIVATE', ())
+    return diagnostics.per_task_gradient_cosine(lambda p: loss_fn(p, batch)[1], params,
+                                                diagnostics.excluding(*private))
+
+  loss_variance = diagnostics.LossVariance(schema.task_names,
+                                           int(config.train.get('diagnostics_window', 20)))
+  gradient_cosine = jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd),
+                            out_shardings=repl)
   train_step = jax.jit(train_step, in_shardings=(state_shd, batch_shd),
                        out_shardings=(state_shd, repl), donate_argnums=0)
   # Outputs replicated: every process sees the whole global batch's predictions and labels, so
@@ -224,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if 0 <= num_batches <= i:
         break
       batch = sharding.put_batch(pipeline.pad_requests(host, local_batch), mesh)
-      acc.add(**_host_eval_arrays(eval_step(params, batch), parents))
+      acc.add(**_host_eval_arrays(eval_step(params, batch), parents, chain))
     return acc.compute()
 
   # ------------------------------------------------------------------ checkpoint restore
@@ -257,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     seen += float(np.sum(host['cand']['mask']))
     batch = sharding.put_batch(host, mesh)
     if mode == 'next_batch':  # score in eval mode before training on it
-      day_acc.add(**_host_eval_arrays(eval_step(state.params, batch), parents))
+      day_acc.add(**_host_eval_arrays(eval_step(state.params, batch), parents, chain))
     state, out = train_step(state, batch)
     step += 1
 
@@ -268,6 +307,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       seen = 0.0
       reporting.log(progress.line(step, float(out['loss']), stats))
       writer.write(step, 'train', {**out, **stats})
+    if diag_every and (step % diag_every == 0 or step == end_step):
+      loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in schema.task_names])
+      cos = np.asarray(jax.device_get(gradient_cosine(state.params, batch)))
+      diag = loss_variance.summary(cos)
+      writer.write(step, 'diagnostics', diag)
+      reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
+                                                 if not k.startswith('loss_mean')))
     if mode == 'next_batch' and step % config.eval.day_steps == 0:
       day = day_acc.compute()
       daily.append(day)

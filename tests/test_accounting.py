@@ -80,3 +80,25 @@ def test_cached_candidate_cost_is_linear_in_sequence_length(config):
   l0, l1 = 64 + 8 + 4, 256 + 8 + 4  # S tokens: click + cart + order of the test world
   assert c1 / c0 < l1 / l0           # attention to the longer S list, nothing quadratic
   assert f1 / f0 > l1 / l0           # the full pass: S projections, FFN and L^2 attention
+
+
+@pytest.mark.parametrize('overrides', [
+    {},                                                     # matching, cascade, detach
+    {'scoring': 'mlp', 'task_tokens': 'shared'},
+    pytest.param({'situation': 'constant_query', 'detach': False}, marks=pytest.mark.slow),
+    pytest.param({'situation': 'mean', 'cross_task': False}, marks=pytest.mark.slow),
+])
+def test_onerank_flops_match_xla(config, overrides):
+  """OneRank's analytic count (request work + C x candidate work) against XLA's, per switch."""
+  from experiments import common
+  mcfg = common.onerank_model(width=32, num_heads=4, num_layers=2, embed_dim=8, **overrides)
+  schema = _schema(config)
+  model = build_model(mcfg, schema)
+  batch = dummy_batch(schema, 2)
+  params = jax.jit(model.init)(jax.random.key(0), batch)['params']
+  xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
+  f = accounting.onerank_forward_flops(mcfg, schema)
+  analytic = 2 * (f['request'] + schema.num_candidates * f['candidate'])
+  assert 0.7 < xla / analytic < 1.5, (xla, analytic)
+  per_example = accounting.training_flops_per_example(mcfg, schema)
+  assert per_example == pytest.approx(3 * (f['request'] / schema.num_candidates + f['candidate']))

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import pyramid, tokenizer
+from onetrans_jax.models import multitask_heads, pyramid, tokenizer
 from onetrans_jax.models.attention import IMPLEMENTATIONS
+from onetrans_jax.models.onerank import onerank_from_config
 from onetrans_jax.models.onetrans import REMAT_POLICIES, OneTrans
 from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
 from onetrans_jax.models.pooled_mlp import ACTIVATIONS, PooledMLP
@@ -126,6 +127,8 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
     raise ModelConfigError("config.model.attention_impl='cudnn' needs a GPU (this backend is "
                            f"{jax.default_backend()!r}); use 'xla'")
   _, l_ns, sched = onetrans_layout(cfg, schema)
+  multitask_heads.predictor_from_config(cfg, schema.num_tasks)  # validates the predictor fields
+  predictor = tuple((f, cfg.get(f)) for f in multitask_heads.PREDICTOR_FIELDS if f in cfg)
   s_position = cfg.get('s_position', 'from_recent')  # configs written before the field existed
   if s_position not in tokenizer.S_POSITIONS:
     raise ModelConfigError(f'config.model.s_position={s_position!r}: choose one of '
@@ -144,12 +147,13 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
       shared_params=sharing == 'shared',
       causal=attention == 'causal', request_level=_request_level(cfg, attention),
       attention_impl=impl, remat=remat,
-      head_hidden=int(cfg.get('head_hidden', 0)), dtype=_dtype(cfg))
+      head_hidden=int(cfg.get('head_hidden', 0)), predictor=predictor, dtype=_dtype(cfg))
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, FeatureSchema], nn.Module]] = {
     'pooled_mlp': _pooled_mlp,
     'onetrans': _onetrans,
+    'onerank': onerank_from_config,
 }
 
 

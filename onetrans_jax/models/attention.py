@@ -57,21 +57,8 @@ def shared_prefix_attention(q: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
   O(R L) for the S side; the two logit blocks share one float32 softmax. This path is einsum-based
   (XLA): a fused kernel would need the S keys copied per candidate, which is what it avoids.
   """
-  scale = 1.0 / np.sqrt(q.shape[-1])
   n = q.shape[2]
-  f32 = jnp.float32
-  logit_s = jnp.einsum('rcnhd,rlhd->rchnl', q, k_s, preferred_element_type=f32) * scale
-  logit_ns = jnp.einsum('rcnhd,rcmhd->rchnm', q, k_ns, preferred_element_type=f32) * scale
-  neg = jnp.finfo(f32).min
-  logit_s = jnp.where(s_valid[:, None, None, None, :], logit_s, neg)
-  logit_ns = jnp.where(np.tril(np.ones((n, n), bool)), logit_ns, neg)
-  w = jax.nn.softmax(jnp.concatenate([logit_s, logit_ns], axis=-1), axis=-1)
-  l_s = k_s.shape[1]
-  out = (jnp.einsum('rchnl,rlhd->rcnhd', w[..., :l_s].astype(v_s.dtype), v_s,
-                    preferred_element_type=f32) +
-         jnp.einsum('rchnm,rcmhd->rcnhd', w[..., l_s:].astype(v_ns.dtype), v_ns,
-                    preferred_element_type=f32))
-  return out.astype(q.dtype)
+  return prefix_group_attention(q, k_s, v_s, s_valid, k_ns, v_ns, np.tril(np.ones((n, n), bool)))
 
 
 def reference_attention(q: Any, k: Any, v: Any, mask: Any) -> jnp.ndarray:
@@ -81,3 +68,38 @@ def reference_attention(q: Any, k: Any, v: Any, mask: Any) -> jnp.ndarray:
   logits = jnp.where(mask, logits, -1e30)
   w = jax.nn.softmax(logits, axis=-1)
   return jnp.einsum('bhqk,bkhd->bqhd', w, v)
+
+
+def prefix_group_attention(q: jnp.ndarray, k_p: jnp.ndarray, v_p: jnp.ndarray,
+                           p_valid: jnp.ndarray, k_g: jnp.ndarray, v_g: jnp.ndarray,
+                           group_mask: Any) -> jnp.ndarray:
+  """Candidate groups' queries over [the request's prefix keys ; their own group's keys].
+
+  q, k_g, v_g [R, C, G, H, Dh]: one token group per candidate (OneRank, SPEC B.3: [c_i, t_1..t_K]);
+  k_p, v_p [R, P, H, Dh]: the request's prefix, one copy per request, never broadcast over C;
+  p_valid [R, P]; group_mask [G, G] static bool (query a may read group key b). A group query sees
+  every valid prefix key and the keys its in-group mask allows, never another candidate's group:
+  its rows of the joint mask over [prefix ; group_1 ; .. ; group_C]. The two logit blocks share one
+  float32 softmax, as ``shared_prefix_attention`` (which is the case group_mask = lower triangle).
+  Every query must see at least one key (a group mask row with no True is refused).
+  """
+  group_mask = np.asarray(group_mask, bool)
+  g = q.shape[2]
+  if group_mask.shape != (g, g):
+    raise ValueError(f'group_mask has shape {group_mask.shape}, the groups hold {g} tokens')
+  if not group_mask.any(axis=1).all():
+    raise ValueError('group_mask: every group query must see at least one in-group key')
+  scale = 1.0 / np.sqrt(q.shape[-1])
+  f32 = jnp.float32
+  logit_p = jnp.einsum('rcghd,rlhd->rchgl', q, k_p, preferred_element_type=f32) * scale
+  logit_g = jnp.einsum('rcghd,rcmhd->rchgm', q, k_g, preferred_element_type=f32) * scale
+  neg = jnp.finfo(f32).min
+  logit_p = jnp.where(p_valid[:, None, None, None, :], logit_p, neg)
+  logit_g = jnp.where(group_mask, logit_g, neg)
+  w = jax.nn.softmax(jnp.concatenate([logit_p, logit_g], axis=-1), axis=-1)
+  l_p = k_p.shape[1]
+  out = (jnp.einsum('rchgl,rlhd->rcghd', w[..., :l_p].astype(v_p.dtype), v_p,
+                    preferred_element_type=f32) +
+         jnp.einsum('rchgm,rcmhd->rcghd', w[..., l_p:].astype(v_g.dtype), v_g,
+                    preferred_element_type=f32))
+  return out.astype(q.dtype)

@@ -23,8 +23,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from onetrans_jax.models.heads import TaskTowers
+from onetrans_jax.models.multitask_heads import predictor_from_config
 from onetrans_jax.models.onetrans_block import OneTransBlock
 from onetrans_jax.models.tokenizer import UnifiedTokenizer
 from onetrans_jax.schema import FeatureSchema
@@ -99,7 +100,14 @@ class OneTrans(nn.Module):
   attention_impl: str = 'xla'
   remat: str = 'none'
   head_hidden: int = 0            # 0: d
+  # The multi-task predictor over the pooled NS tokens (SPEC B.7 baselines): ('predictor', kind)
+  # and its size fields as (name, value) pairs, hashable for the module; () = per-task towers.
+  predictor: tuple[tuple[str, Any], ...] = ()
   dtype: Any = jnp.float32
+
+  # Top-level parameters that belong to one task: gradient diagnostics leave them out of the
+  # shared encoder.
+  TASK_PRIVATE = ('towers',)
 
   def setup(self):
     if self.request_level and not self.causal:
@@ -123,7 +131,8 @@ class OneTrans(nn.Module):
     ]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm before the head.
     self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm')
-    self.towers = TaskTowers(self.schema.num_tasks, self.head_hidden or self.width, self.dtype)
+    head_cfg = ml_collections.ConfigDict(dict(self.predictor, head_hidden=self.head_hidden))
+    self.towers = predictor_from_config(head_cfg, self.schema.num_tasks, self.dtype, self.width)
 
   @property
   def tokenizer_append_stable(self) -> bool:

@@ -1,0 +1,149 @@
+"""The multi-task comparison wired end to end: OneRank and the OneTrans predictors in the one
+training program, the joint task definition, the stability diagnostics, the experiment files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from experiments import common
+from onetrans_jax import accounting, losses
+from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import build_model, multitask_heads
+from onetrans_jax.train import _host_eval_arrays, dummy_batch, train_and_evaluate
+from tests.conftest import small_config
+from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
+
+
+def _tiny_onerank_config():
+  c = small_config()
+  c.model = common.onerank_model(width=16, num_heads=2, num_layers=2, embed_dim=8)
+  c.loss.mode = 'onerank'
+  c.train.total_steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 0
+  c.train.diagnostics_every = 2
+  c.data.num_eval_requests = 64
+  return c
+
+
+def test_onerank_trains_with_infonce_and_logs_diagnostics(tmp_path):
+  result = train_and_evaluate(_tiny_onerank_config(), str(tmp_path))
+  assert set(result['final']) == {'click', 'cart', 'order'}
+  for task, m in result['final'].items():
+    assert 0.0 < m['auc'] < 1.0, task
+    # Unconditional tasks: every real impression counts, for the child tasks too.
+    assert m['count'] == result['final']['click']['count']
+  with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  diag = [r for r in records if r['split'] == 'diagnostics']
+  assert [r['step'] for r in diag] == [2, 4]
+  for key in ('grad_cos/click__cart', 'grad_cos/click__order', 'grad_cos/cart__order'):
+    assert all(-1.0 <= r[key] <= 1.0 for r in diag), key
+  # The loss variance is over the samples seen so far: 0 after one, > 0 after two.
+  assert diag[0]['loss_var/click'] == 0.0 and diag[1]['loss_var/click'] > 0.0
+  train = [r for r in records if r['split'] == 'train']
+  assert all(np.isfinite(r['loss']) for r in train)
+
+
+@pytest.mark.parametrize('model,mode,match', [
+    ('onetrans', 'onerank', "the 'onerank' loss \\(BCE \\+ InfoNCE\\) needs the OneRank model"),
+    ('onerank', 'conditional', "trains with config.loss.mode='onerank' or 'joint'"),
+    ('onerank', 'esmm', "trains with config.loss.mode='onerank' or 'joint'"),
+])
+def test_loss_and_model_must_agree(tmp_path, model, mode, match):
+  c = _tiny_onerank_config()
+  if model == 'onetrans':
+    c.model = onetrans_model_config()
+  c.loss.mode = mode
+  with pytest.raises(ConfigError, match=match):
+    train_and_evaluate(c, str(tmp_path))
+
+
+def test_joint_bce_counts_every_real_impression():
+  logits = np.array([[[0.5, -1.0], [2.0, 0.3], [9.0, 9.0]]], np.float32)   # [1, 3, 2]
+  labels = np.array([[[1, 0], [0, 0], [1, 1]]], np.float32)
+  mask = np.array([[True, True, False]])
+  _, per_task = losses.multitask_bce(logits, labels, mask, (-1, 0), (1.0, 1.0), 'joint')
+  want = [np.mean(optax.sigmoid_binary_cross_entropy(logits[0, :2, t], labels[0, :2, t]))
+          for t in range(2)]
+  np.testing.assert_allclose(per_task, want, rtol=1e-6)
+  # 'conditional' would drop the second impression from task 1 (its parent label is 0).
+  _, cond = losses.multitask_bce(logits, labels, mask, (-1, 0), (1.0, 1.0), 'conditional')
+  np.testing.assert_allclose(cond[1], optax.sigmoid_binary_cross_entropy(np.float32(-1.0),
+                                                                     np.float32(0.0)), rtol=1e-6)
+
+
+def test_oracle_probabilities_follow_the_task_definition():
+  out = {'probs': np.full((1, 1, 3), 0.5, np.float32), 'labels': np.zeros((1, 1, 3), np.float32),
+         'cand_mask': np.ones((1, 1), bool), 'user_id': np.array([7]),
+         'true_prob': np.array([[[0.5, 0.4, 0.25]]], np.float32)}
+  conditional = _host_eval_arrays(out, (-1, 0, 1))
+  np.testing.assert_allclose(conditional['true_probs'], [[0.5, 0.4, 0.25]])
+  joint = _host_eval_arrays(out, (-1, -1, -1), chain=(-1, 0, 1))
+  np.testing.assert_allclose(joint['true_probs'], [[0.5, 0.2, 0.05]], rtol=1e-6)
+
+
+@pytest.mark.parametrize('predictor', ['shared_bottom', 'mmoe', 'ple'])
+def test_onetrans_predictors_replace_the_towers(data, predictor):
+  schema, batch = data
+  towers = onetrans_model_config()
+  other = onetrans_model_config(predictor=predictor)
+  model = build_model(other, schema)
+  params = model.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+  logits = model.apply({'params': params}, batch)
+  assert logits.shape == batch['labels'].shape and np.all(np.isfinite(logits))
+  d, t = towers.width, schema.num_tasks
+  # Only the head differs, by exactly the analytic head sizes.
+  dense = lambda cfg: accounting.dense_params(cfg, schema)['dense']
+  assert dense(other) - dense(towers) == (multitask_heads.head_params(other, d, t) -
+                                          multitask_heads.head_params(towers, d, t))
+  flops = lambda cfg: accounting.onetrans_forward_flops(cfg, schema)['head']
+  assert flops(other) == multitask_heads.head_flops(other, d, t) > 0
+  with pytest.raises(ConfigError, match='config.model.predictor'):
+    build_model(onetrans_model_config(predictor='moe'), schema)
+
+
+@pytest.mark.parametrize('name,rows', [('onerank_main', 4), ('onerank_ablation', 11)])
+def test_experiment_files_load_and_every_variant_builds(data, name, rows):
+  from onetrans_jax.sweep import variant_config
+  schema, _ = data
+  module = importlib.import_module(f'experiments.{name}')
+  for arg in (None, 'quick'):
+    c = module.get_config(arg)
+    assert len(c.sweep.variants) == rows and c.sweep.reference == 'OneRank'
+    for variant, overrides in c.sweep.variants:
+      cfg = variant_config(c, overrides, seed=0)
+      build_model(cfg.model, schema)  # every variant is a valid model config
+      assert (cfg.loss.mode == 'onerank') == (cfg.model.name == 'onerank' and
+                                              'BCE only' not in variant), variant
+  with pytest.raises(ValueError, match=f'experiments/{name}.py: unknown variant'):
+    module.get_config('paper')
+
+
+@pytest.mark.slow  # ~30-50 s; test_onerank.py checks every switch at module level
+def test_ablation_switches_change_the_model(data):
+  """Each ablation row of experiments/onerank_ablation.py changes the logits of OneRank."""
+  from experiments import onerank_ablation
+  from onetrans_jax.sweep import variant_config
+  schema, batch = data
+  c = onerank_ablation.get_config('quick')
+  outs = {}
+  for variant, overrides in c.sweep.variants:
+    cfg = variant_config(c, overrides, seed=0)
+    for f, v in dict(width=16, num_heads=2, num_layers=1, embed_dim=8).items():
+      cfg.model[f] = v
+    model = build_model(cfg.model, schema)
+    params = model.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+    outs[variant] = np.asarray(model.apply({'params': params}, batch))
+  ref = outs.pop('OneRank')
+  for variant, logits in outs.items():
+    if variant in ('no gradient detachment', 'BCE only (no InfoNCE)'):
+      np.testing.assert_allclose(logits, ref, atol=1e-6, err_msg=variant)  # backward-only / loss
+    else:
+      assert np.max(np.abs(logits - ref)) > 1e-4, variant
