@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder  # a typed None: still overridable by flag
 
 from onetrans_jax.models import multitask_heads
+from onetrans_jax.models.baselines import baseline_model  # noqa: F401  (every baseline field)
 from onetrans_jax.models.onerank import onerank_model  # noqa: F401  (every OneRank field)
 
 

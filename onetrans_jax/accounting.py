@@ -20,6 +20,7 @@ import jax
 import ml_collections
 
 from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.models.baselines import baseline_forward_flops
 from onetrans_jax.models.multitask_heads import head_flops
 from onetrans_jax.models.tokenizer import default_groups, merged_length, ns_feature_names
 from onetrans_jax.optimizers import count_params
@@ -146,12 +147,14 @@ def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSc
   if cfg.name == 'onerank':
     f = onerank_forward_flops(cfg, schema)
     return 3.0 * (f['request'] / schema.num_candidates + f['candidate'])
+  if cfg.name == 'baseline':
+    return 3.0 * baseline_forward_flops(cfg, schema)['total']
   return 3.0 * onetrans_forward_flops(cfg, schema)['total']
 
 
 def batch_tflops(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
   """Training TFLOPs for a batch of PAPER_BATCH examples; NaN for models without a count."""
-  if model_cfg.name not in ('onetrans', 'onerank'):
+  if model_cfg.name not in ('onetrans', 'onerank', 'baseline'):
     return float('nan')
   return training_flops_per_example(model_cfg, schema) * PAPER_BATCH / 1e12
 

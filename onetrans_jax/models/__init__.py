@@ -17,6 +17,7 @@ import ml_collections
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import multitask_heads, pyramid, tokenizer
 from onetrans_jax.models.attention import IMPLEMENTATIONS
+from onetrans_jax.models.baselines import baseline_from_config
 from onetrans_jax.models.onerank import onerank_from_config
 from onetrans_jax.models.onetrans import REMAT_POLICIES, OneTrans
 from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
@@ -154,6 +155,7 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, FeatureSchema], nn.Module
     'pooled_mlp': _pooled_mlp,
     'onetrans': _onetrans,
     'onerank': onerank_from_config,
+    'baseline': baseline_from_config,
 }
 
 

@@ -1,0 +1,50 @@
+r"""RQ1: the OneTrans paper's main comparison (SPEC A.10) at CPU size, every row in one command.
+
+  python launch.py --config experiments/rq1_baselines.py --workdir runs/rq1
+  python launch.py --config experiments/rq1_baselines.py:quick --workdir runs/rq1_quick
+
+Trains the seven baselines (experiments/common.baseline_model; onetrans_jax/models/baselines.py)
+and OneTrans_S / OneTrans_L (experiments/onetrans_s.py:small, onetrans_l.py:small) on the same
+synthetic data, steps, optimizer and seeds, and prints the paper's table: DCNv2 + DIN absolute,
+every other row relative % to it (mean ± std over seeds), CTR = click and CVR = cart given click,
+AUC and UAUC, dense params (M) and analytic training TFLOPs per batch of 2048 (each model's
+reference per-candidate pass); the table is also written to <workdir>/sweep_table.txt.
+
+The default is 9 models x 3 seeds x 1000 steps of 64 requests; on 2 CPU cores a run takes 2-15
+minutes (the baselines are the quick ones), so the whole table is hours: an accelerator is the
+better place. ``:quick`` (100 steps of 16 requests, one seed) checks every row end to end; its
+numbers are too short-trained to compare models. An interrupted sweep resumes where it stopped.
+"""
+
+import ml_collections
+
+from experiments import common, onetrans_l, onetrans_s
+
+BASELINES = (
+    ('DCNv2 + DIN', 'din', 'dcnv2'),
+    ('Wukong + DIN', 'din', 'wukong'),
+    ('HiFormer + DIN', 'din', 'hiformer'),
+    ('RankMixer + DIN', 'din', 'rankmixer'),
+    ('RankMixer + StackDIN', 'stack_din', 'rankmixer'),
+    ('RankMixer + LONGER', 'longer', 'rankmixer'),
+    ('RankMixer + Transformer', 'transformer', 'rankmixer'),
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in (None, '', 'quick'):
+    raise ValueError(f'experiments/rq1_baselines.py: unknown variant {arg!r}; use :quick')
+  c = onetrans_s.get_config('small')        # data, optimizer, steps: shared by every row
+  c.model = common.baseline_model('din', 'dcnv2')
+  c.train.checkpoint_every = 0
+  if arg == 'quick':
+    common.quick(c)
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.reference = 'DCNv2 + DIN'
+  c.sweep.variants = tuple(
+      (name, (('model', common.baseline_model(seq, inter)),)) for name, seq, inter in BASELINES
+  ) + (('OneTrans_S', (('model', onetrans_s.get_config('small').model),)),
+       ('OneTrans_L', (('model', onetrans_l.get_config('small').model),)))
+  c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)
+  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
+  return c
