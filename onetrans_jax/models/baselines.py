@@ -120,6 +120,8 @@ class BaselineRanker(nn.Module):
       return se.StackDIN(num_layers=o['num_layers'], hidden=tuple(o['hidden']), dtype=dt,
                          name=name)
     if self.sequence == 'longer':
+      # [D] num_recent is capped at the sequence's merged length: one setting serves sequences of
+      # different lengths (the synthetic order history has only 3 merged tokens).
       return se.Longer(width=o['width'], num_heads=o['num_heads'], num_layers=o['num_layers'],
                        merge=o['merge'], num_recent=min(o['num_recent'],
                                                         -(-seq.max_len // o['merge'])),
