@@ -4,6 +4,12 @@ r"""Entry point: parse flags, load the experiment file, train and evaluate.
   python launch.py --config experiments/default.py --workdir /tmp/run1
   python launch.py --config.train.total_steps=200 --config.model.hidden='(64,32)'
 
+Multi-host (every process runs the same command; see the README's "Sharded and multi-host
+training"):
+
+  python launch.py --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0 ...
+  srun python launch.py ...          # SLURM, TPU slices: detected, no flags needed
+
 Re-running with the same --workdir resumes from its latest checkpoint. An experiment file with a
 ``config.sweep`` section (e.g. experiments/onetrans_rq2_ablation.py) trains all its variants and
 prints one comparison table.
@@ -42,6 +48,16 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir',
                                'Run directory: checkpoints, metrics.jsonl, tensorboard/, '
                                'final_metrics.json. An existing one is resumed.')
 
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'Multi-process start-up (jax.distributed.initialize): auto = when --coordinator_address is '
+    'given or under SLURM / Open MPI / a multi-host TPU slice; on = always; off = never.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 for jax.distributed (not needed under '
+    'SLURM / Open MPI / TPU).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, 0..num_processes-1.")
+
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl parsing, with bad experiment files and overrides reported as one line."""
@@ -69,6 +85,14 @@ def main(argv: list[str]) -> None:
     _fail(f'cannot load the experiment given by --config ({flags.FLAGS["config"].serialize()}): '
           f'{e.__cause__ or e}')
   # Imported here so `--help` and flag errors do not pay for importing jax.
+  from onetrans_jax import distributed
+  try:  # before anything starts a jax backend
+    where = distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                   _PROCESS_ID.value)
+  except ValueError as e:
+    _fail(str(e))
+  if where != 'single process':
+    print(f'distributed: {where}', flush=True)
   from onetrans_jax.errors import ConfigError, NonFiniteLossError
   from onetrans_jax.schema import SchemaError
   from onetrans_jax.sweep import run_sweep

@@ -29,13 +29,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
 from onetrans_jax import accounting, losses, serving  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models import build_model  # noqa: E402
+from onetrans_jax.models import build_model, partitioning  # noqa: E402
 from onetrans_jax.train import dummy_batch  # noqa: E402
 
 _CANDIDATES = flags.DEFINE_list('candidates', ['1', '16', '64', '256', '1024'], 'C values.')
@@ -91,7 +90,8 @@ def serving_table() -> list[str]:
       mcfg_naive = mcfg.copy_and_resolve_references()
       mcfg_naive.request_level = False
       naive = build_model(mcfg_naive, schema)
-      params = jax.jit(shared.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+      params = partitioning.unbox(
+          jax.jit(shared.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
       user_fn, score_fn = serving.cached_scoring_fns(shared)
       cached = jax.jit(lambda p, b: score_fn(p, serving.candidate_part(b),
                                              user_fn(p, serving.user_part(b))))
@@ -151,7 +151,8 @@ def incremental_table() -> list[str]:
     schema, mcfg, batch = _setup(seq_len, 1)
     mcfg.s_position, mcfg.time_gap_buckets = 'none', 0
     model = build_model(mcfg, schema)
-    params = jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+    params = partitioning.unbox(
+        jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
     start, append = serving.incremental_user_fns(model)
     lens = {q.name: q.max_len for q in schema.sequences}
     deepest = model.schedule[-2] - model.num_ns_tokens if model.num_layers > 1 else seq_len
@@ -190,7 +191,8 @@ def training_table() -> list[str]:
     cfg.request_level = request_level
     model = build_model(cfg, schema)
     if params is None:
-      params = jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params']
+      params = partitioning.unbox(
+          jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
     parents = schema.task_parents
 
     def loss(p, b, model=model):

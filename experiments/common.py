@@ -78,8 +78,15 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.eval.every_steps = 0          # hold-out: also evaluate every N steps (0: only at the end)
   c.eval.num_batches = -1         # -1: the whole evaluation range
   c.eval.day_steps = 250          # next_batch: steps per "day" of metrics
+  # Device mesh (onetrans_jax/sharding.py): data x fsdp x tensor = all devices of all processes;
+  # one size may be -1 (inferred). rules=None: sharding.DEFAULT_RULES (batch over data x fsdp,
+  # embedding rows over the whole mesh, weights' embed over fsdp, heads / FFN units over tensor);
+  # otherwise a tuple of (logical axis, mesh axis | tuple of mesh axes | None) pairs.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                # devices on the data axis; -1: all
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = placeholder(tuple)
   return c
 
 
@@ -114,6 +121,8 @@ def onetrans_model(**overrides) -> ml_collections.ConfigDict:
   m.remat = 'none'                # or 'full', 'dots' (activation recomputation)
   m.head_hidden = 0               # task tower width; 0: d
   m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
+  m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this, so the
+                                  # row split over the mesh is even (e.g. 8 on 8 devices)
   # The multi-task predictor over the pooled NS tokens: 'towers' (one MLP per task, the default
   # head), or the OneRank paper's baselines 'shared_bottom', 'mmoe', 'ple' with their sizes.
   m.update({k: v for k, v in multitask_heads.predictor_defaults().items() if k != 'head_hidden'})

@@ -23,5 +23,6 @@ from experiments import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   model = ml_collections.ConfigDict(dict(
-      name='pooled_mlp', embed_dim=16, hidden=(256, 128), activation='relu', dtype='float32'))
+      name='pooled_mlp', embed_dim=16, hidden=(256, 128), activation='relu', dtype='float32',
+      embedding_row_multiple=1))
   return common.base_config(model, common.synthetic_data(), total_steps=1000)

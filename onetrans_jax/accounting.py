@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.models import build_model, onetrans_layout, partitioning
 from onetrans_jax.models.baselines import baseline_forward_flops
 from onetrans_jax.models.multitask_heads import head_flops
 from onetrans_jax.models.tokenizer import default_groups, merged_length, ns_feature_names
@@ -33,7 +33,8 @@ def dense_params(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) ->
   """Dense and embedding parameter counts from shapes alone (no memory is allocated)."""
   from onetrans_jax.train import dummy_batch  # local: train imports this module's users
   model = build_model(model_cfg, schema)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
+  params = jax.eval_shape(lambda: partitioning.unbox(
+      model.init(jax.random.key(0), dummy_batch(schema, 1))['params']))
   return count_params(params)
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,7 +31,7 @@ from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
 from onetrans_jax.losses import LOSS_MODES, ancestor_matrix, multitask_bce, onerank_loss
-from onetrans_jax.models import build_model
+from onetrans_jax.models import build_model, partitioning
 from onetrans_jax.optimizers import count_params, make_optimizer
 from onetrans_jax.schema import FeatureSchema, label_weights
 
@@ -71,7 +72,7 @@ def task_weights(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> tuple
   return weights
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
   """Cross-field checks that no single builder can make; each names the field and the fix."""
   for section in ('data', 'model', 'optimizer', 'train', 'eval', 'mesh'):
     if section not in config:
@@ -94,9 +95,43 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f'config.eval.every_steps must be >= 0 (0: only at the end), '
                       f'got {e.every_steps}')
   b = config.data.batch_size
-  if b < 1 or b % num_devices:
+  if b < 1 or b % batch_shards:
     raise ConfigError(f'config.data.batch_size={b} (requests per step) must be a positive '
-                      f'multiple of the number of devices ({num_devices})')
+                      f'multiple of the batch shards, mesh data x fsdp = {batch_shards}')
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: FeatureSchema
+                 ) -> tuple[Callable[[Any, Any], tuple[jnp.ndarray, jnp.ndarray]], str]:
+  """-> (loss_fn(params, batch) -> (total, per-task losses [T]), the loss mode), config checked.
+
+  A task's loss is what its own channel is trained on. Shared by training and
+  ``sharding_check`` so that both differentiate the same function.
+  """
+  loss_cfg = config.get('loss', ml_collections.ConfigDict())
+  weights = task_weights(loss_cfg, schema)
+  loss_mode = loss_cfg.get('mode', 'conditional')
+  if loss_mode not in LOSS_MODES:
+    raise ConfigError(f'config.loss.mode={loss_mode!r}: choose one of {list(LOSS_MODES)}')
+  if (loss_mode == 'onerank') != (config.model.name == 'onerank') and loss_mode != 'joint':
+    raise ConfigError(
+        f"config.loss.mode={loss_mode!r} with config.model.name={config.model.name!r}: "
+        "the 'onerank' loss (BCE + InfoNCE) needs the OneRank model, and OneRank's matching scores "
+        "are unconditional, so it trains with config.loss.mode='onerank' or 'joint'")
+  parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
+      (-1,) * schema.num_tasks)
+  bce_w, nce_w = float(loss_cfg.get('bce_weight', 1.0)), float(loss_cfg.get('nce_weight', 1.0))
+
+  def loss_fn(params, batch):
+    labels, cand_mask = batch['labels'], batch['cand']['mask']
+    if loss_mode == 'onerank':
+      logits, aux = model.apply({'params': params}, batch, train=True, aux=True)
+      loss, parts = onerank_loss(logits, aux['nce_logits'], labels, cand_mask, weights, bce_w,
+                                 nce_w)
+      return loss, bce_w * parts['bce'] + nce_w * parts['nce']
+    logits = model.apply({'params': params}, batch, train=True)
+    return multitask_bce(logits, labels, cand_mask, parents, weights,
+                         'conditional' if loss_mode == 'joint' else loss_mode)
+  return loss_fn, loss_mode
 
 
 def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
@@ -124,36 +159,32 @@ def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> dict[str, Any]:
+                       stop_at_step: int | None = None,
+                       devices: Sequence[Any] | None = None) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint) and returns the final report.
 
   ``stop_at_step`` ends the run early after saving a checkpoint there, as a preemption would; the
-  same call without it then resumes and finishes the identical run.
+  same call without it then resumes and finishes the identical run. ``devices``: the devices the
+  mesh spans (default: every device of every process).
   """
   # ------------------------------------------------------------------ setup
-  check_config(config, jax.device_count())
+  if 'mesh' not in config:
+    raise ConfigError('config.mesh is missing; start from experiments/default.py')
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.rules_from_config(config.mesh)
+  check_config(config, sharding.batch_shards(mesh))
   os.makedirs(workdir, exist_ok=True)
   dataset = pipeline.build_dataset(config.data)
   schema = dataset.schema
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
-  loss_cfg = config.get('loss', ml_collections.ConfigDict())
-  weights = task_weights(loss_cfg, schema)
-  loss_mode = loss_cfg.get('mode', 'conditional')
-  if loss_mode not in LOSS_MODES:
-    raise ConfigError(f'config.loss.mode={loss_mode!r}: choose one of {list(LOSS_MODES)}')
-  if (loss_mode == 'onerank') != (config.model.name == 'onerank') and loss_mode != 'joint':
-    raise ConfigError(
-        f"config.loss.mode={loss_mode!r} with config.model.name={config.model.name!r}: "
-        "the 'onerank' loss (BCE + InfoNCE) needs the OneRank model, and OneRank's matching scores "
-        "are unconditional, so it trains with config.loss.mode='onerank' or 'joint'")
+  loss_fn, loss_mode = make_loss_fn(config, model, schema)
   # Which impressions each task's loss and metrics cover: conditional tasks live where their
   # parent is 1; 'joint' and 'onerank' logits are unconditional, over every impression.
   parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
       (-1,) * schema.num_tasks)
   chain = None if loss_mode in ('conditional', 'esmm') else schema.task_parents
   diag_every = int(config.train.get('diagnostics_every', 0))
-  mesh = sharding.make_mesh(config.mesh)
   batch_shd, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   total_steps = int(config.train.total_steps)
   end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
@@ -182,13 +213,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ------------------------------------------------------------------ model and optimizer
   def init_state(rng: jax.Array) -> TrainState:
-    params = model.init(rng, dummy_batch(schema, 1))['params']
+    params = partitioning.unbox(model.init(rng, dummy_batch(schema, 1))['params'])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       nonfinite_step=jnp.full((), -1, jnp.int32))
 
+  # Shardings from the parameters' logical axes and the config's rules; the optimizer state
+  # follows its parameters. Initialisation runs under jit straight into those shardings, so no
+  # device ever holds a whole table that is split.
   rng = jax.random.key(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
-  state_shd = jax.tree.map(lambda _: repl, abstract_state)
+  boxed = jax.eval_shape(lambda r: model.init(r, dummy_batch(schema, 1))['params'], rng)
+  params_shd, uneven = sharding.param_shardings(boxed, mesh, rules)
+  state_shd = TrainState(
+      step=repl, params=params_shd,
+      opt_state=sharding.opt_state_shardings(abstract_state.opt_state, abstract_state.params,
+                                               params_shd, mesh),
+      nonfinite_step=repl)
   state = jax.jit(init_state, out_shardings=state_shd)(rng)
   counts = count_params(state.params)
   tflops = accounting.batch_tflops(config.model, schema)
@@ -198,21 +238,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if getattr(model, 'schedule', None) is not None:
     flops += f', pyramid {model.schedule}'
   reporting.log(f'model {config.model.name}: {counts["dense"]:,} dense parameters, '
-                f'{counts["sparse"]:,} embedding parameters{flops}; mesh {dict(mesh.shape)}')
-
-  def loss_fn(params, batch):
-    """-> (total, per-task losses [T]); a task's loss is what its own channel is trained on."""
-    labels, cand_mask = batch['labels'], batch['cand']['mask']
-    if loss_mode == 'onerank':
-      logits, aux = model.apply({'params': params}, batch, train=True, aux=True)
-      loss, parts = onerank_loss(logits, aux['nce_logits'], labels, cand_mask, weights,
-                                 float(loss_cfg.get('bce_weight', 1.0)),
-                                 float(loss_cfg.get('nce_weight', 1.0)))
-      return loss, (float(loss_cfg.get('bce_weight', 1.0)) * parts['bce'] +
-                    float(loss_cfg.get('nce_weight', 1.0)) * parts['nce'])
-    logits = model.apply({'params': params}, batch, train=True)
-    return multitask_bce(logits, labels, cand_mask, parents, weights,
-                         'conditional' if loss_mode == 'joint' else loss_mode)
+                f'{counts["sparse"]:,} embedding parameters{flops}; mesh {sharding.describe(mesh)}'
+                f' over {jax.process_count()} process(es)')
+  if uneven and mesh.size > 1:
+    reporting.log(f'note: {len(uneven)} parameter dimension(s) are split over fewer mesh axes '
+                  'than the rules ask, because those axes do not divide them (pad embedding '
+                  'tables with config.model.embedding_row_multiple): ' + '; '.join(uneven[:8]) +
+                  (' ...' if len(uneven) > 8 else ''))
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -240,13 +272,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   loss_variance = diagnostics.LossVariance(schema.task_names,
                                            int(config.train.get('diagnostics_window', 20)))
-  gradient_cosine = jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd),
-                            out_shardings=repl)
-  train_step = jax.jit(train_step, in_shardings=(state_shd, batch_shd),
-                       out_shardings=(state_shd, repl), donate_argnums=0)
+  # Each step is traced under the mesh and the logical-axis rules, so the models' activation
+  # hints (batch over data x fsdp, heads and FFN units over tensor) resolve to mesh axes.
+  gradient_cosine = sharding.under_mesh(
+      jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd), out_shardings=repl),
+      mesh, rules)
+  train_step = sharding.under_mesh(
+      jax.jit(train_step, in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, repl),
+              donate_argnums=0), mesh, rules)
   # Outputs replicated: every process sees the whole global batch's predictions and labels, so
   # metrics are global on every host without a separate gather.
-  eval_step = jax.jit(eval_step, in_shardings=(state_shd.params, batch_shd), out_shardings=repl)
+  eval_step = sharding.under_mesh(
+      jax.jit(eval_step, in_shardings=(state_shd.params, batch_shd), out_shardings=repl),
+      mesh, rules)
 
   def check_finite(state: TrainState) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
@@ -332,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ckpt.wait()
   ckpt.close()
-  result: dict[str, Any] = {'step': step, 'params': counts}
+  # ``state``: the final TrainState (sharded device arrays) for callers that go on from it.
+  result: dict[str, Any] = {'step': step, 'params': counts, 'state': state}
   if step < total_steps:  # stopped early (stop_at_step): a later call resumes
     writer.close()
     return result

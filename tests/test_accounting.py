@@ -8,7 +8,7 @@ import pytest
 from experiments import onetrans_l, onetrans_s
 from onetrans_jax import accounting
 from onetrans_jax.data import pipeline
-from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.models import build_model, onetrans_layout, partitioning
 from onetrans_jax.train import dummy_batch
 from tests.test_onetrans import onetrans_model_config
 
@@ -53,7 +53,8 @@ def test_analytic_flops_match_xla(config, request_level):
   schema = _schema(config)
   model = build_model(mcfg, schema)
   batch = dummy_batch(schema, 1)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch)['params'])
+  params = jax.eval_shape(
+      lambda: partitioning.unbox(model.init(jax.random.key(0), batch)['params']))
   params = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), params)
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
   c = schema.num_candidates
@@ -95,7 +96,7 @@ def test_onerank_flops_match_xla(config, overrides):
   schema = _schema(config)
   model = build_model(mcfg, schema)
   batch = dummy_batch(schema, 2)
-  params = jax.jit(model.init)(jax.random.key(0), batch)['params']
+  params = partitioning.unbox(jax.jit(model.init)(jax.random.key(0), batch)['params'])
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
   f = accounting.onerank_forward_flops(mcfg, schema)
   analytic = 2 * (f['request'] + schema.num_candidates * f['candidate'])

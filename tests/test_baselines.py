@@ -10,7 +10,7 @@ from experiments import common, rq1_baselines
 from onetrans_jax import accounting
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model
+from onetrans_jax.models import build_model, partitioning
 from onetrans_jax.models.baselines import BaselineRanker, num_feature_tokens
 from onetrans_jax.train import dummy_batch, train_and_evaluate
 from tests.conftest import small_config
@@ -66,7 +66,8 @@ def test_each_baseline_trains_and_beats_the_constant_predictor(tmp_path, name, s
 def _init(model_cfg, schema, num_requests=2):
   model = build_model(model_cfg, schema)
   batch = dummy_batch(schema, num_requests)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch)['params'])
+  params = partitioning.unbox(
+      jax.eval_shape(lambda: model.init(jax.random.key(0), batch)['params']))
   return model, batch, params
 
 
@@ -128,7 +129,7 @@ def test_token_layout_and_target_columns():
   schema = _schema()
   mcfg = tiny_baseline('din', 'dcnv2')
   model, batch, _ = _init(mcfg, schema)
-  params = jax.jit(model.init)(jax.random.key(1), batch)['params']
+  params = partitioning.unbox(jax.jit(model.init)(jax.random.key(1), batch)['params'])
   assert set(params) >= {'embeddings', 'seq_click', 'seq_cart', 'seq_order', 'interaction',
                          'towers'}
   # N = request + candidate features + (1 + side) tokens per sequence.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from onetrans_jax.accounting import xla_flops
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.feature_interaction import (CrossLayer, DCNv2, HiFormer, HiFormerLayer,
                                                      RankMixer, RankMixerLayer, Wukong,
                                                      WukongLayer, cross_layer, dcnv2_flops,
@@ -23,7 +24,7 @@ from onetrans_jax.models.feature_interaction import (CrossLayer, DCNv2, HiFormer
 
 
 def _shapes(model, x):
-  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  return partitioning.unbox(jax.eval_shape(model.init, jax.random.key(0), x)['params'])
 
 
 def _random_params(model, x, seed=0, scale=0.3):
@@ -215,7 +216,7 @@ def test_rankmixer_parameters_are_per_token_ffns_and_norms_only():
   t, d, k = 4, 8, 2
   model = RankMixer(num_layers=2, ffn_mult=k)
   x = jnp.asarray(np.random.default_rng(6).normal(size=(2, t, d)), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(0), x)['params']
+  params = partitioning.unbox(jax.jit(model.init)(jax.random.key(0), x)['params'])
   names = {'/'.join(str(getattr(key, 'key', key)) for key in path[1:])
            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert names == {'mix_norm/scale', 'mix_norm/bias', 'ffn_norm/scale', 'ffn_norm/bias',

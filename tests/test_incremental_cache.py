@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onetrans_jax import serving
-from onetrans_jax.models import build_model
+from onetrans_jax.models import build_model, partitioning
 from onetrans_jax.train import dummy_batch
 from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
 
@@ -73,7 +73,8 @@ def _concat(schema, old: dict, new: dict) -> dict:
 def stable_model(data):
   schema, _ = data
   model = build_model(onetrans_model_config(num_layers=4, **STABLE), schema)
-  params = jax.jit(model.init)(jax.random.key(5), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(
+      jax.jit(model.init)(jax.random.key(5), dummy_batch(schema, 1))['params'])
   start, append = serving.incremental_user_fns(model)
   return model, params, start, append
 

@@ -11,6 +11,7 @@ import pytest
 from onetrans_jax.accounting import xla_flops
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import multitask_heads as mh
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.heads import TaskTowers
 
 R, C, D, T = 3, 5, 32, 3
@@ -47,7 +48,7 @@ def _init(head, x, seed=1):
   CPU; these tests need any well-scaled values (biases non-zero, so references check them).
   ``test_real_init`` runs the real initialiser once.
   """
-  shapes = jax.eval_shape(head.init, jax.random.key(0), x)['params']
+  shapes = partitioning.unbox(jax.eval_shape(head.init, jax.random.key(0), x)['params'])
   rng = np.random.default_rng(seed)
 
   def draw(s):
@@ -102,7 +103,7 @@ def test_real_init():
   """The real initialiser: float32 parameters, zero biases, fan-in scaled weights."""
   head = mh.predictor_from_config(_cfg('mmoe', predictor_experts=8), T)
   x = _x()
-  params = jax.jit(head.init)(jax.random.key(0), x)['params']
+  params = partitioning.unbox(jax.jit(head.init)(jax.random.key(0), x)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(_init(head, x))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
   assert float(jnp.abs(params['expert_b']).max()) == 0.0
@@ -135,7 +136,7 @@ def test_compute_dtype_bfloat16_keeps_float32_params_and_logits():
   h32 = mh.predictor_from_config(cfg, T)
   h16 = mh.predictor_from_config(cfg, T, dtype=jnp.bfloat16)
   params = _init(h32, x)
-  shapes = jax.eval_shape(h16.init, jax.random.key(0), x)['params']
+  shapes = partitioning.unbox(jax.eval_shape(h16.init, jax.random.key(0), x)['params'])
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
   a = np.asarray(_applier(h32)(params, x))
   b = jax.jit(_applier(h16))(params, x)   # one compile beats a bfloat16 compile per op

@@ -14,7 +14,7 @@ import pytest
 from experiments import common
 from onetrans_jax import accounting, losses
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, multitask_heads
+from onetrans_jax.models import build_model, multitask_heads, partitioning
 from onetrans_jax.train import _host_eval_arrays, dummy_batch, train_and_evaluate
 from tests.conftest import small_config
 from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
@@ -95,7 +95,7 @@ def test_onetrans_predictors_replace_the_towers(data, predictor):
   towers = onetrans_model_config()
   other = onetrans_model_config(predictor=predictor)
   model = build_model(other, schema)
-  params = model.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(model.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
   logits = model.apply({'params': params}, batch)
   assert logits.shape == batch['labels'].shape and np.all(np.isfinite(logits))
   d, t = towers.width, schema.num_tasks
@@ -139,7 +139,7 @@ def test_ablation_switches_change_the_model(data):
     for f, v in dict(width=16, num_heads=2, num_layers=1, embed_dim=8).items():
       cfg.model[f] = v
     model = build_model(cfg.model, schema)
-    params = model.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+    params = partitioning.unbox(model.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
     outs[variant] = np.asarray(model.apply({'params': params}, batch))
   ref = outs.pop('OneRank')
   for variant, logits in outs.items():

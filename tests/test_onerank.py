@@ -19,6 +19,7 @@ import pytest
 
 from onetrans_jax import losses
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.attention import prefix_group_attention, reference_attention
 from onetrans_jax.models.onerank import (OneRank, group_mask, onerank_from_config, onerank_mask,
                                          onerank_model)
@@ -49,8 +50,8 @@ def _params(model: OneRank, schema, seed: int = 0):
 
 def _host_init(module, *args, seed: int = 0, **kwargs):
   """Parameters of ``module.init(key, *args)`` drawn on the host (see ``_params``)."""
-  shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0),
-                          *args).get('params', {})
+  shapes = partitioning.unbox(jax.eval_shape(functools.partial(module.init, **kwargs),
+                                             jax.random.key(0), *args).get('params', {}))
 
   def make(path, leaf):
     name = jax.tree_util.keystr(path)
@@ -487,8 +488,8 @@ def test_model_loss_and_temperature(setup):
   _, (logits2, aux2) = _compiled(schema, 'grad')(hot, batch)
   np.testing.assert_allclose(aux2['nce_logits'], 2.0 * logits2, rtol=1e-6)
   # The real initialiser sets 1/tau = 1 (only the top-level parameters are created).
-  init = jax.jit(functools.partial(model.init, method=OneRank.inverse_temperature))(
-      jax.random.key(0))
+  init = partitioning.unbox(jax.jit(functools.partial(
+      model.init, method=OneRank.inverse_temperature))(jax.random.key(0)))
   assert float(init['params']['log_inv_temperature']) == 0.0
   assert float(model.apply(init, method=OneRank.inverse_temperature)) == 1.0
   total, parts = losses.onerank_loss(logits, aux['nce_logits'], batch['labels'],
@@ -592,7 +593,8 @@ def test_builder_defaults_and_embedding_group(data):  # noqa: F811
   assert (model.task_tokens, model.scoring, model.situation, model.task_mask) == (
       'per_task', 'matching', 'attention', 'cascade')
   assert model.cross_task and model.detach and not model.detach_kv_weights and model.request_level
-  shapes = jax.eval_shape(_model(schema).init, jax.random.key(0), dummy_batch(schema, 1))['params']
+  shapes = partitioning.unbox(jax.eval_shape(_model(schema).init, jax.random.key(0),
+                                             dummy_batch(schema, 1))['params'])
   labels = param_labels(shapes)
   # One table per vocabulary, shared by history, context and candidates, in the sparse group.
   assert set(shapes['embeddings']) == set(schema.vocab_sizes)

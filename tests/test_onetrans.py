@@ -12,7 +12,7 @@ import pytest
 
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, onetrans_layout
+from onetrans_jax.models import build_model, onetrans_layout, partitioning
 from onetrans_jax.models.attention import attention_mask, reference_attention, tail_causal
 from onetrans_jax.models.mixed import MixedLinear
 from onetrans_jax.models.onetrans import OneTrans
@@ -44,7 +44,7 @@ def data():
 
 def _init(schema, mcfg, seed=0):
   model = build_model(mcfg, schema)
-  params = model.init(jax.random.key(seed), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(model.init(jax.random.key(seed), dummy_batch(schema, 1))['params'])
   return model, params
 
 
@@ -105,7 +105,10 @@ def test_tail_causal_mask_and_attention_reference():
 def test_mixed_linear_is_per_token_weights():
   s, ns = jnp.ones((2, 5, 3)), jax.random.normal(jax.random.key(1), (2, 4, 3))
   layer = MixedLinear(6, num_ns=4)
-  p = layer.init(jax.random.key(0), s, ns)['params']
+  boxed = layer.init(jax.random.key(0), s, ns)['params']
+  assert boxed['s_kernel'].names == (partitioning.EMBED, partitioning.MLP)
+  assert boxed['ns_kernel'].names == (partitioning.TOKENS, partitioning.EMBED, partitioning.MLP)
+  p = partitioning.unbox(boxed)
   assert p['s_kernel'].shape == (3, 6) and p['ns_kernel'].shape == (4, 3, 6)
   ys, yns = layer.apply({'params': p}, s, ns)
   for j in range(4):  # the reference: token j through its own kernel
@@ -113,7 +116,7 @@ def test_mixed_linear_is_per_token_weights():
   np.testing.assert_allclose(ys, s @ p['s_kernel'], rtol=1e-5)
   assert not np.allclose(p['ns_kernel'][0], p['ns_kernel'][1])
   shared = MixedLinear(6, num_ns=4, shared=True)
-  p = shared.init(jax.random.key(0), s, ns)['params']
+  p = partitioning.unbox(shared.init(jax.random.key(0), s, ns)['params'])
   assert set(p) == {'s_kernel'}
   np.testing.assert_allclose(shared.apply({'params': p}, s, ns)[1], ns @ p['s_kernel'], rtol=1e-5)
 

@@ -9,7 +9,7 @@ import pytest
 
 from onetrans_jax import losses
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model
+from onetrans_jax.models import build_model, partitioning
 from onetrans_jax.models.attention import attention_mask, reference_attention, shared_prefix_attention
 from onetrans_jax.models.onetrans import OneTrans
 from onetrans_jax.train import dummy_batch
@@ -26,7 +26,7 @@ LAYOUTS = [
 def _pair(schema, **overrides):
   shared = build_model(onetrans_model_config(request_level=True, **overrides), schema)
   naive = build_model(onetrans_model_config(request_level=False, **overrides), schema)
-  params = shared.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(shared.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
   return shared, naive, params
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from onetrans_jax.accounting import xla_flops
+from onetrans_jax.models import partitioning
 from onetrans_jax.models import sequence_encoders as se
 
 R, C, L, D = 2, 3, 8, 8
@@ -25,10 +26,15 @@ def _data(seed=0, l=L, d=D, d_t=None):
   return events, target, user
 
 
+def _shapes(module, *args):
+  """The module's parameter shapes (unboxed: plain ShapeDtypeStructs)."""
+  return partitioning.unbox(jax.eval_shape(module.init, jax.random.key(0), *args)['params'])
+
+
 def _random_params(module, *args, seed=1):
   """Random parameters of the module's real tree, drawn on the host (skips compiling the
   initialisers, seconds each on CPU); fan-in scaled, biases and gains non-zero."""
-  shapes = jax.eval_shape(module.init, jax.random.key(0), *args)['params']
+  shapes = _shapes(module, *args)
   rng = np.random.default_rng(seed)
 
   def draw(s):
@@ -183,7 +189,7 @@ def test_bfloat16_compute_keeps_float32_params(name):
   module = make().clone(dtype=jnp.bfloat16)
   events, target, user = _data(d_t=D_T if kind == 'longer' else None)
   args = _args(kind, events, target, user)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), *args)['params']
+  shapes = _shapes(module, *args)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
   out = jax.eval_shape(lambda p: module.apply({'params': p}, *args), shapes)
   assert out.dtype == jnp.bfloat16
@@ -305,7 +311,8 @@ def test_config_errors_name_the_attribute():
 def test_real_init_is_float32_and_finite():
   module = _longer(num_layers=1, inner_trans=False)
   events, target, user = _data(d_t=D_T)
-  params = jax.jit(module.init)(jax.random.key(0), events, MASK, target, user)['params']
+  params = partitioning.unbox(
+      jax.jit(module.init)(jax.random.key(0), events, MASK, target, user)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(
       _random_params(module, events, MASK, target, user))
   assert all(x.dtype == jnp.float32 and np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -324,18 +331,18 @@ def _block_params(w, m=4):
 @pytest.mark.parametrize('d, hidden', [(8, (12, 6)), (16, (20, 10, 5))])
 def test_din_param_count(d, hidden):
   events, target = jnp.ones((R, L, d)), jnp.ones((R, C, d))
-  p = jax.eval_shape(se.DINAttention(hidden).init, jax.random.key(0), events, MASK, target)
-  assert _count(p['params']) == _din_params(d, hidden)
+  p = _shapes(se.DINAttention(hidden), events, MASK, target)
+  assert _count(p) == _din_params(d, hidden)
   for n in (2, 3):
-    p = jax.eval_shape(se.StackDIN(n, hidden).init, jax.random.key(0), events, MASK, target)
-    assert _count(p['params']) == n * _din_params(d, hidden) + (n - 1) * 2 * d
+    p = _shapes(se.StackDIN(n, hidden), events, MASK, target)
+    assert _count(p) == n * _din_params(d, hidden) + (n - 1) * 2 * d
 
 
 @pytest.mark.parametrize('width, layers, merge, inner', [(16, 2, 4, True), (24, 3, 3, False)])
 def test_longer_param_count(width, layers, merge, inner):
   events, target, user = _data(d_t=D_T)
   module = se.Longer(width, 2, layers, merge=merge, num_recent=1, inner_trans=inner)
-  p = jax.eval_shape(module.init, jax.random.key(0), events, MASK, target, user)['params']
+  p = _shapes(module, events, MASK, target, user)
   padded = -(-L // merge) * merge
   w = width
   want = (padded * D + (_block_params(D) if inner else 0) + merge * D * w + w
@@ -348,7 +355,7 @@ def test_longer_param_count(width, layers, merge, inner):
 @pytest.mark.parametrize('width, layers', [(16, 1), (24, 3)])
 def test_sequence_transformer_param_count(width, layers):
   module = se.SequenceTransformer(width, 4, layers)
-  p = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((R, L, D)), MASK)['params']
+  p = _shapes(module, jnp.ones((R, L, D)), MASK)
   assert _count(p) == D * width + width + L * width + layers * _block_params(width) + 2 * width
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onetrans_jax import serving
-from onetrans_jax.models import build_model
+from onetrans_jax.models import build_model, partitioning
 from onetrans_jax.serving_runtime import load_scorer
 from onetrans_jax.train import dummy_batch
 from tests.conftest import ROOT
@@ -23,7 +23,8 @@ def trained_like(data):
   """A model with random (not zero) parameters and its per-candidate reference scores."""
   schema, batch = data
   model = build_model(onetrans_model_config(), schema)
-  params = jax.jit(model.init)(jax.random.key(3), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(
+      jax.jit(model.init)(jax.random.key(3), dummy_batch(schema, 1))['params'])
   naive = build_model(onetrans_model_config(request_level=False), schema)
   reference = jax.jit(lambda p, b: naive.apply({'params': p}, b))(params, batch)
   return schema, batch, model, params, np.asarray(reference)

@@ -18,6 +18,7 @@ from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import multitask_heads, pyramid, tokenizer
 from onetrans_jax.models.attention import IMPLEMENTATIONS
 from onetrans_jax.models.baselines import baseline_from_config
+from onetrans_jax.models.embeddings import check_row_multiple
 from onetrans_jax.models.onerank import onerank_from_config
 from onetrans_jax.models.onetrans import REMAT_POLICIES, OneTrans
 from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
@@ -57,7 +58,8 @@ def _pooled_mlp(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Mod
   if any(h < 1 for h in hidden):
     raise ModelConfigError(f'config.model.hidden must hold positive widths, got {hidden}')
   return PooledMLP(schema, embed_dim=int(cfg.embed_dim), hidden=hidden,
-                   activation=_choice(cfg, 'activation', ACTIVATIONS), dtype=_dtype(cfg))
+                   activation=_choice(cfg, 'activation', ACTIVATIONS), dtype=_dtype(cfg),
+                   embedding_row_multiple=check_row_multiple(cfg.get('embedding_row_multiple', 1)))
 
 
 def _switch(cfg: ml_collections.ConfigDict, field: str, possible: bool, needs: str) -> bool:
@@ -148,7 +150,8 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
       shared_params=sharing == 'shared',
       causal=attention == 'causal', request_level=_request_level(cfg, attention),
       attention_impl=impl, remat=remat,
-      head_hidden=int(cfg.get('head_hidden', 0)), predictor=predictor, dtype=_dtype(cfg))
+      head_hidden=int(cfg.get('head_hidden', 0)), predictor=predictor, dtype=_dtype(cfg),
+      embedding_row_multiple=check_row_multiple(cfg.get('embedding_row_multiple', 1)))
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, FeatureSchema], nn.Module]] = {

@@ -39,6 +39,7 @@ import numpy as np
 
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import feature_interaction as fi
+from onetrans_jax.models import partitioning as lp
 from onetrans_jax.models import sequence_encoders as se
 from onetrans_jax.models.embeddings import EMBEDDINGS, FeatureEmbeddings, NumericEmbedding
 from onetrans_jax.models.heads import TaskTowers
@@ -110,6 +111,7 @@ class BaselineRanker(nn.Module):
   interaction_options: tuple[tuple[str, Any], ...] = ()  # the backbone's hyperparameters
   head_hidden: int = 64
   dtype: Any = jnp.float32
+  embedding_row_multiple: int = 1  # embedding-table rows rounded up to a multiple (even splits)
 
   # ------------------------------------------------------------------ pieces
   def _sequence_module(self, seq: SequenceFeature) -> nn.Module:
@@ -140,8 +142,8 @@ class BaselineRanker(nn.Module):
     flat = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, t * chunk - flat.shape[-1])])
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2,
                                             out_axis=-1, batch_axis=(0,))
-    w = self.param('token_kernel', init, (t, chunk, d))
-    b = self.param('token_bias', nn.initializers.zeros, (t, d))
+    w = lp.param(self, 'token_kernel', init, (t, chunk, d), (lp.TOKENS, lp.EMBED, lp.MLP))
+    b = lp.param(self, 'token_bias', nn.initializers.zeros, (t, d), (lp.TOKENS, lp.MLP))
     chunks = flat.reshape(flat.shape[:-1] + (t, chunk)).astype(self.dtype)
     return jnp.einsum('...tc,tcd->...td', chunks, w.astype(self.dtype)) + b.astype(self.dtype)
 
@@ -152,7 +154,7 @@ class BaselineRanker(nn.Module):
     del train  # no dropout or batch statistics [D]
     s, e, dt = self.schema, self.embed_dim, self.dtype
     r, c = batch['cand']['mask'].shape
-    emb = FeatureEmbeddings(s, e, dt, name=EMBEDDINGS)
+    emb = FeatureEmbeddings(s, e, dt, row_multiple=self.embedding_row_multiple, name=EMBEDDINGS)
     user = [emb.request(batch)]                                              # [R, F_u, e]
     if s.request_numeric:
       user.append(NumericEmbedding(len(s.request_numeric), e, dt, name='request_numeric')(
@@ -183,6 +185,7 @@ class BaselineRanker(nn.Module):
     x = jnp.concatenate(tokens, axis=2)                                      # [R, C, N, e]
     if self.interaction == 'rankmixer':
       x = self._rankmixer_tokens(x)
+    x = lp.constrain(x, (lp.BATCH, None, lp.LENGTH, lp.ACT_EMBED))
     y = interaction_module(self.interaction, _options(self.interaction_options), dt,
                            'interaction')(x)
     return TaskTowers(s.num_tasks, self.head_hidden, dt, name='towers')(y)
@@ -294,6 +297,7 @@ def baseline_from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) 
       raise ConfigError(f'config.model.{field}={cfg.get(field)!r}: choose one of {list(choices)}')
   e = _check_field('embed_dim', cfg.get('embed_dim'), 'int')
   hid = _check_field('head_hidden', cfg.get('head_hidden'), 'int')
+  rows = _check_field('embedding_row_multiple', cfg.get('embedding_row_multiple', 1), 'int')
   seq_opts = _module_options(cfg, cfg.sequence, SEQUENCE_FIELDS[cfg.sequence])
   int_opts = _module_options(cfg, cfg.interaction, INTERACTION_FIELDS[cfg.interaction])
   so, io = dict(seq_opts), dict(int_opts)
@@ -321,7 +325,7 @@ def baseline_from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) 
                       f'config.model.rankmixer.width={io["width"]} (token mixing splits each '
                       'token into T heads)')
   return BaselineRanker(schema, cfg.sequence, cfg.interaction, e, seq_opts, int_opts, hid,
-                        DTYPES[cfg.dtype])
+                        DTYPES[cfg.dtype], embedding_row_multiple=rows)
 
 
 def baseline_model(sequence: str = 'din', interaction: str = 'dcnv2',
@@ -336,6 +340,8 @@ def baseline_model(sequence: str = 'din', interaction: str = 'dcnv2',
   m.embed_dim = 16                # feature token width e
   m.head_hidden = 64              # task tower width
   m.dtype = 'float32'
+  m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this (1: as
+                                  # the vocabulary), so the vocab axis splits evenly over a mesh
   subs = {
       'din': dict(hidden=(64, 32)),
       'stack_din': dict(num_layers=2, hidden=(64, 32)),

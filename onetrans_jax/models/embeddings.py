@@ -13,22 +13,47 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import partitioning
+from onetrans_jax.models.partitioning import EMBED, TOKENS, VOCAB
 from onetrans_jax.schema import FeatureSchema
 
 EMBEDDINGS = 'embeddings'
 
 
+def padded_rows(size: int, row_multiple: int) -> int:
+  """Rows of a table of ``size`` ids: ``size`` rounded up to a multiple of ``row_multiple``."""
+  check_row_multiple(row_multiple)
+  return -(-size // row_multiple) * row_multiple
+
+
+def check_row_multiple(row_multiple: Any) -> int:
+  """``config.model.embedding_row_multiple`` validated (a positive integer)."""
+  if isinstance(row_multiple, bool) or not isinstance(row_multiple, int) or row_multiple < 1:
+    raise ConfigError(f'config.model.embedding_row_multiple must be a positive integer, got '
+                      f'{row_multiple!r}')
+  return row_multiple
+
+
 class FeatureEmbeddings(nn.Module):
-  """Embedding tables keyed by vocabulary; features that share a vocabulary share its table."""
+  """Embedding tables keyed by vocabulary; features that share a vocabulary share its table.
+
+  ``row_multiple`` pads every table to a multiple of that many rows (ids never reach the extra
+  rows), so a table split over devices along its rows (``VOCAB``) divides evenly. With 1 (the
+  default) a table has exactly its vocabulary's size.
+  """
   schema: FeatureSchema
   dim: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  row_multiple: int = 1
 
   def setup(self):
     init = nn.initializers.normal(stddev=0.05)
     self.tables = {
-        v.name: self.param(v.name, init, (v.size, self.dim), self.param_dtype)
+        v.name: partitioning.param(self, v.name, init,
+                                   (padded_rows(v.size, self.row_multiple), self.dim),
+                                   (VOCAB, EMBED), self.param_dtype)
         for v in self.schema.vocabularies
     }
 
@@ -72,9 +97,10 @@ class NumericEmbedding(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """x [..., n] -> [..., n, dim]."""
-    w = self.param('w', nn.initializers.normal(0.05), (self.num_features, self.dim),
-                   self.param_dtype)
-    b = self.param('b', nn.initializers.zeros, (self.num_features, self.dim), self.param_dtype)
+    w = partitioning.param(self, 'w', nn.initializers.normal(0.05),
+                           (self.num_features, self.dim), (TOKENS, EMBED), self.param_dtype)
+    b = partitioning.param(self, 'b', nn.initializers.zeros, (self.num_features, self.dim),
+                           (TOKENS, EMBED), self.param_dtype)
     x = x.astype(self.dtype)
     return x[..., None] * w.astype(self.dtype) + b.astype(self.dtype)
 

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from onetrans_jax.models import partitioning as lp
+
 Init = Any
 
 
@@ -48,6 +50,20 @@ def _token_mix_init() -> Init:
   """For a token recombination W [n_out, n_in] applied as W X: the fan-in is n_in (axis -1)."""
   return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-1,
                                           out_axis=-2)
+
+
+def _dense(features: int, in_axis: str | None, out_axis: str | None, dtype: Any,
+           name: str) -> nn.Dense:
+  """A biased Dense with the fan-in truncated-normal kernel and logical axes [in, out]."""
+  return nn.Dense(features, dtype=dtype, name=name,
+                  **lp.dense(in_axis, out_axis, kernel_init=_dense_init()))
+
+
+def _tokens_hint(x: jnp.ndarray) -> jnp.ndarray:
+  """Sharding hint for feature tokens [B, ..., N, D]: the leading axis over the batch axes."""
+  if x.ndim < 3:
+    return x
+  return lp.constrain(x, (lp.BATCH,) + (None,) * (x.ndim - 3) + (lp.LENGTH, lp.ACT_EMBED))
 
 
 def _positive(owner: str, field: str, value: Any, minimum: int = 1) -> None:
@@ -79,6 +95,15 @@ def _mlp_flops(d_in: int, widths: Sequence[int]) -> float:
   return total
 
 
+def _token_ffn(module: nn.Module, t: int, d: int, f: int, prefix: str = 'ffn_'
+               ) -> tuple[jnp.ndarray, ...]:
+  """Per-token FFN weights w1 [t, d, f], b1 [t, f], w2 [t, f, d], b2 [t, d] (in this order)."""
+  return (lp.param(module, f'{prefix}w1', _stacked_init(), (t, d, f), (lp.TOKENS, lp.EMBED, lp.MLP)),
+          lp.param(module, f'{prefix}b1', nn.initializers.zeros, (t, f), (lp.TOKENS, lp.MLP)),
+          lp.param(module, f'{prefix}w2', _stacked_init(), (t, f, d), (lp.TOKENS, lp.MLP, lp.EMBED)),
+          lp.param(module, f'{prefix}b2', nn.initializers.zeros, (t, d), (lp.TOKENS, lp.EMBED)))
+
+
 # ================================================================================== DCN-V2
 def cross_layer(x0: jnp.ndarray, x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray
                 ) -> jnp.ndarray:
@@ -105,12 +130,20 @@ class CrossLayer(nn.Module):
   def __call__(self, x0: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     """x0, x [..., d] -> x' [..., d]."""
     d = x.shape[-1]
-    b = self.param('bias', nn.initializers.zeros, (d,)).astype(self.dtype)
+    x = lp.whole_features(x)
+    # The bias takes the output axis of the last kernel: W [in, out], or U^T [rank, d].
+    # [D] The full-rank W's output is x's own width (multiplied into x0), so it is not split over
+    # ``tensor``: split (EMBED, MLP), the gradient reaching x0 came out wrong on (2,2,2)
+    # (partitioner bug, onetrans_jax/sharding_check.py); W is split over fsdp only.
+    b = lp.param(self, 'bias', nn.initializers.zeros, (d,),
+                 (lp.NORM if self.rank is None else lp.EMBED,)).astype(self.dtype)
     if self.rank is None:
-      w = self.param('kernel', _dense_init(), (d, d)).astype(self.dtype)
+      w = lp.param(self, 'kernel', _dense_init(), (d, d), (lp.EMBED, None)).astype(self.dtype)
       return cross_layer(x0, x, w, b)
-    v = self.param('v', _dense_init(), (d, self.rank)).astype(self.dtype)   # V: project down
-    u = self.param('u', _dense_init(), (self.rank, d)).astype(self.dtype)   # U^T: back up
+    v = lp.param(self, 'v', _dense_init(), (d, self.rank),                # V: project down
+                 (lp.EMBED, lp.MLP)).astype(self.dtype)
+    u = lp.param(self, 'u', _dense_init(), (self.rank, d),                # U^T: back up
+                 (lp.MLP, lp.EMBED)).astype(self.dtype)
     return x0 * ((x @ v) @ u + b) + x
 
 
@@ -164,7 +197,7 @@ class DCNv2(nn.Module):
       xl = CrossLayer(self.rank, self.dtype, name=f'cross_{i}')(x0, xl)
     h = x0 if self.structure == 'parallel' else xl
     for i, w in enumerate(self.mlp_hidden):
-      h = nn.relu(nn.Dense(w, dtype=self.dtype, kernel_init=_dense_init(), name=f'deep_{i}')(h))
+      h = nn.relu(_dense(w, *lp.chain_axes(i), self.dtype, f'deep_{i}')(h))
     if self.structure == 'parallel':
       return jnp.concatenate([xl, h], axis=-1)
     return h
@@ -207,26 +240,31 @@ class WukongLayer(nn.Module):
     lead = x.shape[:-2]
     n_f, n_l = self.num_fm_tokens, self.num_lcb_tokens
     if self.fm_rank is not None and self.fm_rank < n:
-      y = self.param('fm_projection', _dense_init(), (n, self.fm_rank)).astype(self.dtype)
+      # Y [n, k] contracts the token axis (no width axis): tokens in, rank out, kept whole.
+      y = lp.param(self, 'fm_projection', _dense_init(), (n, self.fm_rank),
+                   (lp.TOKENS, None)).astype(self.dtype)
       xty = jnp.einsum('...nd,nk->...dk', x, y)          # X^T Y [D, k] first: O(nkD)
       fm = jnp.einsum('...nd,...dk->...nk', x, xty)      # X (X^T Y) [n, k]
     else:
       fm = jnp.einsum('...nd,...md->...nm', x, x)        # X X^T [n, n]
-    h = nn.LayerNorm(dtype=self.dtype, name='fm_norm')(fm.reshape(lead + (-1,)))
+    h = nn.LayerNorm(dtype=self.dtype, name='fm_norm', **lp.norm())(fm.reshape(lead + (-1,)))
     for i, w in enumerate(self.mlp_hidden):
-      h = nn.relu(nn.Dense(w, dtype=self.dtype, kernel_init=_dense_init(), name=f'fm_mlp_{i}')(h))
-    h = nn.Dense(n_f * d, dtype=self.dtype, kernel_init=_dense_init(), name='fm_out')(h)
+      h = nn.relu(_dense(w, *lp.chain_axes(i), self.dtype, f'fm_mlp_{i}')(h))
+    # Back to n_F tokens of D, the stack's next (alternating) layer.
+    h = _dense(n_f * d, *lp.chain_axes(len(self.mlp_hidden)), self.dtype, 'fm_out')(h)
     parts = [h.reshape(lead + (n_f, d))]
     if n_l:
-      w_l = self.param('lcb', _token_mix_init(), (n_l, n))
+      # Token recombinations [n_out, n_in]: the input token axis is TOKENS, the output unnamed.
+      w_l = lp.param(self, 'lcb', _token_mix_init(), (n_l, n), (None, lp.TOKENS))
       parts.append(jnp.einsum('...nd,ln->...ld', x, w_l.astype(self.dtype)))
     out = jnp.concatenate(parts, axis=-2)
     if n_f + n_l == n:
       res = x
     else:
-      w_r = self.param('residual_projection', _token_mix_init(), (n_f + n_l, n))
+      w_r = lp.param(self, 'residual_projection', _token_mix_init(), (n_f + n_l, n),
+                     (None, lp.TOKENS))
       res = jnp.einsum('...nd,on->...od', x, w_r.astype(self.dtype))
-    return nn.LayerNorm(dtype=self.dtype, name='norm')(out + res)
+    return nn.LayerNorm(dtype=self.dtype, name='norm', **lp.norm())(out + res)
 
 
 class Wukong(nn.Module):
@@ -324,15 +362,19 @@ class HiFormerLayer(nn.Module):
     n, d = x.shape[-2], x.shape[-1]
     e = self.num_heads * self.head_dim
     if self.projection == 'heterogeneous':
-      w = self.param(name, _stacked_init(), (rows, d, e))
+      w = lp.param(self, name, _stacked_init(), (rows, d, e), (lp.TOKENS, lp.EMBED, lp.HEADS))
       return jnp.einsum('...nd,nde->...ne', x[..., n - rows:, :], w.astype(self.dtype))
+    # Composite: the input token axis is part of the fan-in (unnamed: one name per array, and
+    # TOKENS marks the per-output-token axis).
     if self.rank is None:
-      w = self.param(name, _stacked_init(in_axis=(0, 1), out_axis=(2, 3), batch_axis=()),
-                     (n, d, rows, e))
+      w = lp.param(self, name, _stacked_init(in_axis=(0, 1), out_axis=(2, 3), batch_axis=()),
+                   (n, d, rows, e), (None, lp.EMBED, lp.TOKENS, lp.HEADS))
       return jnp.einsum('...md,mdne->...ne', x, w.astype(self.dtype))
-    down = self.param(f'{name}_down', _stacked_init(in_axis=(0, 1), out_axis=2, batch_axis=()),
-                      (n, d, self.rank))
-    up = self.param(f'{name}_up', _stacked_init(in_axis=1, out_axis=2), (rows, self.rank, e))
+    down = lp.param(self, f'{name}_down',
+                    _stacked_init(in_axis=(0, 1), out_axis=2, batch_axis=()),
+                    (n, d, self.rank), (lp.TOKENS, lp.EMBED, None))
+    up = lp.param(self, f'{name}_up', _stacked_init(in_axis=1, out_axis=2),
+                  (rows, self.rank, e), (lp.TOKENS, None, lp.HEADS))
     u = jnp.einsum('...md,mdr->...r', x, down.astype(self.dtype))   # concat(x) L: reads all
     return jnp.einsum('...r,nre->...ne', u, up.astype(self.dtype))
 
@@ -345,6 +387,7 @@ class HiFormerLayer(nn.Module):
     n, d = x.shape[-2], x.shape[-1]
     t = n if self.num_queries is None else self.num_queries
     h, dh = self.num_heads, self.head_dim
+    x = _tokens_hint(x)
     heads = lambda a: a.reshape(a.shape[:-1] + (h, dh))
     q = heads(self._project('q', x, t))
     k = heads(self._project('k', x, n))
@@ -352,17 +395,14 @@ class HiFormerLayer(nn.Module):
     logits = jnp.einsum('...qhc,...khc->...hqk', q, k).astype(jnp.float32) / jnp.sqrt(dh)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     o = jnp.einsum('...hqk,...khc->...qhc', attn, v).reshape(q.shape[:-2] + (h * dh,))
-    w_o = self.param('out', _stacked_init(), (t, h * dh, d))
+    w_o = lp.param(self, 'out', _stacked_init(), (t, h * dh, d), (lp.TOKENS, lp.HEADS, lp.EMBED))
     z = x[..., n - t:, :] + jnp.einsum('...ne,ned->...nd', o, w_o.astype(self.dtype))
-    z = nn.LayerNorm(dtype=self.dtype, name='attn_norm')(z)
+    z = nn.LayerNorm(dtype=self.dtype, name='attn_norm', **lp.norm())(z)
     f = self.ffn_mult * d
-    w1 = self.param('ffn_w1', _stacked_init(), (t, d, f))
-    b1 = self.param('ffn_b1', nn.initializers.zeros, (t, f))
-    w2 = self.param('ffn_w2', _stacked_init(), (t, f, d))
-    b2 = self.param('ffn_b2', nn.initializers.zeros, (t, d))
+    w1, b1, w2, b2 = _token_ffn(self, t, d, f)
     y = nn.relu(jnp.einsum('...nd,ndf->...nf', z, w1.astype(self.dtype)) + b1.astype(self.dtype))
     y = jnp.einsum('...nf,nfd->...nd', y, w2.astype(self.dtype)) + b2.astype(self.dtype)
-    return nn.LayerNorm(dtype=self.dtype, name='ffn_norm')(z + y)
+    return nn.LayerNorm(dtype=self.dtype, name='ffn_norm', **lp.norm())(z + y)
 
 
 class HiFormer(nn.Module):
@@ -413,7 +453,8 @@ class HiFormer(nn.Module):
     x = x.astype(self.dtype)
     t = self.num_task_tokens
     if t:
-      task = self.param('task_tokens', nn.initializers.normal(0.02), (t, d)).astype(self.dtype)
+      task = lp.param(self, 'task_tokens', nn.initializers.normal(0.02), (t, d),
+                      (lp.TASKS, lp.EMBED)).astype(self.dtype)
       x = jnp.concatenate([x, jnp.broadcast_to(task, x.shape[:-2] + (t, d))], axis=-2)
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
@@ -472,14 +513,12 @@ class RankMixerLayer(nn.Module):
     """x [..., T, D] -> [..., T, D]."""
     t, d = x.shape[-2], x.shape[-1]
     f = self.ffn_mult * d
-    s = nn.LayerNorm(dtype=self.dtype, name='mix_norm')(token_mixing(x) + x)
-    w1 = self.param('pffn_w1', _stacked_init(), (t, d, f))
-    b1 = self.param('pffn_b1', nn.initializers.zeros, (t, f))
-    w2 = self.param('pffn_w2', _stacked_init(), (t, f, d))
-    b2 = self.param('pffn_b2', nn.initializers.zeros, (t, d))
+    x = _tokens_hint(x)
+    s = nn.LayerNorm(dtype=self.dtype, name='mix_norm', **lp.norm())(token_mixing(x) + x)
+    w1, b1, w2, b2 = _token_ffn(self, t, d, f, prefix='pffn_')
     y = nn.gelu(jnp.einsum('...td,tdf->...tf', s, w1.astype(self.dtype)) + b1.astype(self.dtype))
     y = jnp.einsum('...tf,tfd->...td', y, w2.astype(self.dtype)) + b2.astype(self.dtype)
-    return nn.LayerNorm(dtype=self.dtype, name='ffn_norm')(y + s)
+    return nn.LayerNorm(dtype=self.dtype, name='ffn_norm', **lp.norm())(y + s)
 
 
 class RankMixer(nn.Module):

@@ -15,6 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from onetrans_jax.models import partitioning
+from onetrans_jax.models.partitioning import EMBED, MLP, NORM, TOKENS
+
 Init = Any
 
 
@@ -23,13 +26,18 @@ def _default_init() -> Init:
 
 
 class MixedLinear(nn.Module):
-  """y_s = x_s W_S;  y_ns[:, j] = x_ns[:, j] W_NS[j]  (no biases, SPEC A.4 [D])."""
+  """y_s = x_s W_S;  y_ns[:, j] = x_ns[:, j] W_NS[j]  (no biases, SPEC A.4 [D]).
+
+  ``axes``: the logical axes (input, output) of a kernel; the S kernel [d_in, features] takes them
+  as they are, the NS stack [N, d_in, features] as (TOKENS, *axes).
+  """
   features: int
   num_ns: int
   shared: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Init | None = None
+  axes: tuple[str, str] = (EMBED, MLP)
 
   @nn.compact
   def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
@@ -44,7 +52,8 @@ class MixedLinear(nn.Module):
     s_out = ns_out = None
     if s is not None or self.shared:
       d_in = (s if s is not None else ns).shape[-1]
-      w_s = self.param('s_kernel', init, (d_in, self.features), self.param_dtype)
+      w_s = partitioning.param(self, 's_kernel', init, (d_in, self.features), self.axes,
+                               self.param_dtype)
       if s is not None:
         s_out = jnp.einsum('...ld,de->...le', s.astype(self.dtype), w_s.astype(self.dtype))
     if ns is not None:
@@ -52,8 +61,9 @@ class MixedLinear(nn.Module):
         ns_out = jnp.einsum('...nd,de->...ne', ns.astype(self.dtype), w_s.astype(self.dtype))
       else:
         # Stack of per-token kernels: init each slice like an independent [d_in, features] kernel.
-        w_ns = self.param('ns_kernel', _stacked(init), (self.num_ns, ns.shape[-1], self.features),
-                          self.param_dtype)
+        w_ns = partitioning.param(self, 'ns_kernel', _stacked(init),
+                                  (self.num_ns, ns.shape[-1], self.features),
+                                  (TOKENS, *self.axes), self.param_dtype)
         ns_out = jnp.einsum('...nd,nde->...ne', ns.astype(self.dtype), w_ns.astype(self.dtype))
     return s_out, ns_out
 
@@ -86,11 +96,13 @@ class MixedRMSNorm(nn.Module):
 
     g_s = None
     if s is not None or self.shared:
-      g_s = self.param('s_scale', nn.initializers.ones, (d,), self.param_dtype)
+      g_s = partitioning.param(self, 's_scale', nn.initializers.ones, (d,), (NORM,),
+                               self.param_dtype)
     s_out = None if s is None else norm(s, g_s)
     ns_out = None
     if ns is not None:
-      g_ns = g_s[None] if self.shared else self.param('ns_scale', nn.initializers.ones,
-                                                      (self.num_ns, d), self.param_dtype)
+      g_ns = g_s[None] if self.shared else partitioning.param(
+          self, 'ns_scale', nn.initializers.ones, (self.num_ns, d), (TOKENS, NORM),
+          self.param_dtype)
       ns_out = norm(ns, g_ns)
     return s_out, ns_out

@@ -42,7 +42,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models.heads import TaskTowers
+from onetrans_jax.models import partitioning
+from onetrans_jax.models.heads import TaskTowers, tower_params
+from onetrans_jax.models.partitioning import EMBED, EXPERTS, MLP, TASKS
 
 PREDICTORS = ('towers', 'shared_bottom', 'mmoe', 'ple')
 
@@ -69,11 +71,9 @@ class PerTaskTowers(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     t, d, h = x.shape[-2], x.shape[-1], self.hidden
-    w1 = self.param('w1', _init(0), (t, d, h))
-    b1 = self.param('b1', nn.initializers.zeros, (t, h))
-    w2 = self.param('w2', _init(0), (t, h, 1))
-    b2 = self.param('b2', nn.initializers.zeros, (t,))
+    w1, b1, w2, b2 = tower_params(self, _init(0), t, d, h)
     dt = self.dtype
+    x = partitioning.whole_features(x)
     hid = nn.silu(jnp.einsum('...td,tdh->...th', x.astype(dt), w1.astype(dt)) + b1.astype(dt))
     out = jnp.einsum('...th,th->...t', hid, w2[..., 0].astype(dt)) + b2.astype(dt)
     return out.astype(jnp.float32)
@@ -91,9 +91,10 @@ class SharedBottom(nn.Module):
     """``return_gates`` returns (logits, {}): a shared bottom has no gates."""
     d = x.shape[-1]
     b = self.bottom_hidden or d
-    w = self.param('bottom_w', _init(), (d, b))
-    bias = self.param('bottom_b', nn.initializers.zeros, (b,))
+    w = partitioning.param(self, 'bottom_w', _init(), (d, b), (EMBED, MLP))
+    bias = partitioning.param(self, 'bottom_b', nn.initializers.zeros, (b,), (MLP,))
     dt = self.dtype
+    x = partitioning.whole_features(x)
     z = nn.silu(jnp.einsum('...d,dh->...h', x.astype(dt), w.astype(dt)) + bias.astype(dt))
     logits = TaskTowers(self.num_tasks, self.tower_hidden or d, dt, name='towers')(z)
     return (logits, {}) if return_gates else logits
@@ -113,10 +114,10 @@ class MMoE(nn.Module):
     d, t, e = x.shape[-1], self.num_tasks, self.num_experts
     h = self.expert_hidden or d
     dt = self.dtype
-    w = self.param('expert_w', _init(0), (e, d, h))
-    b = self.param('expert_b', nn.initializers.zeros, (e, h))
-    wg = self.param('gate_w', _init(0), (t, d, e))
-    x = x.astype(dt)
+    w = partitioning.param(self, 'expert_w', _init(0), (e, d, h), (EXPERTS, EMBED, MLP))
+    b = partitioning.param(self, 'expert_b', nn.initializers.zeros, (e, h), (EXPERTS, MLP))
+    wg = partitioning.param(self, 'gate_w', _init(0), (t, d, e), (TASKS, EMBED, EXPERTS))
+    x = partitioning.whole_features(x.astype(dt))
     experts = nn.silu(jnp.einsum('...d,edh->...eh', x, w.astype(dt)) + b.astype(dt))
     gates = _gate(jnp.einsum('...d,tde->...te', x, wg.astype(dt)))
     mixed = jnp.einsum('...te,...eh->...th', gates.astype(dt), experts)
@@ -144,17 +145,21 @@ class CGCLevel(nn.Module):
     t, et, es, h = self.num_tasks, self.task_experts, self.shared_experts, self.expert_hidden
     d = shared_in.shape[-1]
     dt = self.dtype
-    wt = self.param('task_expert_w', _init(0, 1), (t, et, d, h))
-    bt = self.param('task_expert_b', nn.initializers.zeros, (t, et, h))
-    ws = self.param('shared_expert_w', _init(0), (es, d, h))
-    bs = self.param('shared_expert_b', nn.initializers.zeros, (es, h))
-    wgt = self.param('task_gate_w', _init(0), (t, d, et + es))
-    shared_in = shared_in.astype(dt)
+    wt = partitioning.param(self, 'task_expert_w', _init(0, 1), (t, et, d, h),
+                            (TASKS, EXPERTS, EMBED, MLP))
+    bt = partitioning.param(self, 'task_expert_b', nn.initializers.zeros, (t, et, h),
+                            (TASKS, EXPERTS, MLP))
+    ws = partitioning.param(self, 'shared_expert_w', _init(0), (es, d, h), (EXPERTS, EMBED, MLP))
+    bs = partitioning.param(self, 'shared_expert_b', nn.initializers.zeros, (es, h),
+                            (EXPERTS, MLP))
+    wgt = partitioning.param(self, 'task_gate_w', _init(0), (t, d, et + es),
+                             (TASKS, EMBED, EXPERTS))
+    shared_in = partitioning.whole_features(shared_in.astype(dt))
     if task_in is None:           # first level: one input for every task
       task_exp = jnp.einsum('...d,tedh->...teh', shared_in, wt.astype(dt))
       task_gate = _gate(jnp.einsum('...d,tde->...te', shared_in, wgt.astype(dt)))
     else:
-      task_in = task_in.astype(dt)
+      task_in = partitioning.whole_features(task_in.astype(dt))
       task_exp = jnp.einsum('...td,tedh->...teh', task_in, wt.astype(dt))
       task_gate = _gate(jnp.einsum('...td,tde->...te', task_in, wgt.astype(dt)))
     task_exp = nn.silu(task_exp + bt.astype(dt))                                  # [..., T, Et, H]
@@ -166,7 +171,8 @@ class CGCLevel(nn.Module):
     gates = {'task': task_gate}
     shared_out = None
     if self.shared_gate:
-      wgs = self.param('shared_gate_w', _init(), (d, t * et + es))
+      wgs = partitioning.param(self, 'shared_gate_w', _init(), (d, t * et + es),
+                               (EMBED, EXPERTS))
       shared_gate = _gate(jnp.einsum('...d,de->...e', shared_in, wgs.astype(dt)))
       gs = shared_gate.astype(dt)
       own = gs[..., :t * et].reshape(gs.shape[:-1] + (t, et))

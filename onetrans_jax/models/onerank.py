@@ -56,6 +56,7 @@ import numpy as np
 from ml_collections.config_dict import placeholder
 
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import partitioning as lp
 from onetrans_jax.models import tokenizer as tokenizer_lib
 from onetrans_jax.models.attention import attend, attention_mask, prefix_group_attention
 from onetrans_jax.models.embeddings import FeatureEmbeddings, NumericEmbedding
@@ -116,6 +117,16 @@ def _stacked_init() -> nn.initializers.Initializer:
                                           out_axis=-1, batch_axis=(0,))
 
 
+def _stream(x: jnp.ndarray) -> jnp.ndarray:
+  """Sharding hint for a token stream [R, (C,) L, d]: requests over the batch axes."""
+  return lp.constrain(x, (lp.BATCH,) + (None,) * (x.ndim - 3) + (lp.LENGTH, lp.ACT_EMBED))
+
+
+def _heads(x: jnp.ndarray) -> jnp.ndarray:
+  """Sharding hint for queries / keys / values [R, (C,) L, H, Dh]: heads over ``tensor``."""
+  return lp.constrain(x, (lp.BATCH,) + (None,) * (x.ndim - 4) + (lp.LENGTH, lp.ACT_HEADS, None))
+
+
 class OneRankBlock(nn.Module):
   """Pre-norm Transformer block shared by every token (SPEC B.3):
       Z = MHA(RMSNorm(X)) + X;   X' = W2 SiLU(W1 RMSNorm(Z)) + Z
@@ -129,22 +140,23 @@ class OneRankBlock(nn.Module):
 
   def setup(self):
     d = self.width
-    self.attn_norm = nn.RMSNorm(epsilon=1e-6, dtype=self.dtype)
-    self.qkv = nn.Dense(3 * d, use_bias=False, dtype=self.dtype)
-    self.out = nn.Dense(d, use_bias=False, dtype=self.dtype)
-    self.ffn_norm = nn.RMSNorm(epsilon=1e-6, dtype=self.dtype)
-    self.ffn_in = nn.Dense(self.ffn_mult * d, use_bias=False, dtype=self.dtype)
-    self.ffn_out = nn.Dense(d, use_bias=False, dtype=self.dtype)
+    self.attn_norm = nn.RMSNorm(epsilon=1e-6, dtype=self.dtype, **lp.norm(bias=False))
+    self.qkv = nn.Dense(3 * d, use_bias=False, dtype=self.dtype, **lp.dense(lp.EMBED, lp.HEADS))
+    self.out = nn.Dense(d, use_bias=False, dtype=self.dtype, **lp.dense(lp.HEADS, lp.EMBED))
+    self.ffn_norm = nn.RMSNorm(epsilon=1e-6, dtype=self.dtype, **lp.norm(bias=False))
+    self.ffn_in = nn.Dense(self.ffn_mult * d, use_bias=False, dtype=self.dtype,
+                           **lp.dense(lp.EMBED, lp.MLP))
+    self.ffn_out = nn.Dense(d, use_bias=False, dtype=self.dtype, **lp.dense(lp.MLP, lp.EMBED))
 
   def _qkv(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     y = self.qkv(self.attn_norm(x))
     y = y.reshape(x.shape[:-1] + (3, self.num_heads, self.width // self.num_heads))
-    return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
+    return _heads(y[..., 0, :, :]), _heads(y[..., 1, :, :]), _heads(y[..., 2, :, :])
 
   def _finish(self, x: jnp.ndarray, o: jnp.ndarray) -> jnp.ndarray:
     """Output projection, residual, then the residual FFN sub-block."""
-    z = x + self.out(o.reshape(x.shape)).astype(x.dtype)
-    return z + self.ffn_out(nn.silu(self.ffn_in(self.ffn_norm(z)))).astype(z.dtype)
+    z = _stream(x + self.out(o.reshape(x.shape)).astype(x.dtype))  # whole features into ffn_in
+    return _stream(z + self.ffn_out(nn.silu(self.ffn_in(self.ffn_norm(z)))).astype(z.dtype))
 
   def prefix(self, x: jnp.ndarray, valid: jnp.ndarray
              ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
@@ -194,6 +206,7 @@ class OneRank(nn.Module):
   detach_kv_weights: bool = False  # also stop the K/V weight gradient on the off-diagonal path
   head_hidden: int = 0            # mlp scoring: tower width; 0: d
   request_level: bool = True      # False: the explicit-mask reference layout (same numbers)
+  embedding_row_multiple: int = 1  # embedding-table rows rounded up to a multiple (even splits)
   dtype: Any = jnp.float32
 
   # Top-level parameters of the task channels (everything after the shared encoder): gradient
@@ -221,7 +234,8 @@ class OneRank(nn.Module):
   def setup(self):
     a = self._check()
     s, d, e, k = self.schema, self.width, self.embed_dim, self.schema.num_tasks
-    self.embeddings = FeatureEmbeddings(s, e, self.dtype)  # the sparse group (optimizers.py)
+    self.embeddings = FeatureEmbeddings(  # the sparse group (optimizers.py)
+        s, e, self.dtype, row_multiple=self.embedding_row_multiple)
     if s.sequences:
       self.history = HistoryTokenizer(
           s, d, 0, embed_dim=e, seq_merge=self.seq_merge, use_sep=self.use_sep,
@@ -230,23 +244,24 @@ class OneRank(nn.Module):
     if s.request_categorical:
       # [D] a private linear map per contextual feature (stacked), so each is its own token and
       # needs no position embedding to be told apart.
-      self.context_kernel = self.param('context_kernel', _stacked_init(),
-                                       (len(s.request_categorical), e, d))
-      self.context_bias = self.param('context_bias', nn.initializers.zeros,
-                                     (len(s.request_categorical), d))
+      self.context_kernel = lp.param(self, 'context_kernel', _stacked_init(),
+                                     (len(s.request_categorical), e, d),
+                                     (lp.TOKENS, lp.EMBED, lp.MLP))
+      self.context_bias = lp.param(self, 'context_bias', nn.initializers.zeros,
+                                   (len(s.request_categorical), d), (lp.TOKENS, lp.MLP))
     if s.request_numeric:
       self.context_numeric = NumericEmbedding(len(s.request_numeric), d, self.dtype)
     if s.candidate_numeric:
       self.candidate_numeric = NumericEmbedding(len(s.candidate_numeric), e, self.dtype)
     # [D] candidate projection Dense -> SiLU -> Dense, as the tokenizer's per-sequence MLPs.
-    self.candidate_in = nn.Dense(d, dtype=self.dtype)
-    self.candidate_out = nn.Dense(d, dtype=self.dtype)
-    self.task_token_embedding = self.param('task_tokens', nn.initializers.normal(0.02),
-                                           (self.num_task_tokens, d))
+    self.candidate_in = nn.Dense(d, dtype=self.dtype, **lp.dense(lp.EMBED, lp.MLP))
+    self.candidate_out = nn.Dense(d, dtype=self.dtype, **lp.dense(lp.MLP, lp.EMBED))
+    self.task_token_embedding = lp.param(self, 'task_tokens', nn.initializers.normal(0.02),
+                                         (self.num_task_tokens, d), (lp.TASKS, lp.EMBED))
     self.blocks = [OneRankBlock(d, self.num_heads, self.ffn_mult, self.dtype, name=f'block_{i}')
                    for i in range(self.num_layers)]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm [D].
-    self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32)
+    self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, **lp.norm(bias=False))
     if self.scoring == 'matching':
       self.situation_discernment = SituationDiscernment(k, d, self.num_heads, self.situation,
                                                         self.dtype)
@@ -255,18 +270,22 @@ class OneRank(nn.Module):
             k, d, self.num_heads, tuple(tuple(bool(x) for x in row) for row in a),
             detach=self.detach, detach_kv_weights=self.detach_kv_weights,
             ffn_mult=self.ffn_mult, dtype=self.dtype)
-      self.task_bias = self.param('task_bias', nn.initializers.zeros, (k,))
+      self.task_bias = lp.param(self, 'task_bias', nn.initializers.zeros, (k,), (lp.TASKS,))
     else:
       # [D] the 'mlp' ablation's towers: Dense(hidden) -> SiLU -> Dense(1) per task, as
       # heads.TaskTowers, but tower k reads its own r_k^i (stacked [K, ...] weights).
       hid = self.head_hidden or d
-      self.tower_w1 = self.param('tower_w1', _stacked_init(), (k, d, hid))
-      self.tower_b1 = self.param('tower_b1', nn.initializers.zeros, (k, hid))
-      self.tower_w2 = self.param('tower_w2', nn.initializers.normal(hid ** -0.5), (k, hid))
-      self.tower_b2 = self.param('tower_b2', nn.initializers.zeros, (k,))
+      self.tower_w1 = lp.param(self, 'tower_w1', _stacked_init(), (k, d, hid),
+                               (lp.TASKS, lp.EMBED, lp.MLP))
+      self.tower_b1 = lp.param(self, 'tower_b1', nn.initializers.zeros, (k, hid),
+                               (lp.TASKS, lp.MLP))
+      self.tower_w2 = lp.param(self, 'tower_w2', nn.initializers.normal(hid ** -0.5), (k, hid),
+                               (lp.TASKS, lp.MLP))
+      self.tower_b2 = lp.param(self, 'tower_b2', nn.initializers.zeros, (k,), (lp.TASKS,))
     # InfoNCE inverse temperature 1/tau = exp(log_inv_temperature), [D] initialised to 1 and [D]
     # one scalar for all tasks (B.6 names a single tau); the log keeps it positive.
-    self.log_inv_temperature = self.param('log_inv_temperature', nn.initializers.zeros, ())
+    self.log_inv_temperature = lp.param(self, 'log_inv_temperature', nn.initializers.zeros, (),
+                                        ())
 
   def inverse_temperature(self) -> jnp.ndarray:
     """The InfoNCE inverse temperature 1/tau (a float32 scalar), e.g. for logging."""
@@ -305,8 +324,9 @@ class OneRank(nn.Module):
     # [D] s = the raw contextual features flattened (categorical embeddings and numeric values),
     # the request's own description, independent of the encoder's prefix states.
     situation_input = jnp.concatenate(flat, axis=-1) if flat else jnp.zeros((r, 0), dt)
-    return {'prefix': jnp.concatenate(parts, axis=1), 'prefix_valid': jnp.concatenate(valid, 1),
-            'groups': jnp.concatenate([cand_tok[:, :, None].astype(dt), task], axis=2),
+    return {'prefix': _stream(jnp.concatenate(parts, axis=1)),
+            'prefix_valid': jnp.concatenate(valid, 1),
+            'groups': _stream(jnp.concatenate([cand_tok[:, :, None].astype(dt), task], axis=2)),
             'situation_input': situation_input}
 
   # ------------------------------------------------------------------ encoder (B.3), two layouts
@@ -409,6 +429,8 @@ def onerank_model(**overrides) -> ml_collections.ConfigDict:
   m.detach_kv_weights = False     # also no K/V weight gradient through off-diagonal reads
   m.head_hidden = 0               # scoring='mlp': tower width; 0: d
   m.request_level = True          # False: explicit-mask reference layout (same numbers, slower)
+  m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this (1: as
+                                  # the vocabulary), so the vocab axis splits evenly over a mesh
   m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
   m.update(overrides)
   return m
@@ -420,8 +442,9 @@ def _field_error(field: str, message: str) -> ConfigError:
 
 def onerank_from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRank:
   """Builds ``OneRank`` from ``config.model``; every bad field raises a ConfigError naming it."""
-  for f in ('width', 'num_heads', 'num_layers', 'embed_dim', 'ffn_mult'):
-    v = cfg.get(f)
+  for f in ('width', 'num_heads', 'num_layers', 'embed_dim', 'ffn_mult',
+            'embedding_row_multiple'):
+    v = cfg.get(f, 1 if f == 'embedding_row_multiple' else None)  # older configs lack the last
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise _field_error(f, f' must be a positive integer, got {v!r}')
   for f in ('time_gap_buckets', 'head_hidden'):
@@ -473,4 +496,5 @@ def onerank_from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -
       seq_order=order, time_gap_buckets=int(cfg.get('time_gap_buckets', 0)),
       s_position=s_position, task_tokens=task_tokens, scoring=scoring, situation=situation,
       task_mask=mask, task_edges=edges, head_hidden=int(cfg.get('head_hidden', 0)),
-      dtype=DTYPES[dtype], **flags)
+      embedding_row_multiple=int(cfg.get('embedding_row_multiple', 1)), dtype=DTYPES[dtype],
+      **flags)

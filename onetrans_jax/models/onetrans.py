@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.multitask_heads import predictor_from_config
 from onetrans_jax.models.onetrans_block import OneTransBlock
 from onetrans_jax.models.tokenizer import UnifiedTokenizer
@@ -104,6 +105,7 @@ class OneTrans(nn.Module):
   # and its size fields as (name, value) pairs, hashable for the module; () = per-task towers.
   predictor: tuple[tuple[str, Any], ...] = ()
   dtype: Any = jnp.float32
+  embedding_row_multiple: int = 1  # embedding tables padded to a multiple of this many rows
 
   # Top-level parameters that belong to one task: gradient diagnostics leave them out of the
   # shared encoder.
@@ -117,7 +119,8 @@ class OneTrans(nn.Module):
         self.schema, self.width, self.num_ns_tokens, embed_dim=self.embed_dim,
         ns_tokenizer=self.ns_tokenizer, ns_groups=self.ns_groups, ns_hidden=self.ns_hidden,
         seq_merge=self.seq_merge, use_sep=self.use_sep, seq_order=self.seq_order,
-        time_gap_buckets=self.time_gap_buckets, s_position=self.s_position, dtype=self.dtype)
+        time_gap_buckets=self.time_gap_buckets, s_position=self.s_position, dtype=self.dtype,
+        embedding_row_multiple=self.embedding_row_multiple)
     block = OneTransBlock
     if REMAT_POLICIES[self.remat] is not None:
       block = nn.remat(OneTransBlock, policy=REMAT_POLICIES[self.remat],
@@ -130,7 +133,8 @@ class OneTrans(nn.Module):
         for i, queries in enumerate(self.schedule)
     ]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm before the head.
-    self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm')
+    self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm',
+                                 **partitioning.norm(bias=False))
     head_cfg = ml_collections.ConfigDict(dict(self.predictor, head_hidden=self.head_hidden))
     self.towers = predictor_from_config(head_cfg, self.schema.num_tasks, self.dtype, self.width)
 

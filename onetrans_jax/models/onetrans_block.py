@@ -20,10 +20,33 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.attention import attend, attention_mask, shared_prefix_attention
 from onetrans_jax.models.mixed import MixedLinear, MixedRMSNorm
+from onetrans_jax.models.partitioning import (ACT_EMBED, ACT_HEADS, ACT_MLP, BATCH, EMBED, HEADS,
+                                              LENGTH, MLP)
 
 FFN_ACTIVATIONS = {'silu': nn.silu, 'gelu': nn.gelu, 'relu': nn.relu}
+
+
+def _hint(x: jnp.ndarray | None, feature: str, trailing: int = 0) -> jnp.ndarray | None:
+  """Sharding hint for a token activation [B, L, ..feature, (trailing)] or, candidates sharing a
+  request, [R, C, L, ..]: batch, (candidates,) length, then ``feature`` and ``trailing`` whole
+  axes. None passes through (a side that does not run)."""
+  if x is None:
+    return None
+  lead = (BATCH, LENGTH) if x.ndim == 2 + 1 + trailing else (BATCH, None, LENGTH)
+  return partitioning.constrain(x, lead + (feature,) + (None,) * trailing)
+
+
+def _stream(x: jnp.ndarray | None) -> jnp.ndarray | None:
+  """A token stream [B, L, d] / [R, C, N, d] entering or leaving a block."""
+  return _hint(x, ACT_EMBED)
+
+
+def _head_hint(x: jnp.ndarray) -> jnp.ndarray:
+  """Queries / keys / values [B, L, H, Dh] / [R, C, N, H, Dh]."""
+  return _hint(x, ACT_HEADS, trailing=1)
 
 
 class OneTransBlock(nn.Module):
@@ -42,27 +65,32 @@ class OneTransBlock(nn.Module):
     kw = dict(num_ns=self.num_ns, shared=self.shared, dtype=self.dtype)
     d = self.width
     self.attn_norm = MixedRMSNorm(**kw)
-    self.kv = MixedLinear(2 * d, **kw)
-    self.q = MixedLinear(d, **kw)
-    self.out = MixedLinear(d, **kw)
+    self.kv = MixedLinear(2 * d, axes=(EMBED, HEADS), **kw)
+    self.q = MixedLinear(d, axes=(EMBED, HEADS), **kw)
+    self.out = MixedLinear(d, axes=(HEADS, EMBED), **kw)
     self.ffn_norm = MixedRMSNorm(**kw)
-    self.ffn_in = MixedLinear(self.ffn_mult * d, **kw)
-    self.ffn_out = MixedLinear(d, **kw)
+    self.ffn_in = MixedLinear(self.ffn_mult * d, axes=(EMBED, MLP), **kw)
+    self.ffn_out = MixedLinear(d, axes=(MLP, EMBED), **kw)
 
   def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(x.shape[:-1] + (self.num_heads, self.width // self.num_heads))
 
+  def _q(self, x: jnp.ndarray) -> jnp.ndarray:
+    return _head_hint(self._heads(x))
+
   def _kv(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     kv = self._heads(x.reshape(x.shape[:-1] + (2, self.width)))
-    return kv[..., 0, :, :], kv[..., 1, :, :]
+    return _head_hint(kv[..., 0, :, :]), _head_hint(kv[..., 1, :, :])
 
   def _ffn(self, zs: jnp.ndarray | None, zns: jnp.ndarray | None):
     """Residual mixed FFN on either side or both; a None side stays None."""
     act = FFN_ACTIVATIONS[self.activation]
+    zs, zns = _stream(zs), _stream(zns)  # whole features into the (EMBED, MLP) kernel
     ys, yns = self.ffn_in(*self.ffn_norm(zs, zns))
-    ys, yns = self.ffn_out(None if ys is None else act(ys), None if yns is None else act(yns))
-    return (None if zs is None else zs + ys.astype(zs.dtype),
-            None if zns is None else zns + yns.astype(zns.dtype))
+    ys, yns = (_hint(None if y is None else act(y), ACT_MLP) for y in (ys, yns))
+    ys, yns = self.ffn_out(ys, yns)
+    return (_stream(None if zs is None else zs + ys.astype(zs.dtype)),
+            _stream(None if zns is None else zns + yns.astype(zns.dtype)))
 
   # ------------------------------------------------------------------ per-list (reference) layout
   def __call__(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray
@@ -70,12 +98,13 @@ class OneTransBlock(nn.Module):
     """s [B, Ls, d], s_valid [B, Ls], ns [B, N, d] -> (s' [B, q_s, d], ns' [B, N, d])."""
     b, ls, d = s.shape
     q_s = self.num_s_queries
+    s, ns = _stream(s), _stream(ns)
     xs, xns = self.attn_norm(s, ns)
     ks, kns = self.kv(xs, xns)                                  # keys/values over all tokens
     qs, qns = self.q(xs[:, ls - q_s:] if q_s else None, xns)   # queries: the tail only
     kv = jnp.concatenate([ks, kns], axis=1)
     k, v = self._kv(kv)
-    q = self._heads(qns if qs is None else jnp.concatenate([qs, qns], axis=1))
+    q = self._q(qns if qs is None else jnp.concatenate([qs, qns], axis=1))
     key_valid = jnp.concatenate([s_valid, jnp.ones((b, self.num_ns), bool)], axis=1)
     mask = attention_mask(key_valid, q_s + self.num_ns, self.causal)
     o = attend(q, k, v, mask, self.attention_impl).reshape(b, -1, d)
@@ -92,6 +121,7 @@ class OneTransBlock(nn.Module):
 
     Needs the causal mask (checked by the model): S queries then see S keys only.
     """
+    s = _stream(s)
     k_s, v_s = self.s_kv(s)
     return self.s_rows(s[:, s.shape[1] - self.num_s_queries:], k_s, v_s, s_valid), (k_s, v_s)
 
@@ -109,7 +139,7 @@ class OneTransBlock(nn.Module):
     if not t:  # the last pyramid layer: S only feeds keys/values
       return s_tail
     xs, _ = self.attn_norm(s_tail, None)
-    q = self._heads(self.q(xs, None)[0])
+    q = self._q(self.q(xs, None)[0])
     o = attend(q, k_s, v_s, attention_mask(s_valid, t, True), self.attention_impl)
     zs = s_tail + self.out(o.reshape(r, t, d), None)[0].astype(s_tail.dtype)
     return self._ffn(zs, None)[0]
@@ -117,9 +147,10 @@ class OneTransBlock(nn.Module):
   def candidate_side(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
                      s_valid: jnp.ndarray) -> jnp.ndarray:
     """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d]."""
+    ns = _stream(ns)
     _, xns = self.attn_norm(None, ns)
     k_ns, v_ns = self._kv(self.kv(None, xns)[1])
-    q = self._heads(self.q(None, xns)[1])
+    q = self._q(self.q(None, xns)[1])
     o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
     zns = ns + self.out(None, o.reshape(ns.shape))[1].astype(ns.dtype)
     return self._ffn(None, zns)[1]

@@ -14,8 +14,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.embeddings import (EMBEDDINGS, FeatureEmbeddings, NumericEmbedding,
                                             masked_mean)
+from onetrans_jax.models.partitioning import TASKS
 from onetrans_jax.schema import FeatureSchema
 
 ACTIVATIONS = {'relu': nn.relu, 'silu': nn.silu, 'gelu': nn.gelu}
@@ -27,13 +29,15 @@ class PooledMLP(nn.Module):
   hidden: Sequence[int] = (256, 128)
   activation: str = 'relu'
   dtype: Any = jnp.float32
+  embedding_row_multiple: int = 1  # embedding tables padded to a multiple of this many rows
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], train: bool = False) -> jnp.ndarray:
     """Returns logits [R, C, T]: task t's conditional logit for every candidate."""
     del train  # no dropout or batch statistics: train and eval forward passes are identical
     s = self.schema
-    emb = FeatureEmbeddings(s, self.embed_dim, self.dtype, name=EMBEDDINGS)(batch)
+    emb = FeatureEmbeddings(s, self.embed_dim, self.dtype,
+                            row_multiple=self.embedding_row_multiple, name=EMBEDDINGS)(batch)
     r, c = batch['cand']['mask'].shape
     user_parts = [emb['request'].reshape(r, -1)]
     if s.request_numeric:
@@ -55,6 +59,8 @@ class PooledMLP(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(user[:, None], (r, c, user.shape[-1])), cand], axis=-1)
     act = ACTIVATIONS[self.activation]
     for i, width in enumerate(self.hidden):
-      x = act(nn.Dense(width, dtype=self.dtype, name=f'mlp_{i}')(x))
-    logits = nn.Dense(s.num_tasks, dtype=self.dtype, name='task_logits')(x)
+      x = act(nn.Dense(width, dtype=self.dtype, name=f'mlp_{i}',
+                       **partitioning.dense(*partitioning.chain_axes(i)))(x))
+    logits = nn.Dense(s.num_tasks, dtype=self.dtype, name='task_logits',
+                      **partitioning.dense(partitioning.chain_axes(len(self.hidden))[0], TASKS))(x)
     return logits.astype(jnp.float32)

@@ -24,12 +24,25 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from onetrans_jax.models import partitioning as lp
 from onetrans_jax.models.attention import attend, prefix_group_attention
 from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
 
 
 def _kernel_init() -> Any:
   return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def _dense(features: int, in_axis: str | None, out_axis: str | None, dtype: Any,
+           name: str) -> nn.Dense:
+  """A biased Dense with the fan-in truncated-normal kernel and logical axes [in, out]."""
+  return nn.Dense(features, dtype=dtype, name=name,
+                  **lp.dense(in_axis, out_axis, kernel_init=_kernel_init()))
+
+
+def _stream(x: jnp.ndarray) -> jnp.ndarray:
+  """Sharding hint for a token stream [B, (C,) T, W]: the leading axis over the batch axes."""
+  return lp.constrain(x, (lp.BATCH,) + (None,) * (x.ndim - 3) + (lp.LENGTH, lp.ACT_EMBED))
 
 
 def _check_events(owner: str, events: jnp.ndarray, mask: jnp.ndarray) -> None:
@@ -102,16 +115,22 @@ class DINAttention(nn.Module):
     self._check(events, mask, target)
     mask = mask.astype(bool)
     d, dt = events.shape[-1], self.dtype
-    e = _zero_padding(events, mask, dt)
-    t = target.astype(dt)
+    e = lp.whole_features(_zero_padding(events, mask, dt))
+    t = lp.whole_features(target.astype(dt))
     sizes = (4 * d,) + tuple(self.hidden)
     kernels, biases, slopes = [], [], []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-      kernels.append(self.param(f'kernel_{i}', _kernel_init(), (n_in, n_out)).astype(dt))
-      biases.append(self.param(f'bias_{i}', nn.initializers.zeros, (n_out,)).astype(dt))
-      slopes.append(self.param(f'prelu_{i}', nn.initializers.constant(0.25), (n_out,)).astype(dt))
-    w_out = self.param('out_kernel', _kernel_init(), (sizes[-1], 1)).astype(dt)
-    b_out = self.param('out_bias', nn.initializers.zeros, (1,)).astype(dt)
+      axes = lp.chain_axes(i)
+      kernels.append(lp.param(self, f'kernel_{i}', _kernel_init(), (n_in, n_out), axes).astype(dt))
+      biases.append(lp.param(self, f'bias_{i}', nn.initializers.zeros, (n_out,),
+                             axes[1:]).astype(dt))
+      # The PReLU slopes scale the hidden units: laid out like the bias.
+      slopes.append(lp.param(self, f'prelu_{i}', nn.initializers.constant(0.25), (n_out,),
+                             axes[1:]).astype(dt))
+    # The scalar output [H, 1]: the last hidden layer's units in, one unit out (not split).
+    w_out = lp.param(self, 'out_kernel', _kernel_init(), (sizes[-1], 1),
+                     (lp.chain_axes(len(sizes) - 1)[0], None)).astype(dt)
+    b_out = lp.param(self, 'out_bias', nn.initializers.zeros, (1,), (None,)).astype(dt)
 
     def prelu(z, a):
       return jnp.where(z >= 0, z, a * z)
@@ -161,7 +180,7 @@ class StackDIN(nn.Module):
       v, w = DINAttention(self.hidden, self.dtype, name=f'din_{l}')(events, mask, q,
                                                                      return_weights=True)
       if l < self.num_layers - 1:
-        q = q + nn.LayerNorm(dtype=self.dtype, name=f'query_norm_{l}')(v)
+        q = q + nn.LayerNorm(dtype=self.dtype, name=f'query_norm_{l}', **lp.norm())(v)
     return (v, w) if return_weights else v
 
 
@@ -182,17 +201,19 @@ class _Block(nn.Module):
   dtype: Any
 
   def setup(self):
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=_kernel_init(), name=name)
-    self.attn_norm = nn.LayerNorm(dtype=self.dtype)
-    self.q = dense(self.width, 'q')
-    self.kv = dense(2 * self.width, 'kv')
-    self.out = dense(self.width, 'out')
-    self.ffn_norm = nn.LayerNorm(dtype=self.dtype)
-    self.ffn_in = dense(self.ffn_mult * self.width, 'ffn_in')
-    self.ffn_out = dense(self.width, 'ffn_out')
+    w, dt = self.width, self.dtype
+    self.attn_norm = nn.LayerNorm(dtype=dt, **lp.norm())
+    self.q = _dense(w, lp.EMBED, lp.HEADS, dt, 'q')
+    self.kv = _dense(2 * w, lp.EMBED, lp.HEADS, dt, 'kv')
+    self.out = _dense(w, lp.HEADS, lp.EMBED, dt, 'out')
+    self.ffn_norm = nn.LayerNorm(dtype=dt, **lp.norm())
+    self.ffn_in = _dense(self.ffn_mult * w, lp.EMBED, lp.MLP, dt, 'ffn_in')
+    self.ffn_out = _dense(w, lp.MLP, lp.EMBED, dt, 'ffn_out')
 
   def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
-    return x.reshape(x.shape[:-1] + (self.num_heads, self.width // self.num_heads))
+    """[B, (C,) T, W] -> [B, (C,) T, H, Dh], heads over ``tensor`` under a mesh."""
+    y = x.reshape(x.shape[:-1] + (self.num_heads, self.width // self.num_heads))
+    return lp.constrain(y, (lp.BATCH,) + (None,) * (y.ndim - 4) + (lp.LENGTH, lp.ACT_HEADS, None))
 
   def norm(self, x: jnp.ndarray) -> jnp.ndarray:
     return self.attn_norm(x)
@@ -207,9 +228,9 @@ class _Block(nn.Module):
 
   def finish(self, x: jnp.ndarray, o: jnp.ndarray) -> jnp.ndarray:
     """x [..., T, W] the query rows' inputs, o [..., T, H, Dh] their attention output."""
-    z = x + self.out(o.reshape(x.shape)).astype(x.dtype)
+    z = _stream(x + self.out(o.reshape(x.shape)).astype(x.dtype))  # whole features into ffn_in
     act = FFN_ACTIVATIONS[self.activation]
-    return z + self.ffn_out(act(self.ffn_in(self.ffn_norm(z)))).astype(x.dtype)
+    return _stream(z + self.ffn_out(act(self.ffn_in(self.ffn_norm(z)))).astype(x.dtype))
 
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, impl: str = 'xla') -> jnp.ndarray:
     """Self-attention over x [B, T, W] with mask [B, 1, T, T]."""
@@ -231,7 +252,8 @@ def _recency_positions(module: nn.Module, length: int, dim: int) -> jnp.ndarray:
   """[L, dim] learned absolute positions counted from the most recent event (row 0), flipped to
   the right-aligned layout, so an event's position does not depend on how much padding precedes
   it. [D] learned absolute, added to the event (LONGER adds an absolute position embedding)."""
-  table = module.param('positions', nn.initializers.normal(0.02), (length, dim))
+  table = lp.param(module, 'positions', nn.initializers.normal(0.02), (length, dim),
+                   (lp.TOKENS, lp.EMBED))
   return table[::-1].astype(module.dtype)
 
 
@@ -340,9 +362,9 @@ class Longer(nn.Module):
       block = _Block(d_e, 1, self.ffn_mult, self.activation, self.dtype, name='inner_trans')
       inner = m[:, None, None, :] | np.eye(k, dtype=bool)[None, None]   # own key: no empty row
       x = jnp.where(m[..., None], block(x, inner, self.attention_impl), 0)
-    tokens = nn.Dense(self.width, dtype=self.dtype, kernel_init=_kernel_init(),
-                      name='merge_proj')(x.reshape(r, n, k * d_e))
-    return tokens, m.reshape(r, n, k).any(-1)
+    tokens = _dense(self.width, lp.EMBED, lp.MLP, self.dtype, 'merge_proj')(
+        x.reshape(r, n, k * d_e))
+    return lp.whole_features(tokens), m.reshape(r, n, k).any(-1)
 
   @nn.compact
   def __call__(self, events: jnp.ndarray, mask: jnp.ndarray, target: jnp.ndarray,
@@ -350,8 +372,7 @@ class Longer(nn.Module):
     """events [R, L, D_e], mask [R, L], target [R, C, D_t], user [R, D_u] -> [R, C, width]."""
     n = self._check(events, mask, target, user)
     mask = mask.astype(bool)
-    dense = lambda name: nn.Dense(self.width, dtype=self.dtype, kernel_init=_kernel_init(),
-                                  name=name)
+    dense = lambda name: _dense(self.width, lp.EMBED, lp.MLP, self.dtype, name)
     seq, seq_valid = self._merge_tokens(events, mask, n)
     u = dense('user_proj')(user.astype(self.dtype))[:, None]             # [R, 1, W]
     t = dense('target_proj')(target.astype(self.dtype))[:, :, None]      # [R, C, 1, W]
@@ -376,7 +397,7 @@ class Longer(nn.Module):
         o_r = attend(block.queries(rows(y)), k_r, v_r, _request_mask(valid, 1 + k),
                      self.attention_impl)
         x, valid = block.finish(rows(x), o_r), rows(valid)
-    return nn.LayerNorm(dtype=self.dtype, name='final_norm')(t[:, :, 0])
+    return nn.LayerNorm(dtype=self.dtype, name='final_norm', **lp.norm())(t[:, :, 0])
 
 
 # ============================================================================ Transformer
@@ -421,15 +442,16 @@ class SequenceTransformer(nn.Module):
     _check_events(name, events, mask)
     mask = mask.astype(bool)
     l = events.shape[1]
-    x = nn.Dense(self.width, dtype=self.dtype, kernel_init=_kernel_init(),
-                 name='input_proj')(_zero_padding(events, mask, self.dtype))
+    x = _dense(self.width, lp.EMBED, lp.MLP, self.dtype, 'input_proj')(
+        _zero_padding(events, mask, self.dtype))
     if self.positions:
       x = x + _recency_positions(self, l, self.width)
+    x = _stream(x)
     attn_mask = mask[:, None, None, :] | np.eye(l, dtype=bool)[None, None]
     for layer in range(self.num_layers):
       x = _Block(self.width, self.num_heads, self.ffn_mult, self.activation, self.dtype,
                  name=f'layer_{layer}')(x, attn_mask, self.attention_impl)
-    x = nn.LayerNorm(dtype=self.dtype, name='final_norm')(x)
+    x = nn.LayerNorm(dtype=self.dtype, name='final_norm', **lp.norm())(x)
     m = mask.astype(x.dtype)[..., None]
     mean = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
     last = x[:, -1] * m[:, -1]

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from onetrans_jax.models import partitioning as lp
 from onetrans_jax.models.embeddings import masked_mean
 
 TASK_MASKS = ('cascade', 'parallel', 'full', 'hybrid')
@@ -103,8 +104,8 @@ class StackedLayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     d = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (self.num_tasks, d))
-    bias = self.param('bias', nn.initializers.zeros, (self.num_tasks, d))
+    scale = lp.param(self, 'scale', nn.initializers.ones, (self.num_tasks, d), (lp.TASKS, lp.NORM))
+    bias = lp.param(self, 'bias', nn.initializers.zeros, (self.num_tasks, d), (lp.TASKS, lp.NORM))
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -134,18 +135,27 @@ class SituationDiscernment(nn.Module):
     num_r = r.shape[0]
     if self.mode == 'constant_query':
       # [D] unit-scale init, the scale of the LayerNorm output it replaces.
-      q = self.param('query', nn.initializers.normal(1.0), (k, d))
+      q = lp.param(self, 'query', nn.initializers.normal(1.0), (k, d), (lp.TASKS, lp.EMBED))
       q = jnp.broadcast_to(q.astype(self.dtype), (num_r, k, d))
     else:
       # f_k: a private linear map per task, one einsum over the stacked [K, D_s, d] kernels.
-      f = self.param('f_bias', nn.initializers.zeros, (k, d))[None]
+      # Its output is the width (EMBED), not a tensor-split MLP axis: q feeds mhca_query, an
+      # (EMBED, HEADS) kernel, and jax/jaxlib 0.10.2's partitioner computes wrong gradients for
+      # a (.., tensor)-split activation contracted with an (fsdp, tensor)-split kernel while the
+      # batch is split over fsdp (tests/test_sharding.py::test_partitioner_bug_pattern).
+      f = lp.param(self, 'f_bias', nn.initializers.zeros, (k, d), (lp.TASKS, lp.NORM))[None]
       if s.shape[-1]:  # a schema without request features leaves f_k its bias only
-        w = self.param('f_kernel', _stacked_init(), (k, s.shape[-1], d))
+        w = lp.param(self, 'f_kernel', _stacked_init(), (k, s.shape[-1], d),
+                     (lp.TASKS, None, lp.EMBED))
         f = f + jnp.einsum('rs,ksd->rkd', s.astype(self.dtype), w.astype(self.dtype))
       q = StackedLayerNorm(k, dtype=self.dtype, name='q_norm')(jnp.broadcast_to(f, (num_r, k, d)))
     # MHCA_k: task-specific projections (stacked [K, d, d]; [D] no biases, as the encoder).
-    w_q, w_k, w_v, w_o = (self.param(n, _stacked_init(), (k, d, d)).astype(self.dtype)
-                          for n in ('mhca_query', 'mhca_key', 'mhca_value', 'mhca_out'))
+    w_q, w_k, w_v, w_o = (
+        lp.param(self, n, _stacked_init(), (k, d, d), axes).astype(self.dtype)
+        for n, axes in (('mhca_query', (lp.TASKS, lp.EMBED, lp.HEADS)),
+                        ('mhca_key', (lp.TASKS, lp.EMBED, lp.HEADS)),
+                        ('mhca_value', (lp.TASKS, lp.EMBED, lp.HEADS)),
+                        ('mhca_out', (lp.TASKS, lp.HEADS, lp.EMBED))))
     dh = d // heads
     qh = jnp.einsum('rkd,kde->rke', q, w_q).reshape(num_r, k, heads, dh)
     c = r.shape[1]
@@ -185,12 +195,16 @@ class CrossTaskInteraction(nn.Module):
     a = np.asarray(self.mask, bool)
     if a.shape != (k, k) or not a.diagonal().all():
       raise ValueError(f'cross-task mask must be [{k}, {k}] with a true diagonal, got {a.tolist()}')
-    self.w_q, self.w_k, self.w_v, self.w_o = (self.param(n, _dense_init(), (d, d))
-                                              for n in ('query', 'key', 'value', 'out'))
+    self.w_q, self.w_k, self.w_v, self.w_o = (
+        lp.param(self, n, _dense_init(), (d, d), axes)
+        for n, axes in (('query', (lp.EMBED, lp.HEADS)), ('key', (lp.EMBED, lp.HEADS)),
+                        ('value', (lp.EMBED, lp.HEADS)), ('out', (lp.HEADS, lp.EMBED))))
     self.attn_norm = StackedLayerNorm(k, dtype=self.dtype)
     self.ffn_norm = StackedLayerNorm(k, dtype=self.dtype)
-    self.ffn_in = self.param('ffn_in', _stacked_init(), (k, d, self.ffn_mult * d))
-    self.ffn_out = self.param('ffn_out', _stacked_init(), (k, self.ffn_mult * d, d))
+    self.ffn_in = lp.param(self, 'ffn_in', _stacked_init(), (k, d, self.ffn_mult * d),
+                           (lp.TASKS, lp.EMBED, lp.MLP))
+    self.ffn_out = lp.param(self, 'ffn_out', _stacked_init(), (k, self.ffn_mult * d, d),
+                            (lp.TASKS, lp.MLP, lp.EMBED))
 
   def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(x.shape[:-1] + (self.num_heads, self.width // self.num_heads))

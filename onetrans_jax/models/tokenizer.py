@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.models import partitioning
 from onetrans_jax.models.embeddings import EMBEDDINGS, FeatureEmbeddings, NumericEmbedding
+from onetrans_jax.models.partitioning import EMBED, MLP, TOKENS
 from onetrans_jax.schema import FeatureSchema
 
 NS_TOKENIZERS = ('auto_split', 'group_wise')
@@ -89,6 +91,7 @@ class UnifiedTokenizer(nn.Module):
   time_gap_buckets: int = 0       # 0: no time-gap embedding
   s_position: str = 'from_recent'  # or 'none': append-stable S tokens (incremental user cache)
   dtype: Any = jnp.float32
+  embedding_row_multiple: int = 1  # embedding tables padded to a multiple of this many rows
 
   @property
   def num_s_tokens(self) -> int:
@@ -106,14 +109,17 @@ class UnifiedTokenizer(nn.Module):
     s, d = self.schema, self.width
     toks, valid, times, kinds = [], [], [], []
     aware = self.seq_merge == 'timestamp_aware'
-    type_emb = (self.param('sequence_type', nn.initializers.normal(0.02), (len(s.sequences), d))
+    type_emb = (partitioning.param(self, 'sequence_type', nn.initializers.normal(0.02),
+                                   (len(s.sequences), d), (TOKENS, EMBED))
                 if aware else None)  # the agnostic merge marks boundaries with [SEP] instead
     for i, seq in enumerate(s.sequences):  # sequences differ in width: one MLP_i each
       ev = emb.sequence(batch, seq.name)
       r, l = ev.shape[:2]
       x = ev.reshape(r, l, -1)
-      x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_0')(x)
-      x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_1')(nn.silu(x))
+      x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_0',
+                   **partitioning.dense(EMBED, MLP))(x)
+      x = nn.Dense(d, dtype=self.dtype, name=f'seq_mlp_{seq.name}_1',
+                   **partitioning.dense(MLP, EMBED))(nn.silu(x))
       if aware:
         x = x + type_emb[i].astype(x.dtype)
       toks.append(x)
@@ -127,7 +133,8 @@ class UnifiedTokenizer(nn.Module):
       key = jnp.where(val, tim, -1)
     else:
       order = agnostic_order(s, self.seq_order)
-      sep = (self.param('sep', nn.initializers.normal(0.02), (len(order) - 1, d))
+      sep = (partitioning.param(self, 'sep', nn.initializers.normal(0.02), (len(order) - 1, d),
+                                (TOKENS, EMBED))
              if self.use_sep else None)
       parts = ([], [], [], [])
       for pos, i in enumerate(order):
@@ -156,14 +163,15 @@ class UnifiedTokenizer(nn.Module):
                         f'{list(S_POSITIONS)}')
     if self.s_position == 'from_recent':
       # Slot j is the (L_S - 1 - j)-th most recent token: a learned embedding per slot.
-      pos = self.param('position', nn.initializers.normal(0.02), (tok.shape[1], self.width))
+      pos = partitioning.param(self, 'position', nn.initializers.normal(0.02),
+                               (tok.shape[1], self.width), (TOKENS, EMBED))
       tok = tok + pos.astype(tok.dtype)
     if self.time_gap_buckets:
       gap = jnp.maximum(batch['request']['time'][:, None] - time, 0).astype(jnp.float32)
       bucket = jnp.clip(jnp.floor(jnp.log2(gap + 1.0)), 0, self.time_gap_buckets - 1)
       bucket = jnp.where(valid, bucket.astype(jnp.int32) + 1, 0)
-      table = self.param('time_gap', nn.initializers.normal(0.02),
-                         (self.time_gap_buckets + 1, self.width))
+      table = partitioning.param(self, 'time_gap', nn.initializers.normal(0.02),
+                                 (self.time_gap_buckets + 1, self.width), (TOKENS, EMBED))
       tok = tok + jnp.take(table, bucket, axis=0).astype(tok.dtype)
     return jnp.where(valid[..., None], tok, 0).astype(self.dtype)
 
@@ -186,11 +194,13 @@ class UnifiedTokenizer(nn.Module):
       hidden = self.ns_hidden or n * d
       # First layer split into request and candidate parts: the request part runs once per
       # request and is broadcast, the same result as one Dense over the per-candidate concat.
-      h_req = nn.Dense(hidden, dtype=self.dtype, name='auto_split_request')(req_f.reshape(r, -1))
-      h_cand = nn.Dense(hidden, use_bias=False, dtype=self.dtype,
-                        name='auto_split_candidate')(cand_f.reshape(r, c, -1))
+      h_req = nn.Dense(hidden, dtype=self.dtype, name='auto_split_request',
+                       **partitioning.dense(EMBED, MLP))(req_f.reshape(r, -1))
+      h_cand = nn.Dense(hidden, use_bias=False, dtype=self.dtype, name='auto_split_candidate',
+                        **partitioning.dense(EMBED, MLP))(cand_f.reshape(r, c, -1))
       hid = nn.silu(h_req[:, None] + h_cand)
-      out = nn.Dense(n * d, dtype=self.dtype, name='auto_split_out')(hid)
+      out = nn.Dense(n * d, dtype=self.dtype, name='auto_split_out',
+                     **partitioning.dense(MLP, EMBED))(hid)
       return out.reshape(r, c, n, d)
     groups = self.ns_groups or default_groups(s, n)
     names = ns_feature_names(s)
@@ -204,10 +214,11 @@ class UnifiedTokenizer(nn.Module):
       cols.append(jnp.pad(x, ((0, 0), (0, 0), (0, width - x.shape[-1]))))
     x = jnp.stack(cols, axis=2)                      # [R, C, L_NS, width]
     hid = self.ns_hidden or d
-    w1 = self.param('group_w1', _stacked_init(), (n, width, hid))
-    b1 = self.param('group_b1', nn.initializers.zeros, (n, hid))
-    w2 = self.param('group_w2', _stacked_init(), (n, hid, d))
-    b2 = self.param('group_b2', nn.initializers.zeros, (n, d))
+    w1 = partitioning.param(self, 'group_w1', _stacked_init(), (n, width, hid),
+                            (TOKENS, EMBED, MLP))
+    b1 = partitioning.param(self, 'group_b1', nn.initializers.zeros, (n, hid), (TOKENS, MLP))
+    w2 = partitioning.param(self, 'group_w2', _stacked_init(), (n, hid, d), (TOKENS, MLP, EMBED))
+    b2 = partitioning.param(self, 'group_b2', nn.initializers.zeros, (n, d), (TOKENS, EMBED))
     h = nn.silu(jnp.einsum('rcnw,nwh->rcnh', x, w1.astype(self.dtype)) + b1.astype(self.dtype))
     return jnp.einsum('rcnh,nhd->rcnd', h, w2.astype(self.dtype)) + b2.astype(self.dtype)
 
@@ -219,7 +230,8 @@ class UnifiedTokenizer(nn.Module):
     incremental user cache keeps to merge later events."""
     if part not in ('all', 'user', 'candidates'):
       raise ValueError(f"tokenizer part {part!r}: choose 'all', 'user' or 'candidates'")
-    emb = FeatureEmbeddings(self.schema, self.embed_dim, self.dtype, name=EMBEDDINGS)
+    emb = FeatureEmbeddings(self.schema, self.embed_dim, self.dtype,
+                            row_multiple=self.embedding_row_multiple, name=EMBEDDINGS)
     out = {}
     if part != 'candidates':
       out = self.event_tokens(emb, batch)
