@@ -84,7 +84,7 @@ def test_embedding_row_multiple_pads_tables(schema, name):
     assert padded[v.name].names == (partitioning.VOCAB, partitioning.EMBED)
   model = build_model(cfg, schema)
   batch = dummy_batch(schema, 2)
-  logits = model.apply(model.init(jax.random.key(0), batch), batch)
+  logits = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), batch), batch)
   assert np.all(np.isfinite(np.asarray(logits)))
 
 

@@ -141,7 +141,8 @@ def sharded(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def sharded_more(tmp_path_factory):
-  return _sharded_report(tmp_path_factory.mktemp('sharded_more'), '8x1x1,2x4x1', resume=False)
+  return _sharded_report(tmp_path_factory.mktemp('sharded_more'), '8x1x1,2x4x1,2x2x2',
+                         resume=False)
 
 
 def _check_matches_one_device(report, model, mesh):
@@ -153,15 +154,16 @@ def _check_matches_one_device(report, model, mesh):
 
 @pytest.mark.parametrize('model', ['onetrans', 'onerank'])
 def test_sharded_steps_match_one_device(sharded, model):
-  """Data x FSDP x tensor (2,2,2): three steps give the one-device losses and parameters."""
+  """Data x FSDP x tensor (2,2,2): the one-device losses and parameters (OneTrans's third step
+  runs on (2,2,2) after two on (8,1,1), see the restore test; OneRank's three on (2,2,2))."""
   _check_matches_one_device(sharded, model, '2x2x2')
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('model', ['onetrans', 'onerank'])
-@pytest.mark.parametrize('mesh', ['8x1x1', '2x4x1'])
+@pytest.mark.parametrize('mesh', ['8x1x1', '2x4x1', '2x2x2'])
 def test_sharded_steps_match_one_device_on_more_meshes(sharded_more, model, mesh):
-  """Pure data parallelism (8,1,1) and data x FSDP (2,4,1)."""
+  """Pure data parallelism (8,1,1), data x FSDP (2,4,1), and all three steps on (2,2,2)."""
   _check_matches_one_device(sharded_more, model, mesh)
 
 
@@ -186,10 +188,13 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules(sharded, model)
 
 
 def test_checkpoint_restores_onto_another_mesh(sharded):
-  """Saved at step 2 on (8,1,1), resumed on (2,2,2): step 3's loss is the uninterrupted run's."""
-  resumed, one = sharded['resume'], sharded['onetrans']['one']
-  assert resumed['step'] == 3
+  """Saved at step 2 on (8,1,1), resumed on (2,2,2): step 3's loss and the final parameters are
+  the uninterrupted one-device run's."""
+  resumed, one = sharded['onetrans']['2x2x2'], sharded['onetrans']['one']
+  assert resumed['resumed_at'] == 2
+  assert len(resumed['loss']) == 3   # steps 1-2 logged before the stop, step 3 after the resume
   np.testing.assert_allclose(resumed['loss'], one['loss'], rtol=0, atol=LOSS_TOL)
+  assert resumed['max_param_diff'] < PARAM_TOL
 
 
 # ---------------------------------------------------------------- gradient checks (8 devices)
