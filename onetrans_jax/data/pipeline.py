@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.data import synthetic
+from onetrans_jax.data import movielens, synthetic
 from onetrans_jax.schema import FeatureSchema
 
 
@@ -62,6 +62,8 @@ def _build_synthetic(cfg: ml_collections.ConfigDict) -> Dataset:
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
     'synthetic': _build_synthetic,
+    'movielens_100k': movielens.build_100k,
+    'movielens_1m': movielens.build_1m,
 }
 
 

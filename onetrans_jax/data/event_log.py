@@ -1,0 +1,456 @@
+"""Real interaction logs -> requests in the batch contract (schema.py), for any dataset.
+
+A loader (MovieLens, later Taobao UserBehavior or KuaiRand) only turns its files into an
+``EventLog``: one row per event, ids already dense, plus the item and user side tables. Everything
+after that is shared and vectorised here:
+
+  * requests: one user's consecutive impressions, a new request after a gap of more than
+    ``session_gap`` seconds, at most ``num_candidates`` per request (longer sessions are split);
+  * behaviour sequences: per request and sequence, the user's last ``max_len`` events *strictly
+    before* the request's first impression (never the request's own or later events), located
+    with one ``np.searchsorted`` over (user, time) keys, so ``source[i]`` slices them on demand;
+  * a chronological split: requests sorted by start time, the last ``eval_fraction`` evaluate.
+
+Memory is O(events + requests x sequences): no sequence is materialised up front.
+The module also holds the strict text-table reader the loaders share: every malformed file ends in
+a ``DataFileError`` naming the file, the 1-based line and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onetrans_jax.errors import ConfigError
+from onetrans_jax.schema import (CategoricalFeature, FeatureSchema, NumericFeature,
+                                 SequenceFeature, Task, Vocabulary)
+
+if TYPE_CHECKING:
+  from onetrans_jax.data.pipeline import Dataset
+
+SECONDS_PER_DAY = 86_400
+# Names the request builder adds itself; a log's own features must not take them.
+RESERVED_FEATURES = ('user_id', 'item_id', 'hour', 'weekday')
+RESERVED_VOCABS = ('user', 'item', 'hour', 'weekday')
+_INT32 = np.iinfo(np.int32)
+
+
+class DataFileError(ConfigError):
+  """A data file that cannot be read as its format says: names the path, the line and the fix."""
+
+
+# ================================================================================ text tables
+@dataclasses.dataclass
+class Table:
+  """A delimited text file split into fields; ``lines[k]`` is the 1-based line of ``rows[k]``."""
+  path: str
+  rows: list[list[str]]
+  lines: np.ndarray  # [N] int64
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def error(self, k: int, what: str) -> DataFileError:
+    return DataFileError(f'{self.path}, line {int(self.lines[k])}: {what}')
+
+  def column(self, col: int) -> list[str]:
+    return [r[col] for r in self.rows]
+
+  def ints(self, col: int, name: str) -> np.ndarray:
+    """Column ``col`` as int64; a non-integer names its line. Vectorised unless it fails."""
+    values = self.column(col)
+    try:
+      return np.asarray(values, dtype=np.str_).astype(np.int64) if values else np.zeros(0, np.int64)
+    except (ValueError, OverflowError):
+      pass
+    out = np.empty(len(values), np.int64)
+    for k, v in enumerate(values):  # only on the failure path: find the first bad line
+      try:
+        out[k] = int(v)
+      except ValueError:
+        raise self.error(k, f'{name} (field {col + 1}) is {v!r}, not an integer; fix or delete '
+                            'this line') from None
+    return out
+
+
+def read_table(path: str, *, sep: str, num_fields: int | None, encoding: str,
+               what: str) -> Table:
+  """Strictly read a delimited text file: decode, split and count fields on every line.
+
+  ``num_fields=None`` skips the count (the caller checks it, e.g. against another file). Blank
+  lines (a trailing newline, the empty last line of ``u.genre``) are skipped; ``\\r\\n`` endings are
+  accepted. ``what`` names the file's role and source in the messages (how to fix a missing file).
+  """
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise DataFileError(f'{path}: file not found; {what}') from None
+  except OSError as e:
+    raise DataFileError(f'{path}: cannot be read ({e.strerror}); {what}') from None
+  try:
+    text = raw.decode(encoding)
+  except UnicodeDecodeError as e:
+    line = raw.count(b'\n', 0, e.start) + 1
+    col = e.start - (raw.rfind(b'\n', 0, e.start) + 1) + 1
+    raise DataFileError(
+        f'{path}, line {line}: byte {raw[e.start:e.start + 1]!r} at column {col} is not valid '
+        f'{encoding}; this file must be {encoding} as GroupLens ships it: re-download it or '
+        f're-encode it (e.g. iconv -t {encoding})') from None
+  rows, lines = [], []
+  for n, line in enumerate(text.split('\n'), start=1):
+    line = line.rstrip('\r')
+    if not line.strip():
+      continue
+    fields = line.split(sep)
+    if num_fields is not None and len(fields) != num_fields:
+      raise DataFileError(
+          f'{path}, line {n}: {len(fields)} field(s) separated by {sep!r}, expected '
+          f'{num_fields}; fix or delete this line (is it the right file, or a different format?)')
+    rows.append(fields)
+    lines.append(n)
+  return Table(path, rows, np.asarray(lines, np.int64))
+
+
+# ================================================================================ ids
+def dense_ids(raw: np.ndarray, table: Table | None = None, name: str = 'id') -> np.ndarray:
+  """Sorted unique raw ids: raw id ``sorted[k]`` becomes dense id ``k + 1``.
+
+  With ``table`` given, a duplicate raw id is an error naming its second line (a profile file
+  lists each user / item once).
+  """
+  raw = np.asarray(raw, np.int64)
+  order = np.argsort(raw, kind='stable')
+  srt = raw[order]
+  dup = np.flatnonzero(srt[1:] == srt[:-1])
+  if dup.size and table is not None:
+    k = int(order[dup[0] + 1])
+    raise table.error(k, f'{name} {int(srt[dup[0]])} is listed twice; each {name} must appear on '
+                         'one line only')
+  return np.unique(srt)
+
+
+def lookup_ids(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
+  """Dense ids (1..len(known)) of raw ids under ``dense_ids``' mapping; 0 where unknown."""
+  raw = np.asarray(raw, np.int64)
+  if known.size == 0:
+    return np.zeros(raw.shape, np.int32)
+  pos = np.minimum(np.searchsorted(known, raw), known.size - 1)
+  return np.where(known[pos] == raw, pos + 1, 0).astype(np.int32)
+
+
+# ================================================================================ the log
+@dataclasses.dataclass
+class EventLog:
+  """One row per event, dense ids (1..n; 0 is padding / unknown), plus side tables by id.
+
+  ``labels`` only matter where ``is_impression``; ``in_sequence[name]`` says which events feed
+  behaviour sequence ``name`` (an event may feed several, or none). Side tables are indexed by
+  dense id, row 0 the padding row: ``item_cat[f][item]``, ``user_num[f][user]``. ``vocab`` maps a
+  categorical feature to its vocabulary name (default: the feature's own name), so features can
+  share an id space (three genre slots, one genre table); ``vocab_sizes`` declares sizes that stay
+  fixed across subsets of the data (default: the largest id + 1).
+  """
+  user: np.ndarray                      # [E] int32
+  item: np.ndarray                      # [E] int32
+  time: np.ndarray                      # [E] int64 seconds
+  labels: np.ndarray                    # [E, T] float32, 0/1
+  is_impression: np.ndarray             # [E] bool
+  in_sequence: dict[str, np.ndarray]    # name -> [E] bool
+  tasks: tuple[Task, ...]
+  num_users: int
+  num_items: int
+  item_cat: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_items+1] int32
+  item_num: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_items+1] f32
+  user_cat: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_users+1] int32
+  user_num: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_users+1] f32
+  vocab: dict[str, str] = dataclasses.field(default_factory=dict)
+  vocab_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_events(self) -> int:
+    return int(self.user.shape[0])
+
+  def vocab_of(self, feature: str) -> str:
+    return self.vocab.get(feature, feature)
+
+  def validate(self) -> None:
+    """Shapes, dtypes and id ranges; a ValueError names the array. Cheap, vectorised."""
+    e = self.num_events
+    for name, arr, dtype in (('user', self.user, np.int32), ('item', self.item, np.int32),
+                             ('time', self.time, np.int64),
+                             ('is_impression', self.is_impression, np.bool_)):
+      if arr.shape != (e,) or arr.dtype != dtype:
+        raise ValueError(f'EventLog.{name}: expected [{e}] {np.dtype(dtype).name}, got '
+                         f'{arr.shape} {arr.dtype}')
+    if self.labels.shape != (e, len(self.tasks)) or self.labels.dtype != np.float32:
+      raise ValueError(f'EventLog.labels: expected [{e}, {len(self.tasks)}] float32 (one column '
+                       f'per task), got {self.labels.shape} {self.labels.dtype}')
+    if not np.all((self.labels == 0) | (self.labels == 1)):
+      raise ValueError('EventLog.labels must be 0 or 1')
+    for name, arr, n in (('user', self.user, self.num_users), ('item', self.item, self.num_items)):
+      if e and (arr.min() < 1 or arr.max() > n):
+        raise ValueError(f'EventLog.{name} ids must lie in 1..{n}, got [{arr.min()}, {arr.max()}]')
+    if e and (self.time.min() < _INT32.min or self.time.max() > _INT32.max):
+      raise ValueError('EventLog.time must fit int32 seconds (the batch contract stores int32)')
+    if not self.in_sequence:
+      raise ValueError('EventLog.in_sequence: declare at least one behaviour sequence')
+    for name, arr in self.in_sequence.items():
+      if arr.shape != (e,) or arr.dtype != np.bool_:
+        raise ValueError(f'EventLog.in_sequence[{name!r}]: expected [{e}] bool, got {arr.shape} '
+                         f'{arr.dtype}')
+    names = set(RESERVED_FEATURES)
+    for table, n, dtype, kind in ((self.item_cat, self.num_items, np.int32, 'item_cat'),
+                                  (self.item_num, self.num_items, np.float32, 'item_num'),
+                                  (self.user_cat, self.num_users, np.int32, 'user_cat'),
+                                  (self.user_num, self.num_users, np.float32, 'user_num')):
+      for name, arr in table.items():
+        if name in names:
+          raise ValueError(f'EventLog.{kind}[{name!r}]: the feature name is reserved or used twice')
+        names.add(name)
+        if arr.shape != (n + 1,) or arr.dtype != dtype:
+          raise ValueError(f'EventLog.{kind}[{name!r}]: expected [{n + 1}] {np.dtype(dtype).name} '
+                           f'(row 0 = padding), got {arr.shape} {arr.dtype}')
+        if dtype == np.float32 and not np.all(np.isfinite(arr)):
+          raise ValueError(f'EventLog.{kind}[{name!r}] holds non-finite values; impute them')
+        if dtype == np.int32 and arr.min() < 0:
+          raise ValueError(f'EventLog.{kind}[{name!r}] holds negative ids')
+    for f in list(self.item_cat) + list(self.user_cat):
+      v = self.vocab_of(f)
+      if v in RESERVED_VOCABS:
+        raise ValueError(f'EventLog feature {f!r}: vocabulary name {v!r} is reserved')
+    for v, size in self.vocab_sizes.items():
+      top = max((int(a.max()) for t in (self.item_cat, self.user_cat) for f, a in t.items()
+                 if self.vocab_of(f) == v), default=0)
+      if top >= size:
+        raise ValueError(f'EventLog.vocab_sizes[{v!r}] = {size}, but an id {top} uses it')
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestConfig:
+  """How a log is cut into requests and split. Loaders fill it from ``config.data``."""
+  session_gap: int                  # seconds; a larger gap between impressions starts a request
+  num_candidates: int               # C; longer sessions are split into several requests
+  max_len: Mapping[str, int]        # per behaviour sequence
+  eval_fraction: float              # the latest requests by start time that evaluate
+  seq_side_features: tuple[str, ...] = ()  # item_cat features attached to every sequence event
+  user_id_feature: bool = True      # the user id as a request feature (vocabulary 'user')
+  time_context: bool = True         # hour of day and weekday (UTC) of the request as features
+
+  def check(self, log: EventLog, prefix: str = 'config.data') -> None:
+    """Raise ConfigError naming the ``config.data`` field that cannot work with ``log``."""
+    if self.session_gap < 0:
+      raise ConfigError(f'{prefix}.session_gap must be >= 0 seconds, got {self.session_gap}')
+    if self.num_candidates < 1:
+      raise ConfigError(f'{prefix}.num_candidates must be >= 1, got {self.num_candidates}')
+    if not 0.0 < self.eval_fraction < 1.0:
+      raise ConfigError(f'{prefix}.eval_fraction must lie in (0, 1), got {self.eval_fraction}')
+    if set(self.max_len) != set(log.in_sequence):
+      raise ConfigError(f'sequence lengths given for {sorted(self.max_len)}, but the data has '
+                        f'sequences {sorted(log.in_sequence)}')
+    for name, n in self.max_len.items():
+      if n < 1:
+        raise ConfigError(f'the max length of sequence {name!r} must be >= 1, got {n}')
+    for f in self.seq_side_features:
+      if f not in log.item_cat:
+        raise ConfigError(f'sequence side feature {f!r} is not an item categorical feature of '
+                          f'the data; known: {sorted(log.item_cat)}')
+
+
+def event_schema(log: EventLog, cfg: RequestConfig) -> FeatureSchema:
+  """The FeatureSchema of the requests ``EventLogSource`` builds, in its column order.
+
+  request/cat: [user_id] + user_cat + [hour, weekday]; request/num: user_num; every sequence:
+  item id + ``seq_side_features``; cand/cat: item_id + item_cat; cand/num: item_num.
+  """
+  sizes: dict[str, int] = {'user': log.num_users + 1, 'item': log.num_items + 1}
+  for table in (log.user_cat, log.item_cat):
+    for f, arr in table.items():
+      v = log.vocab_of(f)
+      sizes[v] = max(sizes.get(v, 2), int(arr.max()) + 1 if arr.size else 2)
+  sizes.update(log.vocab_sizes)
+  if cfg.time_context:
+    sizes.update(hour=25, weekday=8)
+  req_cat = [CategoricalFeature('user_id', 'user', 'user')] if cfg.user_id_feature else []
+  req_cat += [CategoricalFeature(f, log.vocab_of(f), 'user') for f in log.user_cat]
+  if cfg.time_context:
+    req_cat += [CategoricalFeature('hour', 'hour', 'context'),
+                CategoricalFeature('weekday', 'weekday', 'context')]
+  side = tuple((f, log.vocab_of(f)) for f in cfg.seq_side_features)
+  return FeatureSchema(
+      vocabularies=tuple(Vocabulary(v, max(s, 2)) for v, s in sizes.items()),
+      request_categorical=tuple(req_cat),
+      request_numeric=tuple(NumericFeature(f, 'user') for f in log.user_num),
+      sequences=tuple(SequenceFeature(s, cfg.max_len[s], 'item', side) for s in log.in_sequence),
+      candidate_categorical=(CategoricalFeature('item_id', 'item', 'item'),) + tuple(
+          CategoricalFeature(f, log.vocab_of(f), 'item') for f in log.item_cat),
+      candidate_numeric=tuple(NumericFeature(f, 'item') for f in log.item_num),
+      tasks=tuple(log.tasks),
+      num_candidates=cfg.num_candidates,
+  )
+
+
+# ================================================================================ requests
+@dataclasses.dataclass
+class RequestIndex:
+  """Compact arrays locating every request, in chronological order (by first impression time).
+
+  Request ``r``'s impressions are events ``impressions[start[r]:start[r] + size[r]]`` (time
+  order); its sequence ``s`` is events ``seq_events[s][seq_begin[s][r]:seq_end[s][r]]``, the
+  user's latest ``max_len`` events of ``s`` with time < ``time[r]``, oldest first.
+  """
+  impressions: np.ndarray             # [I] int64 event index, sorted by (user, time)
+  start: np.ndarray                   # [R] int64 offset into ``impressions``
+  size: np.ndarray                    # [R] int32 candidates, 1..C
+  user: np.ndarray                    # [R] int32
+  time: np.ndarray                    # [R] int64 first impression time
+  seq_events: dict[str, np.ndarray]   # name -> [E_s] int64 event index, sorted by (user, time)
+  seq_begin: dict[str, np.ndarray]    # name -> [R] int64
+  seq_end: dict[str, np.ndarray]      # name -> [R] int64
+
+  def __len__(self) -> int:
+    return int(self.start.shape[0])
+
+
+def _user_time_key(user: np.ndarray, time: np.ndarray, t0: int) -> np.ndarray:
+  """One int64 that sorts by (user, time): times are int32, so time - t0 < 2**32."""
+  return (user.astype(np.int64) << 32) + (time.astype(np.int64) - t0)
+
+
+def build_requests(log: EventLog, cfg: RequestConfig) -> RequestIndex:
+  """Sessionise the impressions and locate each request's sequences; no loop over events."""
+  imp = np.flatnonzero(log.is_impression)
+  if imp.size == 0:
+    raise ConfigError('the data holds no impressions, so there is nothing to rank')
+  t_min = int(log.time.min())
+  # Stable sort: events with the same (user, time) keep their file order.
+  imp = imp[np.argsort(_user_time_key(log.user[imp], log.time[imp], t_min), kind='stable')]
+  u, t = log.user[imp], log.time[imp]
+  n = imp.size
+  new_session = np.ones(n, np.bool_)
+  new_session[1:] = (u[1:] != u[:-1]) | (t[1:] - t[:-1] > cfg.session_gap)
+  session_start = np.flatnonzero(new_session)
+  pos = np.arange(n) - session_start[np.cumsum(new_session) - 1]  # position within the session
+  start = np.flatnonzero(pos % cfg.num_candidates == 0)
+  size = np.diff(np.append(start, n)).astype(np.int32)
+  # Chronological order of requests; a stable sort keeps ties in (user, time) order.
+  order = np.argsort(t[start], kind='stable')
+  start, size = start[order].astype(np.int64), size[order]
+  req_user, req_time = u[start].astype(np.int32), t[start].astype(np.int64)
+
+  seq_events, seq_begin, seq_end = {}, {}, {}
+  for name, member in log.in_sequence.items():
+    ev = np.flatnonzero(member)
+    key = _user_time_key(log.user[ev], log.time[ev], t_min)
+    srt = np.argsort(key, kind='stable')
+    ev, key = ev[srt], key[srt]
+    # 'left': the first event at (user, time >= request time), so every earlier one is < it.
+    end = np.searchsorted(key, _user_time_key(req_user, req_time, t_min), side='left')
+    first = np.searchsorted(key, req_user.astype(np.int64) << 32, side='left')
+    seq_events[name] = ev.astype(np.int64)
+    seq_begin[name] = np.maximum(first, end - cfg.max_len[name]).astype(np.int64)
+    seq_end[name] = end.astype(np.int64)
+  return RequestIndex(imp.astype(np.int64), start, size, req_user, req_time, seq_events,
+                      seq_begin, seq_end)
+
+
+def chronological_split(num_requests: int, eval_fraction: float
+                        ) -> tuple[tuple[int, int], tuple[int, int]]:
+  """(train, eval) index ranges over time-sorted requests: the last fraction evaluates."""
+  if num_requests < 2:
+    raise ConfigError(f'the data makes {num_requests} request(s); a train / eval split needs at '
+                      'least 2')
+  n_eval = min(max(int(round(eval_fraction * num_requests)), 1), num_requests - 1)
+  cut = num_requests - n_eval
+  return (0, cut), (cut, num_requests)
+
+
+class EventLogSource:
+  """grain random-access source: ``source[i]`` builds request ``i`` (chronological order).
+
+  Per request the work is O(C + sum of max_len) gathers from precomputed side tables.
+  """
+
+  def __init__(self, log: EventLog, cfg: RequestConfig, index: RequestIndex | None = None):
+    log.validate()
+    cfg.check(log)
+    self.log, self.cfg = log, cfg
+    self.index = index if index is not None else build_requests(log, cfg)
+    self.schema = event_schema(log, cfg)
+
+    def table(n: int, columns: Sequence[np.ndarray], dtype, with_id: bool) -> np.ndarray:
+      cols = ([np.arange(n + 1)] if with_id else []) + list(columns)
+      return (np.stack(cols, -1) if cols else np.zeros((n + 1, 0))).astype(dtype)
+
+    # Side tables by dense id, rows in the schema's column order: one gather per request.
+    self._user_cat = table(log.num_users, list(log.user_cat.values()), np.int32,
+                           cfg.user_id_feature)
+    self._user_num = table(log.num_users, list(log.user_num.values()), np.float32, False)
+    self._item_cat = table(log.num_items, list(log.item_cat.values()), np.int32, True)
+    self._item_num = table(log.num_items, list(log.item_num.values()), np.float32, False)
+    self._seq_ids = table(log.num_items, [log.item_cat[f] for f in cfg.seq_side_features],
+                          np.int32, True)
+    self._labels = log.labels
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    i = int(index)
+    if not 0 <= i < len(self.index):
+      raise IndexError(f'request index {i} outside [0, {len(self.index)})')
+    ix, log, c = self.index, self.log, self.cfg.num_candidates
+    u, t_req = int(ix.user[i]), int(ix.time[i])
+    cat = self._user_cat[u].copy()
+    if self.cfg.time_context:
+      hour = (t_req // 3600) % 24 + 1
+      weekday = (t_req // SECONDS_PER_DAY + 3) % 7 + 1  # 1 = Monday (1970-01-01 was a Thursday)
+      cat = np.concatenate([cat, np.array([hour, weekday], np.int32)])
+
+    seqs = {}
+    for name in log.in_sequence:
+      length = self.cfg.max_len[name]
+      ev = ix.seq_events[name][ix.seq_begin[name][i]:ix.seq_end[name][i]]
+      k = ev.size
+      ids = np.zeros((length, self._seq_ids.shape[1]), np.int32)
+      time = np.zeros((length,), np.int32)
+      mask = np.zeros((length,), np.bool_)
+      if k:  # right-aligned: padding on the left, the most recent event last
+        ids[length - k:] = self._seq_ids[log.item[ev]]
+        time[length - k:] = log.time[ev]
+        mask[length - k:] = True
+      seqs[name] = {'ids': ids, 'time': time, 'mask': mask}
+
+    a, n = int(ix.start[i]), int(ix.size[i])
+    ev = ix.impressions[a:a + n]
+    items = log.item[ev]
+    cand_cat = np.zeros((c, self._item_cat.shape[1]), np.int32)
+    cand_cat[:n] = self._item_cat[items]
+    cand_num = np.zeros((c, self._item_num.shape[1]), np.float32)
+    cand_num[:n] = self._item_num[items]
+    cand_mask = np.zeros((c,), np.bool_)
+    cand_mask[:n] = True
+    labels = np.zeros((c, self._labels.shape[1]), np.float32)
+    labels[:n] = self._labels[ev]
+    return {
+        'request': {'user_id': np.int32(u), 'time': np.int32(t_req), 'cat': cat,
+                    'num': self._user_num[u].copy()},
+        'seq': seqs,
+        'cand': {'cat': cand_cat, 'num': cand_num, 'mask': cand_mask},
+        'labels': labels,
+    }
+
+  def __repr__(self) -> str:
+    return (f'EventLogSource({len(self)} requests, {self.log.num_users} users, '
+            f'{self.log.num_items} items, {self.log.num_events} events)')
+
+
+def make_dataset(log: EventLog, cfg: RequestConfig) -> Dataset:
+  """The pipeline Dataset of a log: schema, source and the chronological train / eval ranges."""
+  from onetrans_jax.data.pipeline import Dataset  # local: pipeline imports the loaders
+  source = EventLogSource(log, cfg)
+  train, evaluation = chronological_split(len(source), cfg.eval_fraction)
+  return Dataset(source.schema, source, train, evaluation, has_true_prob=False)
