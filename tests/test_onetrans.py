@@ -263,7 +263,9 @@ def test_shared_params_far_fewer(data):
   assert n_shared < 0.6 * n_mixed
 
 
-@pytest.mark.parametrize('layout', [dict(), dict(seq_merge='timestamp_agnostic')])
+# The agnostic layout's run (~40 s, eager) is in the slow step: the default suite stays < 10 min.
+@pytest.mark.parametrize('layout', [
+    dict(), pytest.param(dict(seq_merge='timestamp_agnostic'), marks=pytest.mark.slow)])
 def test_every_parameter_gets_a_gradient(data, layout):
   """No dead weights: each parameter (embedding tables aside: ids absent from the batch) moves."""
   schema, batch = data
