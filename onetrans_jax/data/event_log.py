@@ -12,14 +12,18 @@ after that is shared and vectorised here:
   * a chronological split: requests sorted by start time, the last ``eval_fraction`` evaluate.
 
 Memory is O(events + requests x sequences): no sequence is materialised up front.
-The module also holds the strict text-table reader the loaders share: every malformed file ends in
-a ``DataFileError`` naming the file, the 1-based line and the fix.
+The module also holds the strict text readers the loaders share, ``read_table`` for small files and
+the chunked ``TextStream`` for logs of 100M lines: every malformed file ends in a ``DataFileError``
+naming the file, the 1-based line and the fix.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,6 +117,213 @@ def read_table(path: str, *, sep: str, num_fields: int | None, encoding: str,
     rows.append(fields)
     lines.append(n)
   return Table(path, rows, np.asarray(lines, np.int64))
+
+
+# ================================================================================ streamed tables
+DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of text per chunk (~30K Taobao lines): parses as fast as
+                               # larger ones (it stays in cache) in a few MB
+
+
+@dataclasses.dataclass
+class Chunk:
+  """Consecutive rows of a streamed file: ``chunk[j]`` is column ``j`` of the requested ones.
+
+  ``data`` (the chunk's text, ``\\n`` line ends) is kept only to map a row back to its line when a
+  check fails, so a check stays vectorised and its message still names the line.
+  """
+  path: str
+  rows: np.ndarray   # structured: field f'f{j}' per requested column j
+  first_line: int    # 1-based line of the chunk's first line
+  data: bytes
+
+  def __len__(self) -> int:
+    return int(self.rows.shape[0])
+
+  def __getitem__(self, col: int) -> np.ndarray:
+    return self.rows[f'f{col}']
+
+  @functools.cached_property
+  def lines(self) -> np.ndarray:
+    """[N] int64 1-based line of each row (blank lines hold no row)."""
+    buf = np.frombuffer(self.data, np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if not self.data.endswith(b'\n'):
+      ends = np.append(ends, buf.size)
+    starts = np.concatenate([[0], ends[:-1] + 1]) if ends.size else ends
+    return self.first_line + np.flatnonzero(ends > starts).astype(np.int64)
+
+  def error(self, k: int, what: str) -> DataFileError:
+    return DataFileError(f'{self.path}, line {int(self.lines[k])}: {what}')
+
+  def check(self, bad: np.ndarray, what: Callable[[int], str]) -> None:
+    """Raise naming the first row where ``bad`` holds; ``what(k)`` says what is wrong with it."""
+    k = np.flatnonzero(bad)
+    if k.size:
+      raise self.error(int(k[0]), what(int(k[0])))
+
+
+class TextStream:
+  """A large delimited text file read in chunks of whole lines: bounded memory, strict checks.
+
+  Each chunk (about ``chunk_bytes`` of text) is decoded strictly and parsed in C by
+  ``np.loadtxt`` into a structured array: the requested columns typed, the others cut to one byte,
+  so every line is still checked to have exactly ``num_fields`` fields. Memory is O(chunk), never
+  O(file): no list of all lines exists.
+  A failure names the file and the 1-based line: a per-line Python pass runs only over the chunk
+  that failed. ``header=True`` reads the first line as column names (``columns`` finds them);
+  ``quotechar`` allows quoted fields holding the separator (``"12,65"``); ``max_rows`` stops after
+  that many rows (blank lines skipped, not counted). Chunks split at line ends, so the encoding
+  must spell ``\\n`` as one byte (ASCII, UTF-8, latin-1) and no quoted field may span lines.
+  """
+
+  def __init__(self, path: str, *, sep: str = ',', encoding: str = 'utf-8', what: str,
+               num_fields: int | None = None, header: bool = False, quotechar: str | None = None,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_rows: int | None = None):
+    if len(sep) != 1:
+      raise ValueError(f'TextStream needs a one-character separator, got {sep!r}')
+    if chunk_bytes < 1:
+      raise ValueError(f'chunk_bytes must be >= 1, got {chunk_bytes}')
+    self.path, self.sep, self.encoding, self.what = path, sep, encoding, what
+    self.quotechar, self.chunk_bytes, self.max_rows = quotechar, chunk_bytes, max_rows
+    self.header: tuple[str, ...] | None = None
+    self._offset, self._first_line = 0, 1
+    try:
+      with open(path, 'rb') as f:
+        first = f.readline() if header else b''
+    except FileNotFoundError:
+      raise DataFileError(f'{path}: file not found; {what}') from None
+    except OSError as e:
+      raise DataFileError(f'{path}: cannot be read ({e.strerror}); {what}') from None
+    if header:
+      if not first.strip():
+        raise DataFileError(f'{path}, line 1: expected a header line naming the columns, found '
+                            f'{"an empty file" if not first else "a blank line"}; {what}')
+      text = self._decode(first, 1).lstrip('\ufeff').rstrip('\r\n')
+      self.header = tuple(h.strip() for h in next(csv.reader([text], delimiter=sep,
+                                                             quotechar=quotechar or '"')))
+      self._offset, self._first_line = len(first), 2
+      num_fields = len(self.header)
+    if num_fields is None:
+      raise ValueError('TextStream: give num_fields or header=True')
+    self.num_fields = num_fields
+
+  def columns(self, names: Sequence[str]) -> dict[str, int]:
+    """Field index of each named column; all missing ones are named in one error."""
+    assert self.header is not None, 'columns() needs header=True'
+    missing = [n for n in names if n not in self.header]
+    if missing:
+      raise DataFileError(f'{self.path}, line 1: missing required column(s) {missing}; the '
+                          f'header names {list(self.header)}; {self.what}')
+    return {n: self.header.index(n) for n in names}
+
+  def _decode(self, data: bytes, first_line: int) -> str:
+    try:
+      return data.decode(self.encoding)
+    except UnicodeDecodeError as e:
+      line = first_line + data.count(b'\n', 0, e.start)
+      col = e.start - (data.rfind(b'\n', 0, e.start) + 1) + 1
+      raise DataFileError(
+          f'{self.path}, line {line}: byte {data[e.start:e.start + 1]!r} at column {col} is not '
+          f'valid {self.encoding}; this file must be {self.encoding} as its publisher ships it: '
+          f're-download it or re-encode it (e.g. iconv -t {self.encoding})') from None
+
+  def chunks(self, columns: Mapping[int, tuple[str, Any]]) -> Iterator[Chunk]:
+    """Yield the file's rows chunk by chunk; ``columns``: field index -> (name, numpy dtype).
+
+    Names are for messages (``user id (field 1) is 'x', not an integer``). A string dtype of
+    width w rejects values longer than w characters instead of silently truncating them.
+    """
+    spec = {j: (name, np.dtype(dt)) for j, (name, dt) in columns.items()}
+    for j in spec:
+      if not 0 <= j < self.num_fields:
+        raise ValueError(f'column {j} outside the {self.num_fields} fields of {self.path}')
+    widths = {j: dt.itemsize // (4 if dt.kind == 'U' else 1) for j, (_, dt) in spec.items()
+              if dt.kind in 'SU'}
+    dtype = np.dtype([(f'f{j}', np.dtype(f'{spec[j][1].kind}{widths[j] + 1}') if j in widths
+                       else spec[j][1] if j in spec else 'S1') for j in range(self.num_fields)])
+    remaining = self.max_rows
+    line, rest = self._first_line, b''
+    with open(self.path, 'rb') as f:
+      f.seek(self._offset)
+      while remaining is None or remaining > 0:
+        block = f.read(self.chunk_bytes)
+        data = rest + block
+        if block:
+          cut = data.rfind(b'\n') + 1
+          if cut == 0:  # a line longer than a chunk: read on until it ends
+            rest = data
+            continue
+          data, rest = data[:cut], data[cut:]
+        if not data:
+          return
+        if b'\r' in data:
+          data = data.replace(b'\r\n', b'\n')  # line numbers unchanged
+        if remaining is not None:
+          data = _first_rows(data, remaining)
+        rows = self._parse(self._decode(data, line), line, spec, dtype)
+        chunk = Chunk(self.path, rows, line, data)
+        for j, w in widths.items():
+          chunk.check(np.strings.str_len(chunk[j]) > w, lambda k, j=j, w=w: (
+              f'{spec[j][0]} (field {j + 1}) is longer than {w} characters; is it the right file?'))
+        yield chunk
+        line += data.count(b'\n')
+        if remaining is not None:
+          remaining -= len(chunk)
+        if not block:
+          return
+
+  def _parse(self, text: str, first_line: int, spec: Mapping[int, tuple[str, np.dtype]],
+             dtype: np.dtype) -> np.ndarray:
+    if not text.strip('\n'):
+      return np.zeros(0, dtype)
+    try:
+      return np.loadtxt(io.StringIO(text), dtype=dtype, delimiter=self.sep, comments=None,
+                        quotechar=self.quotechar, ndmin=1)
+    except ValueError as e:
+      message = str(e)
+    # Only the failing chunk: find the first bad line and say what is wrong with it.
+    n = first_line
+    for n, line in enumerate(text.split('\n'), start=first_line):
+      if not line:
+        continue
+      fields = (next(csv.reader([line], delimiter=self.sep, quotechar=self.quotechar))
+                if self.quotechar else line.split(self.sep))
+      if len(fields) != self.num_fields:
+        raise DataFileError(
+            f'{self.path}, line {n}: {len(fields)} field(s) separated by {self.sep!r}, expected '
+            f'{self.num_fields}; fix or delete this line (is it the right file, or a different '
+            'format?)')
+      for j, (name, dt) in spec.items():
+        problem = _field_problem(fields[j], dt)
+        if problem:
+          raise DataFileError(f'{self.path}, line {n}: {name} (field {j + 1}) is {fields[j]!r}, '
+                              f'{problem}; fix or delete this line')
+    raise DataFileError(f'{self.path}, lines {first_line}..{n}: cannot be parsed ({message}); '
+                        f'{self.what}')
+
+
+def _field_problem(value: str, dtype: np.dtype) -> str | None:
+  """Why ``np.loadtxt`` cannot read ``value`` as ``dtype`` (None: it can)."""
+  try:
+    if dtype.kind in 'iu':
+      if not np.iinfo(dtype).min <= int(value) <= np.iinfo(dtype).max:
+        return f'outside the {dtype.name} range'
+    elif dtype.kind == 'f':
+      float(value)
+  except ValueError:
+    return 'not an integer' if dtype.kind in 'iu' else 'not a number'
+  return None
+
+
+def _first_rows(data: bytes, n: int) -> bytes:
+  """The prefix of ``data`` holding its first ``n`` non-blank lines (all of it if fewer)."""
+  if data.count(b'\n') < n:
+    return data
+  buf = np.frombuffer(data, np.uint8)
+  ends = np.flatnonzero(buf == 10)
+  starts = np.concatenate([[0], ends[:-1] + 1])
+  k = int(np.searchsorted(np.cumsum(ends > starts), n))
+  return data if k >= ends.size else data[:ends[k] + 1]
 
 
 # ================================================================================ ids
@@ -238,10 +449,14 @@ class RequestConfig:
   eval_fraction: float              # the latest requests by start time that evaluate
   seq_side_features: tuple[str, ...] = ()  # item_cat features attached to every sequence event
   user_id_feature: bool = True      # the user id as a request feature (vocabulary 'user')
-  time_context: bool = True         # hour of day and weekday (UTC) of the request as features
+  time_context: bool = True         # hour of day and weekday of the request as features
+  utc_offset: int = 0               # seconds added to the UTC request time before taking hour /
+                                    # weekday: the log's local time (8 * 3600 = Beijing)
 
   def check(self, log: EventLog, prefix: str = 'config.data') -> None:
     """Raise ConfigError naming the ``config.data`` field that cannot work with ``log``."""
+    if abs(self.utc_offset) > SECONDS_PER_DAY:
+      raise ConfigError(f'the UTC offset must lie within a day, got {self.utc_offset} s')
     if self.session_gap < 0:
       raise ConfigError(f'{prefix}.session_gap must be >= 0 seconds, got {self.session_gap}')
     if self.num_candidates < 1:
@@ -406,8 +621,9 @@ class EventLogSource:
     u, t_req = int(ix.user[i]), int(ix.time[i])
     cat = self._user_cat[u].copy()
     if self.cfg.time_context:
-      hour = (t_req // 3600) % 24 + 1
-      weekday = (t_req // SECONDS_PER_DAY + 3) % 7 + 1  # 1 = Monday (1970-01-01 was a Thursday)
+      t_local = t_req + self.cfg.utc_offset
+      hour = (t_local // 3600) % 24 + 1
+      weekday = (t_local // SECONDS_PER_DAY + 3) % 7 + 1  # 1 = Monday (1970-01-01: a Thursday)
       cat = np.concatenate([cat, np.array([hour, weekday], np.int32)])
 
     seqs = {}

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.data import movielens, synthetic
+from onetrans_jax.data import kuairand, movielens, synthetic, taobao
 from onetrans_jax.schema import FeatureSchema
 
 
@@ -64,6 +64,8 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
     'synthetic': _build_synthetic,
     'movielens_100k': movielens.build_100k,
     'movielens_1m': movielens.build_1m,
+    'taobao': taobao.build,
+    'kuairand': kuairand.build,
 }
 
 
