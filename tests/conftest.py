@@ -48,3 +48,13 @@ def small_config():
 @pytest.fixture
 def config():
   return small_config()
+
+
+def all_requests(ds) -> dict:
+  """Every request of a (small, fixture) dataset in one schema-checked batch, in source order."""
+  from onetrans_jax.data import pipeline
+  it = pipeline.make_iterator(ds, (0, len(ds.source)), global_batch_size=len(ds.source),
+                              shuffle=False, seed=0, repeat=False, num_threads=1)
+  batch = next(it)
+  ds.schema.check_batch(batch)
+  return batch

@@ -18,6 +18,7 @@ import pytest
 from onetrans_jax.data import kuairand, pipeline
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
+from tests.conftest import all_requests
 
 T0 = 1_649_383_200  # 2022-04-08 10:00 Beijing (02:00 UTC), a Friday
 DAY = 86_400
@@ -98,12 +99,6 @@ def _data(path: str, **kw):
   return kuairand.kuairand_data('pure', path=path, **{**FIXTURE_CONFIG, **kw})
 
 
-def _all_requests(ds) -> dict:
-  it = pipeline.make_iterator(ds, (0, len(ds.source)), global_batch_size=len(ds.source),
-                              shuffle=False, seed=0, repeat=False, num_threads=1)
-  batch = next(it)
-  ds.schema.check_batch(batch)
-  return batch
 
 
 # ---------------------------------------------------------------------------------- exact batch
@@ -129,7 +124,7 @@ def test_fixture_batch_is_exact(tmp_path):
   # R4 u5@14 d (with +10 s), R5 u9@14 d + 5 s, R6 u0@15 d; round(0.34 * 6) = 2 evaluate.
   assert len(ds.source) == 6
   assert ds.train_range == (0, 4) and ds.eval_range == (4, 6)
-  b = _all_requests(ds)
+  b = all_requests(ds)
   np.testing.assert_array_equal(b['request']['user_id'], [2, 2, 1, 2, 3, 1])
   np.testing.assert_array_equal(b['request']['time'] - T0,
                                 [0, 1, 100, 14 * DAY, 14 * DAY + 5, 15 * DAY])

@@ -15,6 +15,7 @@ import pytest
 from onetrans_jax.data import movielens, pipeline
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
+from tests.conftest import all_requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_100K = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
@@ -76,13 +77,6 @@ def _data(variant: str, path: str, **kw):
   return movielens.movielens_data(variant, path=path, **{**FIXTURE_CONFIG, **kw})
 
 
-def _all_requests(ds) -> dict:
-  """Every request of the fixture in one validated batch, chronological order."""
-  it = pipeline.make_iterator(ds, (0, len(ds.source)), global_batch_size=len(ds.source),
-                              shuffle=False, seed=0, repeat=False, num_threads=1)
-  batch = next(it)
-  ds.schema.check_batch(batch)
-  return batch
 
 
 # ---------------------------------------------------------------------------------- exact batch
@@ -105,7 +99,7 @@ def test_fixture_batch_is_exact(tmp_path, variant):
   # (two ratings in the same second). The last 30% (round(1.8) = 2 requests) evaluate.
   assert len(ds.source) == 6
   assert ds.train_range == (0, 4) and ds.eval_range == (4, 6)
-  b = _all_requests(ds)
+  b = all_requests(ds)
   np.testing.assert_array_equal(b['request']['user_id'], [1, 2, 2, 1, 2, 3])
   np.testing.assert_array_equal(b['request']['time'] - T0, [0, 5, 300, 7200, 9000, 20000])
   user_feats = {1: [1, 2, 1, 20, 9], 2: [2, 6, 2, 14, 10], 3: [3, 1, 1, 19, 11]}
@@ -357,7 +351,7 @@ def test_experiment_rows_run_on_movielens(tmp_path):
   assert config.sweep.seeds == (0, 1, 2) and movielens_100k.get_config('quick').sweep.seeds == (0,)
   data = _data('100k', write_100k(tmp_path / 'data'), eval_fraction=0.5)
   ds = pipeline.build_dataset(data)
-  batch = _all_requests(ds)
+  batch = all_requests(ds)
   for name, overrides in config.sweep.variants:
     c = variant_config(config, overrides, seed=0)
     c.data = data

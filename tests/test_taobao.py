@@ -17,6 +17,7 @@ from onetrans_jax.data import event_log as el
 from onetrans_jax.data import pipeline, taobao
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
+from tests.conftest import all_requests
 
 T0 = 1_511_568_000  # 2017-11-25 00:00 UTC = 08:00 Beijing, a Saturday (the window's first day)
 
@@ -71,12 +72,6 @@ def _data(path: str, **kw):
   return taobao.taobao_data(path=path, **{**FIXTURE_CONFIG, **kw})
 
 
-def _all_requests(ds) -> dict:
-  it = pipeline.make_iterator(ds, (0, len(ds.source)), global_batch_size=len(ds.source),
-                              shuffle=False, seed=0, repeat=False, num_threads=1)
-  batch = next(it)
-  ds.schema.check_batch(batch)
-  return batch
 
 
 # ---------------------------------------------------------------------------------- exact batch
@@ -93,7 +88,7 @@ def test_fixture_batch_is_exact(tmp_path):
   # the last round(0.4 * 5) = 2 evaluate.
   assert len(ds.source) == 5
   assert ds.train_range == (0, 3) and ds.eval_range == (3, 5)
-  b = _all_requests(ds)
+  b = all_requests(ds)
   np.testing.assert_array_equal(b['request']['user_id'], [3, 1, 1, 3, 2])
   np.testing.assert_array_equal(b['request']['time'] - T0, [0, 100, 200, 5000, 10000])
   # Beijing time: 08:00 -> hour id 9; +5000 s 09:23 -> 10; +10000 s 10:46 -> 11; Saturday = 6.

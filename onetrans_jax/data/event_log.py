@@ -26,6 +26,7 @@ import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import ml_collections
 import numpy as np
 
 from onetrans_jax.errors import ConfigError
@@ -571,6 +572,16 @@ def build_requests(log: EventLog, cfg: RequestConfig) -> RequestIndex:
   return RequestIndex(imp.astype(np.int64), start, size, req_user, req_time, seq_events,
                       seq_begin, seq_end)
 
+
+
+def add_pipeline_fields(d: ml_collections.ConfigDict, batch_size: int) -> None:
+  """The ``config.data`` fields every real dataset shares (read by pipeline.make_iterator)."""
+  d.batch_size = batch_size       # requests per step (x up to C candidates each)
+  d.shuffle = True                # [D] shuffle the training range each epoch: requests are
+                                  # stored time-sorted, and small logs train for several epochs
+  d.validate = True               # check every batch against the schema (ids in range, ...)
+  d.num_threads = 2
+  d.worker_count = 0              # >0: grain worker processes build batches
 
 def chronological_split(num_requests: int, eval_fraction: float
                         ) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -29,8 +29,9 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from onetrans_jax.data.event_log import (DataFileError, EventLog, RequestConfig, Table,
-                                         dense_ids, lookup_ids, make_dataset, read_table)
+from onetrans_jax.data.event_log import (add_pipeline_fields, DataFileError, EventLog,
+                                         RequestConfig, Table, dense_ids, lookup_ids, make_dataset,
+                                         read_table)
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
@@ -87,12 +88,7 @@ def movielens_data(variant: str = '100k', path: str | None = None,
   d.rated_len = 50                # [D] the median 100K request has 65 earlier ratings (p25: 20)
   d.liked_len = 30                # [D] and 38 earlier likes: 55% of ratings are >= 4
   d.eval_fraction = 0.1           # [D] the latest 10% of requests (by start time) evaluate
-  d.batch_size = 64               # requests per step (x up to C candidates each)
-  d.shuffle = True                # [D] shuffle the training range each epoch: MovieLens is small
-                                  # and trained for several epochs, unlike a one-pass stream
-  d.validate = True               # check every batch against the schema (ids in range, ...)
-  d.num_threads = 2
-  d.worker_count = 0              # >0: grain worker processes build batches
+  add_pipeline_fields(d, batch_size=64)
   d.update(overrides)
   return d
 

@@ -37,8 +37,8 @@ import numpy as np
 from absl import logging
 from ml_collections.config_dict import placeholder
 
-from onetrans_jax.data.event_log import (DEFAULT_CHUNK_BYTES, DataFileError, EventLog,
-                                         RequestConfig, TextStream, make_dataset)
+from onetrans_jax.data.event_log import (add_pipeline_fields, DEFAULT_CHUNK_BYTES, DataFileError,
+                                         EventLog, RequestConfig, TextStream, make_dataset)
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
@@ -81,11 +81,7 @@ def taobao_data(path: str | None = None, **overrides) -> ml_collections.ConfigDi
   d.buy_len = 10
   d.eval_fraction = 0.1           # [D] the latest 10% of requests (by start time) evaluate
   d.chunk_bytes = DEFAULT_CHUNK_BYTES  # text read at a time: bounds the reader's memory
-  d.batch_size = 256              # requests per step (x up to C candidates each)
-  d.shuffle = True                # [D] shuffle the training range: requests are time-sorted
-  d.validate = True               # check every batch against the schema (ids in range, ...)
-  d.num_threads = 2
-  d.worker_count = 0              # >0: grain worker processes build batches
+  add_pipeline_fields(d, batch_size=256)
   d.update(overrides)
   return d
 
