@@ -128,7 +128,7 @@ def _onetrans(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Modul
     tokenizer.default_groups(schema, cfg.num_ns_tokens)  # raises if too few features
   if impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ModelConfigError("config.model.attention_impl='cudnn' needs a GPU (this backend is "
-                           f"{jax.default_backend()!r}); use 'xla'")
+                           f"{jax.default_backend()!r}); use 'auto'")
   _, l_ns, sched = onetrans_layout(cfg, schema)
   multitask_heads.predictor_from_config(cfg, schema.num_tasks)  # validates the predictor fields
   predictor = tuple((f, cfg.get(f)) for f in multitask_heads.PREDICTOR_FIELDS if f in cfg)

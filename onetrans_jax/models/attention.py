@@ -14,7 +14,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ('xla', 'cudnn')
+from onetrans_jax.models.blocked_attention import blocked_attention
+
+# 'auto': 'blocked' on CPU, where the bench shape's layer-0 attention runs forward + backward in
+# 371 ms against XLA's 964 (benchmarks/suite.py), 'xla' elsewhere (not yet measured on a GPU);
+# 'blocked' (blocked_attention.py) is exact on any backend; 'cudnn' is GPU flash attention (bf16).
+IMPLEMENTATIONS = ('auto', 'blocked', 'xla', 'cudnn')
+
+
+def resolve_implementation(implementation: str) -> str:
+  """'auto' -> the fastest measured path on this backend; anything else is checked."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation {implementation!r}: choose one of '
+                     f'{IMPLEMENTATIONS}')
+  if implementation == 'auto':
+    return 'blocked' if jax.default_backend() == 'cpu' else 'xla'
+  return implementation
 
 
 def tail_causal(num_keys: int, num_queries: int) -> np.ndarray:
@@ -41,9 +56,26 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
   ``implementation='cudnn'`` selects cuDNN flash attention (GPU, bf16/fp16); the tail-offset causal
   mask is passed as an explicit mask because ``is_causal`` assumes aligned query/key positions.
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f'attention implementation {implementation!r}: choose one of {IMPLEMENTATIONS}')
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  implementation = resolve_implementation(implementation)
+  if implementation == 'blocked':  # an arbitrary mask has no block structure to exploit
+    implementation = 'xla'
+  with jax.named_scope('attention'):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def tail_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_valid: jnp.ndarray,
+                   causal: bool, implementation: str = 'auto') -> jnp.ndarray:
+  """q [B, Q, H, Dh] (the last Q key positions), k/v [B, L, H, Dh], key_valid [B, L] ->
+  [B, Q, H, Dh] under ``attention_mask(key_valid, Q, causal)``.
+
+  The structured form lets 'blocked' build the mask per block and skip the causally masked keys;
+  the other implementations get the explicit mask.
+  """
+  implementation = resolve_implementation(implementation)
+  with jax.named_scope('attention'):  # names the ops in profiles (benchmarks/profile_step.py)
+    if implementation == 'blocked':
+      return blocked_attention(q, k, v, key_valid, causal)
+    return attend(q, k, v, attention_mask(key_valid, q.shape[1], causal), implementation)
 
 
 def shared_prefix_attention(q: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
@@ -89,6 +121,11 @@ def prefix_group_attention(q: jnp.ndarray, k_p: jnp.ndarray, v_p: jnp.ndarray,
     raise ValueError(f'group_mask has shape {group_mask.shape}, the groups hold {g} tokens')
   if not group_mask.any(axis=1).all():
     raise ValueError('group_mask: every group query must see at least one in-group key')
+  with jax.named_scope('attention'):
+    return _prefix_group(q, k_p, v_p, p_valid, k_g, v_g, group_mask)
+
+
+def _prefix_group(q, k_p, v_p, p_valid, k_g, v_g, group_mask):
   scale = 1.0 / np.sqrt(q.shape[-1])
   f32 = jnp.float32
   logit_p = jnp.einsum('rcghd,rlhd->rchgl', q, k_p, preferred_element_type=f32) * scale

@@ -58,7 +58,8 @@ from ml_collections.config_dict import placeholder
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import partitioning as lp
 from onetrans_jax.models import tokenizer as tokenizer_lib
-from onetrans_jax.models.attention import attend, attention_mask, prefix_group_attention
+from onetrans_jax.models.attention import (attend, attention_mask, prefix_group_attention,
+                                          tail_attention)
 from onetrans_jax.models.embeddings import FeatureEmbeddings, NumericEmbedding
 from onetrans_jax.models.task_channels import (SITUATIONS, TASK_MASKS, CrossTaskInteraction,
                                                SituationDiscernment, task_mask_matrix)
@@ -162,7 +163,7 @@ class OneRankBlock(nn.Module):
              ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
     """x [R, P, d], valid [R, P] -> (x' [R, P, d], the prefix keys/values [R, P, H, Dh])."""
     q, k, v = self._qkv(x)
-    o = attend(q, k, v, attention_mask(valid, x.shape[1], causal=True))
+    o = tail_attention(q, k, v, valid, causal=True)
     return self._finish(x, o), (k, v)
 
   def groups(self, g: jnp.ndarray, k_p: jnp.ndarray, v_p: jnp.ndarray, p_valid: jnp.ndarray,

@@ -98,7 +98,7 @@ class OneTrans(nn.Module):
   shared_params: bool = False
   causal: bool = True
   request_level: bool = True      # share the S side across a request's candidates (causal only)
-  attention_impl: str = 'xla'
+  attention_impl: str = 'auto'
   remat: str = 'none'
   head_hidden: int = 0            # 0: d
   # The multi-task predictor over the pooled NS tokens (SPEC B.7 baselines): ('predictor', kind)

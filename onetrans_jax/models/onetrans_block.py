@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from onetrans_jax.models import partitioning
-from onetrans_jax.models.attention import attend, attention_mask, shared_prefix_attention
+from onetrans_jax.models.attention import shared_prefix_attention, tail_attention
 from onetrans_jax.models.mixed import MixedLinear, MixedRMSNorm
 from onetrans_jax.models.partitioning import (ACT_EMBED, ACT_HEADS, ACT_MLP, BATCH, EMBED, HEADS,
                                               LENGTH, MLP)
@@ -58,7 +58,7 @@ class OneTransBlock(nn.Module):
   activation: str = 'silu'
   shared: bool = False          # the "shared params for all tokens" ablation
   causal: bool = True           # False: the "full attention" ablation
-  attention_impl: str = 'xla'
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -106,8 +106,7 @@ class OneTransBlock(nn.Module):
     k, v = self._kv(kv)
     q = self._q(qns if qs is None else jnp.concatenate([qs, qns], axis=1))
     key_valid = jnp.concatenate([s_valid, jnp.ones((b, self.num_ns), bool)], axis=1)
-    mask = attention_mask(key_valid, q_s + self.num_ns, self.causal)
-    o = attend(q, k, v, mask, self.attention_impl).reshape(b, -1, d)
+    o = tail_attention(q, k, v, key_valid, self.causal, self.attention_impl).reshape(b, -1, d)
     os_, ons = self.out(o[:, :q_s] if q_s else None, o[:, q_s:])
     zs = s[:, ls - q_s:] + os_.astype(s.dtype) if q_s else s[:, ls:]
     zns = ns + ons.astype(ns.dtype)
@@ -140,7 +139,7 @@ class OneTransBlock(nn.Module):
       return s_tail
     xs, _ = self.attn_norm(s_tail, None)
     q = self._q(self.q(xs, None)[0])
-    o = attend(q, k_s, v_s, attention_mask(s_valid, t, True), self.attention_impl)
+    o = tail_attention(q, k_s, v_s, s_valid, True, self.attention_impl)
     zs = s_tail + self.out(o.reshape(r, t, d), None)[0].astype(s_tail.dtype)
     return self._ffn(zs, None)[0]
 
