@@ -73,6 +73,8 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.train.diagnostics_every = 0   # N > 0: every N steps log the tasks' gradient cosine on the
                                   # shared encoder and each task's loss variance (SPEC C.6)
   c.train.diagnostics_window = 20  # diagnostic samples in the loss-variance window
+  c.train.cpu_fused_dots = True   # CPU: XLA's YNNPACK dot fusions (onetrans_jax/xla_options.py),
+                                  # measured 1.5x on the CPU bench step; False: XLA's default
   c.eval = ml_collections.ConfigDict()
   c.eval.mode = 'holdout'         # or 'next_batch' (the paper's protocol)
   c.eval.every_steps = 0          # hold-out: also evaluate every N steps (0: only at the end)
@@ -117,7 +119,8 @@ def onetrans_model(**overrides) -> ml_collections.ConfigDict:
   m.pyramid = True                # False: no pyramid (ablation)
   m.pyramid_multiple = 32         # intermediate query counts rounded to this multiple
   m.pyramid_schedule = placeholder(tuple)  # query counts per layer; None: linear schedule
-  m.attention_impl = 'xla'        # or 'cudnn' (GPU flash attention, bf16)
+  m.attention_impl = 'auto'       # 'blocked' on CPU, 'xla' elsewhere; or 'blocked' (cache-blocked,
+                                  # skips masked blocks), 'xla', 'cudnn' (GPU flash, bf16)
   m.remat = 'none'                # or 'full', 'dots' (activation recomputation)
   m.head_hidden = 0               # task tower width; 0: d
   m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters

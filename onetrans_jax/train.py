@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from onetrans_jax import accounting, checkpointing, diagnostics, reporting, sharding
+from onetrans_jax import accounting, checkpointing, diagnostics, reporting, sharding, xla_options
 from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
@@ -274,17 +274,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                            int(config.train.get('diagnostics_window', 20)))
   # Each step is traced under the mesh and the logical-axis rules, so the models' activation
   # hints (batch over data x fsdp, heads and FFN units over tensor) resolve to mesh axes.
+  opts = xla_options.compiler_options(config)
   gradient_cosine = sharding.under_mesh(
-      jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd), out_shardings=repl),
-      mesh, rules)
+      jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd), out_shardings=repl,
+              compiler_options=opts), mesh, rules)
   train_step = sharding.under_mesh(
       jax.jit(train_step, in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, repl),
-              donate_argnums=0), mesh, rules)
+              donate_argnums=0, compiler_options=opts), mesh, rules)
   # Outputs replicated: every process sees the whole global batch's predictions and labels, so
   # metrics are global on every host without a separate gather.
   eval_step = sharding.under_mesh(
-      jax.jit(eval_step, in_shardings=(state_shd.params, batch_shd), out_shardings=repl),
-      mesh, rules)
+      jax.jit(eval_step, in_shardings=(state_shd.params, batch_shd), out_shardings=repl,
+              compiler_options=opts), mesh, rules)
 
   def check_finite(state: TrainState) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
