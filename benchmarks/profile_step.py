@@ -1,0 +1,157 @@
+r"""Where a training step's time goes: one profiled step, grouped by model component.
+
+  python benchmarks/profile_step.py                          # the CPU bench shape
+  python benchmarks/profile_step.py --shape=onetrans_s       # on a GPU
+  python benchmarks/profile_step.py --set=model.attention_impl=xla --set=train.cpu_fused_dots=False
+
+Runs one step of ``benchmarks/suite.py``'s train section (same config, same compiler options)
+under ``jax.profiler``, maps every executed XLA op back to the model code through the HLO
+metadata (``op_name``: module path, forward or ``transpose`` = backward) and prints the time per
+component (attention, FFN, projections, norms, tokenizer, head, optimizer; 'other': the loss,
+layout copies and ops XLA left unnamed) and the slowest ops.
+``--set=section.field=value`` overrides a field of the shape's config. Profile first, then optimize.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks import suite  # noqa: E402
+from onetrans_jax import xla_options  # noqa: E402
+from onetrans_jax.models import build_model, partitioning  # noqa: E402
+from onetrans_jax.optimizers import make_optimizer  # noqa: E402
+from onetrans_jax.train import dummy_batch, make_loss_fn  # noqa: E402
+
+_SHAPE = flags.DEFINE_string('shape', 'cpu', 'A benchmarks/suite.py shape.')
+_TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
+_SET = flags.DEFINE_multi_string('set', [], 'section.field=value: override a config field.')
+
+# First match wins; matched against the op's metadata op_name (the module path of the source).
+COMPONENTS = (
+    ('attention', re.compile(r'attention|_attention_fwd|_attention_bwd|softmax')),
+    ('ffn', re.compile(r'_ffn|ffn_in|ffn_out')),
+    ('norms', re.compile(r'attn_norm|ffn_norm|final_norm')),
+    ('projections', re.compile(r'/kv/|/q/|/out/|/qkv/|\._kv|\._q|\._heads|s_kv')),
+    ('tokenizer', re.compile(r'tokenizer')),
+    ('head', re.compile(r'towers|_logits')),
+)
+_CONTROL = ('while', 'call', 'conditional')
+
+
+def component(op_name: str) -> str:
+  if op_name and 'jvp(' not in op_name and 'transpose(' not in op_name:
+    return 'optimizer'  # outside value_and_grad: clipping and the update
+  for name, pattern in COMPONENTS:
+    if pattern.search(op_name):
+      return name
+  return 'other'
+
+
+def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:
+  """instruction name -> op_name metadata, and the control-flow instructions (their time is
+  their body's, which is listed op by op)."""
+  names, control = {}, set()
+  for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?\b(\w+)\(([^\n]*)$', hlo_text,
+                       re.MULTILINE):
+    inst, opcode, rest = m.group(1), m.group(2), m.group(3)
+    meta = re.search(r'op_name="([^"]*)"', rest)
+    names[inst] = meta.group(1) if meta else ''
+    if opcode in _CONTROL:
+      control.add(inst)
+  return names, control
+
+
+def profile(config) -> dict:
+  schema, batch = suite._batch(config)
+  model = build_model(config.model, schema)
+  tx = make_optimizer(config.optimizer)
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  params = partitioning.unbox(
+      jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
+
+  def step(state, batch):
+    params, opt_state = state
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  compiled = jax.jit(step, donate_argnums=0,
+                     compiler_options=xla_options.compiler_options(config)).lower(
+                         (params, tx.init(params)), batch).compile()
+  names, control = hlo_op_names(compiled.as_text())
+  state = (params, tx.init(params))
+  for _ in range(2):  # warm
+    state, _ = jax.block_until_ready(compiled(state, batch))
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      t0 = time.perf_counter()
+      state, _ = jax.block_until_ready(compiled(state, batch))
+      wall = time.perf_counter() - t0
+    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'),
+                                          recursive=True)[0]))
+  per_op = collections.Counter()
+  for e in trace['traceEvents']:
+    if e.get('ph') != 'X' or 'dur' not in e:
+      continue
+    inst = (e.get('args') or {}).get('hlo_op', e['name'])
+    if inst in names and inst not in control:
+      per_op[inst] += e['dur'] / 1e6
+  groups = collections.Counter()
+  for inst, sec in per_op.items():
+    op_name = names[inst]
+    direction = ('backward' if 'transpose(' in op_name else
+                 'forward' if 'jvp(' in op_name or not op_name else 'update')
+    groups[(component(op_name), direction)] += sec
+  return {'wall': wall, 'per_op': per_op, 'groups': groups, 'names': names}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  config = suite.shape_config(_SHAPE.value)
+  for item in _SET.value:
+    path, sep, raw = item.partition('=')
+    section, _, field = path.partition('.')
+    if not sep or section not in config or field not in config[section]:
+      raise app.UsageError(f'--set={item!r}: expected section.field=value with a field of the '
+                           f"'{_SHAPE.value}' config (e.g. model.attention_impl=xla)")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    config[section][field] = value
+  res = profile(config)
+  total = sum(res['groups'].values())
+  print(f"{jax.devices()[0].device_kind}: one step of '{_SHAPE.value}' took "
+        f"{res['wall'] * 1e3:.1f} ms; XLA ops account for {total * 1e3:.1f} ms (on several "
+        'threads, ops may overlap)\n')
+  print(f"{'component':<12} {'forward ms':>11} {'backward ms':>12} {'update ms':>10} {'share':>7}")
+  phases = ('forward', 'backward', 'update')
+  spent = lambda c: sum(res['groups'][(c, p)] for p in phases)
+  for c in sorted({c for c, _ in res['groups']}, key=lambda c: -spent(c)):
+    f, b, u = (res['groups'][(c, p)] for p in phases)
+    print(f'{c:<12} {f * 1e3:>11.1f} {b * 1e3:>12.1f} {u * 1e3:>10.1f} '
+          f'{100 * spent(c) / total:>6.1f}%')
+  print(f'\nslowest {_TOP.value} ops:')
+  for inst, sec in res['per_op'].most_common(_TOP.value):
+    print(f'{sec * 1e3:9.1f} ms  {inst:<28} {res["names"][inst][-110:]}')
+
+
+if __name__ == '__main__':
+  app.run(main)

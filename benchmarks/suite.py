@@ -1,0 +1,389 @@
+r"""Training speed against the machine's ceiling: one command, a printed table, a JSON record.
+
+  python benchmarks/suite.py                        # CPU: the 'cpu' bench shape; GPU: S and L
+  python benchmarks/suite.py --shapes=onetrans_s --json=/tmp/s.json
+  python benchmarks/suite.py --shapes=cpu --repeats=3 --sections=ceiling,train
+
+Sections (``--sections``):
+  ceiling    the machine's own ceiling, measured in this run: a large matmul (fp32 on CPU, bf16 and
+             fp32 on GPU) and a large copy (read + write bandwidth).
+  attention  each layer-0 attention implementation of a shape, forward + backward, alone.
+  train      one full training step per (shape, variant): loss, gradients and the optimizer update,
+             jitted with the state donated and train.py's compiler options, as it runs them. Step time (median of
+             ``--repeats`` after a warm-up), examples/s, XLA's peak-memory estimate of the
+             compiled step (arguments + outputs + temporaries - donated aliases) and the achieved
+             FLOP/s from the analytic matmul count of the layout that ran (accounting.py: 3 x
+             forward, attention over full rectangles, so skipping masked blocks counts as speed),
+             over the ceiling (MFU).
+  savings    the pyramid and request-level sharing (SPEC A.5, A.6): time and memory ratios from
+             the train section beside the analytic FLOP ratio and the paper's reported savings
+             (SPEC A.10, OneTrans_S, each optimization alone).
+Shapes: 'cpu' (the fixed CPU bench shape: 256 token lists = 256 requests x 1 candidate, L_S=256,
+L_NS=8, d=128, 4 heads, 4 layers, pyramid to 8 in multiples of 8, FFN x4, fp32);
+'onetrans_s' / 'onetrans_l' (experiments/onetrans_{s,l}.py paper shapes, bf16, 128 requests x 16
+candidates = the paper's 2048 per GPU); 'tiny' (seconds; for tests). Compare variants by the
+ratios of one run: absolute times move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from experiments import common, onetrans_l, onetrans_s  # noqa: E402
+from onetrans_jax import accounting, xla_options  # noqa: E402
+from onetrans_jax.data import pipeline  # noqa: E402
+from onetrans_jax.models import build_model, onetrans_layout, partitioning  # noqa: E402
+from onetrans_jax.models.attention import attention_mask, resolve_implementation  # noqa: E402
+from onetrans_jax.models.blocked_attention import blocked_attention  # noqa: E402
+from onetrans_jax.optimizers import make_optimizer  # noqa: E402
+from onetrans_jax.train import dummy_batch, make_loss_fn  # noqa: E402
+
+SECTIONS = ('ceiling', 'attention', 'train', 'savings')
+# SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
+# and the FLOP ratio of the pyramid from the ablation table (2.64 vs 8.08 TFLOPs).
+PAPER_SAVINGS = {'pyramid': {'time': -0.287, 'memory': -0.426, 'flops': 2.64 / 8.08 - 1},
+                 'request_level': {'time': -0.302, 'memory': -0.584, 'flops': None}}
+
+_SHAPES = flags.DEFINE_list('shapes', None, "Shapes to run (default: 'cpu' on a CPU backend, "
+                            "'onetrans_s,onetrans_l' on an accelerator).")
+_SECTIONS = flags.DEFINE_list('sections', list(SECTIONS), f'Any of {SECTIONS}.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per cell after one warm-up (median).')
+_JSON = flags.DEFINE_string('json', 'benchmark_results.json', 'Where the results are written.')
+_BATCH = flags.DEFINE_integer('requests', None, 'Override the requests per step of every shape.')
+
+
+# ---------------------------------------------------------------------------------- shapes
+def shape_config(name: str) -> ml_collections.ConfigDict:
+  """The experiment config of a bench shape (every candidate slot real, so examples = R x C)."""
+  if name == 'cpu':
+    model = common.onetrans_model(width=128, num_heads=4, num_layers=4, num_ns_tokens=8,
+                                  embed_dim=16, ffn_mult=4, pyramid_multiple=8)
+    data = common.synthetic_data(click_len=192, cart_len=40, order_len=24, num_candidates=1,
+                                 min_candidates=1, batch_size=256)
+    config = common.base_config(model, data)
+  elif name == 'tiny':
+    model = common.onetrans_model(width=32, num_heads=2, num_layers=2, num_ns_tokens=4,
+                                  embed_dim=8, pyramid_multiple=8)
+    data = common.synthetic_data(click_len=20, cart_len=8, order_len=4, num_candidates=2,
+                                 min_candidates=2, batch_size=4, num_users=50, num_items=80)
+    config = common.base_config(model, data)
+  elif name in ('onetrans_s', 'onetrans_l'):
+    config = (onetrans_s if name == 'onetrans_s' else onetrans_l).get_config()
+    config.data.min_candidates = config.data.num_candidates
+  else:
+    raise app.UsageError(f'--shapes: unknown shape {name!r}; choose from cpu, onetrans_s, '
+                         'onetrans_l, tiny')
+  if _BATCH.value is not None:
+    config.data.batch_size = _BATCH.value
+  return config
+
+
+def variants(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(name, config) rows of the train section: the default, every other attention path this
+  backend runs, no pyramid, and request-level sharing on / off over the same examples grouped
+  as requests of 16 candidates (with 1 candidate there is nothing to share)."""
+  out = [('default', config)]
+  default_impl = resolve_implementation(config.model.attention_impl)
+  others = ['xla', 'blocked'] + (['cudnn'] if jax.default_backend() == 'gpu' else [])
+  for impl in others:
+    if impl != default_impl:
+      if impl == 'cudnn' and config.model.dtype not in ('bfloat16', 'float16'):
+        continue
+      out.append((f'attention={impl}', _with(config, model={'attention_impl': impl})))
+  if xla_options.compiler_options(config):
+    out.append(('unfused dots', _with(config, train={'cpu_fused_dots': False})))
+    # jax's own defaults: XLA's attention and XLA's default CPU dot emission (the 'before').
+    out.append(('xla attn, unfused dots',
+                _with(config, model={'attention_impl': 'xla'}, train={'cpu_fused_dots': False})))
+  out.append(('no pyramid', _with(config, model={'pyramid': False})))
+  r, c = config.data.batch_size, config.data.num_candidates
+  grouped = config
+  if c == 1 and r % 16 == 0:
+    grouped = _with(config, data={'batch_size': r // 16, 'num_candidates': 16,
+                                  'min_candidates': 16})
+  if grouped.data.num_candidates > 1:
+    if grouped is not config:
+      out.append((f'{r // 16}x16 request-level', grouped))
+    out.append((f'{grouped.data.batch_size}x{grouped.data.num_candidates} per candidate',
+                _with(grouped, model={'request_level': False})))
+  return out
+
+
+def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]) -> ml_collections.ConfigDict:
+  c = config.copy_and_resolve_references()
+  for section, fields in sections.items():
+    for k, v in fields.items():
+      c[section][k] = v
+  return c
+
+
+def _batch(config: ml_collections.ConfigDict):
+  data = pipeline.build_dataset(config.data)
+  items = [data.source[i] for i in range(config.data.batch_size)]
+  batch = jax.tree.map(lambda *x: np.stack(x), *items)
+  batch.pop('true_prob', None)
+  return data.schema, batch
+
+
+def step_flops(config: ml_collections.ConfigDict, schema) -> float:
+  """Analytic training FLOPs of one step in the layout that runs (3 x forward)."""
+  r, c = config.data.batch_size, config.data.num_candidates
+  m = config.model
+  shared = m.get('request_level', None)
+  shared = (m.attention == 'causal') if shared is None else bool(shared)
+  if shared:
+    f = accounting.shared_forward_flops(m, schema)
+    return 3.0 * r * (f['user'] + c * f['candidate'])
+  return 3.0 * r * c * accounting.onetrans_forward_flops(m, schema)['total']
+
+
+# ---------------------------------------------------------------------------------- timing
+def median_time(fn: Callable[..., Any], *args: Any, repeats: int | None = None,
+                feed: Callable[[Any], Any] | None = None) -> float:
+  """Median wall time of ``fn(*args)`` after one warm-up. A ``fn`` that donates its first
+  argument gets ``feed(previous output)`` there instead (its input buffer is gone)."""
+  repeats = repeats or _REPEATS.value
+  out = jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    if feed is not None:
+      args = (feed(out),) + tuple(args[1:])
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def peak_bytes(compiled: Any) -> int:
+  """XLA's memory estimate of a compiled program: what it holds at once, donations counted."""
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+             m.alias_size_in_bytes)
+
+
+def ceiling(dtype_names: Sequence[str]) -> dict[str, float]:
+  """Measured matmul FLOP/s per dtype and copy bandwidth (bytes/s) of this machine."""
+  gpu = jax.default_backend() != 'cpu'
+  n = 8192 if gpu else 2048
+  out = {}
+  for name in dtype_names:
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), name)
+    t = median_time(jax.jit(lambda x: x @ x), a)
+    out[f'matmul_{name}'] = 2.0 * n ** 3 / t
+  x = jnp.ones(((1 << 30) if gpu else (1 << 26),), jnp.float32)   # 4 GiB / 256 MiB
+  nbytes = x.nbytes
+  # Donated: the output reuses the input's buffer, so no page of it is freshly mapped per call.
+  t = median_time(jax.jit(lambda x: x + 1.0, donate_argnums=0), x, feed=lambda y: y)
+  out['copy_bytes_per_s'] = 2.0 * nbytes / t
+  return out
+
+
+# ---------------------------------------------------------------------------------- sections
+def attention_rows(name: str, config: ml_collections.ConfigDict, schema) -> list[dict[str, Any]]:
+  """Layer-0 attention of a shape alone: forward + backward, per implementation."""
+  l_s, l_ns, _ = onetrans_layout(config.model, schema)
+  m = config.model
+  b = config.data.batch_size * config.data.num_candidates
+  length, heads, dh = l_s + l_ns, m.num_heads, m.width // m.num_heads
+  dtype = jnp.dtype(m.dtype)
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(b, length, heads, dh)), dtype) for _ in range(3))
+  valid = jnp.asarray(np.arange(length)[None, :] >= rng.integers(0, l_s // 2, size=(b, 1)))
+  mask = attention_mask(valid, length, True)
+  impls = {'xla': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask),
+           'blocked': lambda q, k, v: blocked_attention(q, k, v, valid, True)}
+  if jax.default_backend() == 'gpu' and dtype in (jnp.bfloat16, jnp.float16):
+    impls['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                                                  implementation='cudnn')
+  flops = 3.0 * 4 * b * heads * length * length * dh   # fwd + bwd, the full rectangle
+  options = xla_options.compiler_options(config)
+  runs = [(impl, f, options) for impl, f in impls.items()]
+  if options:  # XLA's attention is also timed under XLA's default CPU dot emission
+    runs.insert(1, ('xla, unfused dots', impls['xla'], None))
+  rows = []
+  for impl, f, opts in runs:
+    step = jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v).astype(jnp.float32)),
+                            argnums=(0, 1, 2)), compiler_options=opts)
+    t = median_time(step, q, k, v)
+    rows.append({'shape': name, 'implementation': impl, 'batch': b, 'length': length,
+                 'heads': heads, 'head_dim': dh, 'seconds': t, 'flops': flops,
+                 'flops_per_s': flops / t})
+  base = rows[0]['seconds']
+  for row in rows:
+    row['speedup_vs_xla'] = base / row['seconds']
+  return rows
+
+
+def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
+              ceiling_flops: float | None) -> dict[str, Any]:
+  """One jitted training step (donated state) of a config: time, memory, achieved FLOP/s."""
+  schema, batch = _batch(config)
+  model = build_model(config.model, schema)
+  tx = make_optimizer(config.optimizer)
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  params = partitioning.unbox(
+      jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
+  state = (params, tx.init(params))
+
+  def step(state, batch):
+    params, opt_state = state
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  jitted = jax.jit(step, donate_argnums=0, compiler_options=xla_options.compiler_options(config))
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  memory = peak_bytes(compiled)
+  seconds = median_time(compiled, state, batch, feed=lambda out: out[0])
+  flops = step_flops(config, schema)
+  examples = config.data.batch_size * config.data.num_candidates
+  row = {'shape': name, 'variant': variant, 'requests': config.data.batch_size,
+         'candidates': config.data.num_candidates, 'examples': examples,
+         'dtype': config.model.dtype,
+         'attention_impl': resolve_implementation(config.model.attention_impl),
+         'schedule': list(build_model(config.model, schema).schedule),
+         'seconds': seconds, 'compile_seconds': compile_s, 'examples_per_s': examples / seconds,
+         'peak_bytes': memory, 'flops': flops, 'flops_per_s': flops / seconds}
+  row['mfu'] = row['flops_per_s'] / ceiling_flops if ceiling_flops else None
+  return row
+
+
+def savings_rows(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Pyramid and request-level sharing: measured ratios beside analytic and paper ones."""
+  by = {(r['shape'], r['variant']): r for r in train}
+  out = []
+  for shape in dict.fromkeys(r['shape'] for r in train):
+    pairs = [('pyramid', by.get((shape, 'default')), by.get((shape, 'no pyramid')))]
+    shared = [r for r in train if r['shape'] == shape and r['variant'].endswith('request-level')]
+    naive = [r for r in train if r['shape'] == shape and r['variant'].endswith('per candidate')]
+    with_sharing = shared[0] if shared else by.get((shape, 'default'))
+    if naive:
+      pairs.append(('request_level', with_sharing, naive[0]))
+    for what, on, off in pairs:
+      if on is None or off is None:
+        continue
+      paper = PAPER_SAVINGS[what]
+      out.append({'shape': shape, 'optimization': what,
+                  'time_ratio': on['seconds'] / off['seconds'],
+                  'memory_ratio': on['peak_bytes'] / off['peak_bytes'],
+                  'flops_ratio': on['flops'] / off['flops'],
+                  'paper_time_ratio': 1 + paper['time'], 'paper_memory_ratio': 1 + paper['memory'],
+                  'paper_flops_ratio': None if paper['flops'] is None else 1 + paper['flops']})
+  return out
+
+
+# ---------------------------------------------------------------------------------- printing
+def _fmt(x: Any, spec: str) -> str:
+  return '—' if x is None else format(x, spec)
+
+
+def tables(result: dict[str, Any]) -> str:
+  lines = [f"device: {result['machine']['device']} ({result['machine']['backend']}), "
+           f"jax {result['machine']['jax']}, {result['machine']['cpu_count']} CPU cores",
+           f"command: {result['command']}", '']
+  ceil = result.get('ceiling')
+  if ceil:
+    parts = [f"{k[7:]} matmul {v / 1e9:.1f} GFLOP/s" for k, v in ceil.items()
+             if k.startswith('matmul_')]
+    lines += ['ceiling: ' + ', '.join(parts) +
+              f", copy {ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s", '']
+  if result.get('attention'):
+    lines.append(f"{'shape':<11} {'attention (layer 0, fwd+bwd)':<38} {'ms':>9} {'GFLOP/s':>9} "
+                 f"{'vs xla':>7}")
+    for r in result['attention']:
+      desc = f"{r['implementation']} B{r['batch']} L{r['length']} H{r['heads']}x{r['head_dim']}"
+      lines.append(f"{r['shape']:<11} {desc:<38} {r['seconds'] * 1e3:>9.1f} "
+                   f"{r['flops_per_s'] / 1e9:>9.1f} {r['speedup_vs_xla']:>6.2f}x")
+    lines.append('')
+  if result.get('train'):
+    lines.append(f"{'shape':<11} {'train step':<26} {'ms':>9} {'ex/s':>9} {'peak GB':>8} "
+                 f"{'GFLOP':>8} {'GFLOP/s':>9} {'MFU':>6} {'time/def':>8}")
+    defaults = {r['shape']: r for r in result['train'] if r['variant'] == 'default'}
+    for r in result['train']:
+      rel = r['seconds'] / defaults[r['shape']]['seconds'] if r['shape'] in defaults else None
+      lines.append(f"{r['shape']:<11} {r['variant']:<26} {r['seconds'] * 1e3:>9.1f} "
+                   f"{r['examples_per_s']:>9.0f} {r['peak_bytes'] / 2**30:>8.2f} "
+                   f"{r['flops'] / 1e9:>8.1f} {r['flops_per_s'] / 1e9:>9.1f} "
+                   f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '5.1f'):>5}% "
+                   f"{_fmt(rel, '7.2f'):>7}x")
+    lines.append('')
+  if result.get('savings'):
+    lines.append(f"{'shape':<11} {'optimization':<14} {'time':>7} {'memory':>7} {'FLOPs':>7} "
+                 f"{'paper time':>10} {'paper mem':>10} {'paper FLOPs':>11}   (ratios on/off)")
+    for r in result['savings']:
+      lines.append(f"{r['shape']:<11} {r['optimization']:<14} {r['time_ratio']:>7.3f} "
+                   f"{r['memory_ratio']:>7.3f} {r['flops_ratio']:>7.3f} "
+                   f"{r['paper_time_ratio']:>10.3f} {r['paper_memory_ratio']:>10.3f} "
+                   f"{_fmt(r['paper_flops_ratio'], '11.3f'):>11}")
+  return '\n'.join(lines)
+
+
+def machine() -> dict[str, Any]:
+  dev = jax.devices()[0]
+  return {'backend': jax.default_backend(), 'device': getattr(dev, 'device_kind', str(dev)),
+          'device_count': jax.device_count(), 'jax': jax.__version__,
+          'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine()}
+
+
+def run(shapes: Sequence[str], sections: Sequence[str]) -> dict[str, Any]:
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    raise app.UsageError(f'--sections: unknown {sorted(unknown)}; choose from {SECTIONS}')
+  configs = {name: shape_config(name) for name in shapes}
+  result: dict[str, Any] = {'machine': machine(), 'command': ' '.join(sys.argv),
+                            'repeats': _REPEATS.value}
+  dtypes = sorted({c.model.dtype for c in configs.values()} | {'float32'})
+  ceil = ceiling(dtypes) if 'ceiling' in sections else {}
+  result['ceiling'] = ceil
+  result['attention'] = []
+  result['train'] = []
+  for name, config in configs.items():
+    if 'attention' in sections:
+      schema, _ = _batch(_with(config, data={'batch_size': 1}))
+      for row in attention_rows(name, config, schema):
+        result['attention'].append(row)
+        print(f"  {name} / attention {row['implementation']}: {row['seconds'] * 1e3:.1f} ms",
+              flush=True)
+    if 'train' in sections or 'savings' in sections:
+      peak = ceil.get(f'matmul_{config.model.dtype}')
+      for variant, cfg in variants(config):
+        row = train_row(name, variant, cfg, peak)
+        result['train'].append(row)
+        print(f"  {name} / {variant}: {row['seconds'] * 1e3:.1f} ms, "
+              f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  result['savings'] = savings_rows(result['train']) if 'savings' in sections else []
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  shapes = _SHAPES.value or (['cpu'] if jax.default_backend() == 'cpu'
+                             else ['onetrans_s', 'onetrans_l'])
+  result = run(shapes, _SECTIONS.value)
+  print(tables(result))
+  with open(_JSON.value, 'w') as f:
+    json.dump(result, f, indent=1)
+  print(f'\nwritten: {_JSON.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

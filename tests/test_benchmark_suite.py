@@ -1,0 +1,88 @@
+"""benchmarks/suite.py end to end on the tiny shape: the table, the JSON record, its arithmetic."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp('bench') / 'tiny.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--shapes=tiny',
+       '--repeats=1', f'--json={out}'],
+      capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout, json.loads(out.read_text())
+
+
+def test_printed_table_and_record(tiny_run):
+  stdout, result = tiny_run
+  assert result['machine']['backend'] == 'cpu'
+  assert result['ceiling']['matmul_float32'] > 1e8 and result['ceiling']['copy_bytes_per_s'] > 1e7
+  assert [r['implementation'] for r in result['attention']] == [
+      'xla', 'xla, unfused dots', 'blocked']
+  variants = [r['variant'] for r in result['train']]
+  assert variants == ['default', 'attention=xla', 'unfused dots', 'xla attn, unfused dots',
+                      'no pyramid', '4x2 per candidate']
+  for name in ('ceiling:', 'attention (layer 0, fwd+bwd)', 'train step', 'optimization'):
+    assert name in stdout
+  for row in result['train']:
+    assert row['flops_per_s'] == pytest.approx(row['flops'] / row['seconds'])
+    assert row['mfu'] == pytest.approx(row['flops_per_s'] / result['ceiling']['matmul_float32'])
+    assert row['examples'] == 8 and row['peak_bytes'] > 0
+
+
+def test_layouts_and_savings(tiny_run):
+  _, result = tiny_run
+  rows = {r['variant']: r for r in result['train']}
+  default, flat = rows['default'], rows['no pyramid']
+  assert default['attention_impl'] == 'blocked' and rows['attention=xla']['attention_impl'] == 'xla'
+  assert default['schedule'][-1] == 4 and flat['schedule'] == [flat['schedule'][0]] * 2
+  # The same examples cost the same analytic FLOPs whichever attention path runs, and the
+  # pyramid / request-level sharing cost less.
+  assert rows['attention=xla']['flops'] == default['flops']
+  assert flat['flops'] > default['flops']
+  assert rows['4x2 per candidate']['flops'] > default['flops']
+  savings = {r['optimization']: r for r in result['savings']}
+  assert savings['pyramid']['flops_ratio'] == pytest.approx(default['flops'] / flat['flops'])
+  assert savings['pyramid']['time_ratio'] == pytest.approx(default['seconds'] / flat['seconds'])
+  assert savings['pyramid']['paper_time_ratio'] == pytest.approx(1 - 0.287)
+  assert savings['request_level']['memory_ratio'] == pytest.approx(
+      default['peak_bytes'] / rows['4x2 per candidate']['peak_bytes'])
+
+
+def test_bad_flags_are_named():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--shapes=huge'],
+      capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=300)
+  assert proc.returncode != 0
+  assert "--shapes: unknown shape 'huge'" in proc.stderr
+
+
+def test_profile_step_groups_the_time_by_component():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'profile_step.py'), '--shape=tiny',
+       '--top=3', '--set=model.attention_impl=xla'],
+      capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  start = lines.index(next(l for l in lines if l.startswith('component'))) + 1
+  table = lines[start:lines.index('', start)]
+  components = {l.split()[0] for l in table}
+  assert {'attention', 'ffn', 'projections'} <= components
+  assert "one step of 'tiny' took" in proc.stdout
+  bad = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'profile_step.py'), '--shape=tiny',
+       '--set=model.no_such_field=1'],
+      capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=300)
+  assert bad.returncode != 0 and 'expected section.field=value' in bad.stderr
