@@ -30,13 +30,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import optax  # noqa: E402
 
 from benchmarks import suite  # noqa: E402
-from onetrans_jax import xla_options  # noqa: E402
-from onetrans_jax.models import build_model, partitioning  # noqa: E402
-from onetrans_jax.optimizers import make_optimizer  # noqa: E402
-from onetrans_jax.train import dummy_batch, make_loss_fn  # noqa: E402
 
 _SHAPE = flags.DEFINE_string('shape', 'cpu', 'A benchmarks/suite.py shape.')
 _TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
@@ -78,24 +73,9 @@ def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:
 
 
 def profile(config) -> dict:
-  schema, batch = suite._batch(config)
-  model = build_model(config.model, schema)
-  tx = make_optimizer(config.optimizer)
-  loss_fn, _ = make_loss_fn(config, model, schema)
-  params = partitioning.unbox(
-      jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
-
-  def step(state, batch):
-    params, opt_state = state
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  compiled = jax.jit(step, donate_argnums=0,
-                     compiler_options=xla_options.compiler_options(config)).lower(
-                         (params, tx.init(params)), batch).compile()
+  jitted, state, batch, _ = suite.build_step(config)
+  compiled = jitted.lower(state, batch).compile()
   names, control = hlo_op_names(compiled.as_text())
-  state = (params, tx.init(params))
   for _ in range(2):  # warm
     state, _ = jax.block_until_ready(compiled(state, batch))
   with tempfile.TemporaryDirectory() as d:

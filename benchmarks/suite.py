@@ -230,16 +230,15 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema) -> list
   return rows
 
 
-def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
-              ceiling_flops: float | None) -> dict[str, Any]:
-  """One jitted training step (donated state) of a config: time, memory, achieved FLOP/s."""
+def build_step(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
+  """-> (jitted step, initial state, one batch, schema): loss, gradients and the optimizer update
+  of ``config``, jitted with the state donated and train.py's compiler options."""
   schema, batch = _batch(config)
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
   loss_fn, _ = make_loss_fn(config, model, schema)
   params = partitioning.unbox(
       jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
-  state = (params, tx.init(params))
 
   def step(state, batch):
     params, opt_state = state
@@ -248,6 +247,13 @@ def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
     return (optax.apply_updates(params, updates), opt_state), loss
 
   jitted = jax.jit(step, donate_argnums=0, compiler_options=xla_options.compiler_options(config))
+  return jitted, (params, tx.init(params)), batch, schema
+
+
+def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
+              ceiling_flops: float | None) -> dict[str, Any]:
+  """One jitted training step (donated state) of a config: time, memory, achieved FLOP/s."""
+  jitted, state, batch, schema = build_step(config)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
