@@ -195,7 +195,21 @@ def ceiling(dtype_names: Sequence[str]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- sections
-def attention_rows(name: str, config: ml_collections.ConfigDict, schema) -> list[dict[str, Any]]:
+def _guarded(failed: list[dict[str, str]], shape: str, what: str, fn: Callable[..., Any],
+             *args: Any) -> Any:
+  """``fn(*args)``, or None with the error recorded: one variant that does not fit the device
+  (out of memory) or that a backend refuses (a cuDNN shape) must not lose the whole run."""
+  try:
+    return fn(*args)
+  except Exception as e:  # noqa: BLE001  (XlaRuntimeError, ValueError from a backend, ...)
+    message = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    failed.append({'shape': shape, 'what': what, 'error': message})
+    print(f'  {shape} / {what}: FAILED: {message}', flush=True)
+    return None
+
+
+def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
+                   failed: list[dict[str, str]]) -> list[dict[str, Any]]:
   """Layer-0 attention of a shape alone: forward + backward, per implementation."""
   l_s, l_ns, _ = onetrans_layout(config.model, schema)
   m = config.model
@@ -220,13 +234,16 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema) -> list
   for impl, f, opts in runs:
     step = jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v).astype(jnp.float32)),
                             argnums=(0, 1, 2)), compiler_options=opts)
-    t = median_time(step, q, k, v)
+    t = _guarded(failed, name, f'attention {impl}', median_time, step, q, k, v)
+    if t is None:
+      continue
+    print(f'  {name} / attention {impl}: {t * 1e3:.1f} ms', flush=True)
     rows.append({'shape': name, 'implementation': impl, 'batch': b, 'length': length,
                  'heads': heads, 'head_dim': dh, 'seconds': t, 'flops': flops,
                  'flops_per_s': flops / t})
-  base = rows[0]['seconds']
+  base = rows[0]['seconds'] if rows and rows[0]['implementation'] == 'xla' else None
   for row in rows:
-    row['speedup_vs_xla'] = base / row['seconds']
+    row['speedup_vs_xla'] = base / row['seconds'] if base else None
   return rows
 
 
@@ -317,7 +334,7 @@ def tables(result: dict[str, Any]) -> str:
     for r in result['attention']:
       desc = f"{r['implementation']} B{r['batch']} L{r['length']} H{r['heads']}x{r['head_dim']}"
       lines.append(f"{r['shape']:<11} {desc:<38} {r['seconds'] * 1e3:>9.1f} "
-                   f"{r['flops_per_s'] / 1e9:>9.1f} {r['speedup_vs_xla']:>6.2f}x")
+                   f"{r['flops_per_s'] / 1e9:>9.1f} {_fmt(r['speedup_vs_xla'], '6.2f'):>6}x")
     lines.append('')
   if result.get('train'):
     lines.append(f"{'shape':<11} {'train step':<26} {'ms':>9} {'ex/s':>9} {'peak GB':>8} "
@@ -330,6 +347,10 @@ def tables(result: dict[str, Any]) -> str:
                    f"{r['flops'] / 1e9:>8.1f} {r['flops_per_s'] / 1e9:>9.1f} "
                    f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '5.1f'):>5}% "
                    f"{_fmt(rel, '7.2f'):>7}x")
+    lines.append('')
+  for f in result.get('failed', []):
+    lines.append(f"FAILED {f['shape']} / {f['what']}: {f['error']}")
+  if result.get('failed'):
     lines.append('')
   if result.get('savings'):
     lines.append(f"{'shape':<11} {'optimization':<14} {'time':>7} {'memory':>7} {'FLOPs':>7} "
@@ -361,20 +382,19 @@ def run(shapes: Sequence[str], sections: Sequence[str]) -> dict[str, Any]:
   result['ceiling'] = ceil
   result['attention'] = []
   result['train'] = []
+  result['failed'] = []
   for name, config in configs.items():
     if 'attention' in sections:
       schema, _ = _batch(_with(config, data={'batch_size': 1}))
-      for row in attention_rows(name, config, schema):
-        result['attention'].append(row)
-        print(f"  {name} / attention {row['implementation']}: {row['seconds'] * 1e3:.1f} ms",
-              flush=True)
+      result['attention'] += attention_rows(name, config, schema, result['failed'])
     if 'train' in sections or 'savings' in sections:
       peak = ceil.get(f'matmul_{config.model.dtype}')
       for variant, cfg in variants(config):
-        row = train_row(name, variant, cfg, peak)
-        result['train'].append(row)
-        print(f"  {name} / {variant}: {row['seconds'] * 1e3:.1f} ms, "
-              f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+        row = _guarded(result['failed'], name, variant, train_row, name, variant, cfg, peak)
+        if row is not None:
+          result['train'].append(row)
+          print(f"  {name} / {variant}: {row['seconds'] * 1e3:.1f} ms, "
+                f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   result['savings'] = savings_rows(result['train']) if 'savings' in sections else []
   return result
 

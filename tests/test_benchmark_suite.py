@@ -86,3 +86,19 @@ def test_profile_step_groups_the_time_by_component():
       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
   assert bad.returncode != 0 and 'expected section.field=value' in bad.stderr
+
+
+def test_a_failing_variant_is_recorded_not_fatal():
+  from benchmarks import suite
+  failed = []
+
+  def out_of_memory():
+    raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 49 GiB\n(details)')
+
+  assert suite._guarded(failed, 'onetrans_s', '128x16 per candidate', out_of_memory) is None
+  assert suite._guarded(failed, 'onetrans_s', 'default', lambda x: x + 1, 41) == 42
+  assert failed == [{'shape': 'onetrans_s', 'what': '128x16 per candidate',
+                     'error': 'RESOURCE_EXHAUSTED: Out of memory allocating 49 GiB'}]
+  text = suite.tables({'machine': {'device': 'H100', 'backend': 'gpu', 'jax': '0.10.2',
+                                   'cpu_count': 16}, 'command': 'suite.py', 'failed': failed})
+  assert 'FAILED onetrans_s / 128x16 per candidate: RESOURCE_EXHAUSTED' in text
