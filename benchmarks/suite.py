@@ -7,7 +7,8 @@ r"""Training speed against the machine's ceiling: one command, a printed table, 
 Sections (``--sections``):
   ceiling    the machine's own ceiling, measured in this run: a large matmul (fp32 on CPU, bf16 and
              fp32 on GPU) and a large copy (read + write bandwidth).
-  attention  each layer-0 attention implementation of a shape, forward + backward, alone.
+  attention  each layer-0 attention implementation of a shape (one token list per request),
+             forward + backward, alone.
   train      one full training step per (shape, variant): loss, gradients and the optimizer update,
              jitted with the state donated and train.py's compiler options, as it runs them. Step time (median of
              ``--repeats`` after a warm-up), examples/s, XLA's peak-memory estimate of the
@@ -210,10 +211,12 @@ def _guarded(failed: list[dict[str, str]], shape: str, what: str, fn: Callable[.
 
 def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
                    failed: list[dict[str, str]]) -> list[dict[str, Any]]:
-  """Layer-0 attention of a shape alone: forward + backward, per implementation."""
+  """Layer-0 attention of a shape alone, forward + backward, per implementation: one token list
+  of L_S + L_NS tokens per request (what the request-level layout's S side runs; with one
+  candidate per request, the whole model's)."""
   l_s, l_ns, _ = onetrans_layout(config.model, schema)
   m = config.model
-  b = config.data.batch_size * config.data.num_candidates
+  b = config.data.batch_size
   length, heads, dh = l_s + l_ns, m.num_heads, m.width // m.num_heads
   dtype = jnp.dtype(m.dtype)
   rng = np.random.default_rng(0)
