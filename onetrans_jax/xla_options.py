@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+
+from onetrans_jax.errors import ConfigError
 
 CPU_FUSED_DOTS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
 
@@ -23,7 +26,9 @@ CPU_FUSED_DOTS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_D
 def compiler_options(config: Any) -> dict[str, str] | None:
   """Options for ``jax.jit(..., compiler_options=...)`` of the config's training programs."""
   train = config.get('train', None) if hasattr(config, 'get') else None
-  fused = True if train is None else bool(train.get('cpu_fused_dots', True))
+  fused = True if train is None else train.get('cpu_fused_dots', True)
+  if not isinstance(fused, (bool, np.bool_)):
+    raise ConfigError(f'config.train.cpu_fused_dots must be True or False, got {fused!r}')
   if jax.default_backend() != 'cpu' or not fused:
     return None
   return dict(CPU_FUSED_DOTS)

@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from onetrans_jax import xla_options
+from onetrans_jax.errors import ConfigError
 
 
 def _config(**train):
@@ -18,6 +20,9 @@ def test_cpu_gets_fused_dots_unless_turned_off():
   assert xla_options.compiler_options(_config(cpu_fused_dots=True)) == (
       xla_options.CPU_FUSED_DOTS if on_cpu else None)
   assert xla_options.compiler_options(_config(cpu_fused_dots=False)) is None
+  with pytest.raises(ConfigError, match="config.train.cpu_fused_dots must be True or False, "
+                     "got 'no'"):
+    xla_options.compiler_options(_config(cpu_fused_dots='no'))
   # Configs written before the field existed get the default.
   assert xla_options.compiler_options(ml_collections.ConfigDict()) == (
       xla_options.CPU_FUSED_DOTS if on_cpu else None)
