@@ -73,7 +73,7 @@ def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:
 
 
 def profile(config) -> dict:
-  jitted, state, batch, _ = suite.build_step(config)
+  jitted, state, batch, _, _ = suite.build_step(config)
   compiled = jitted.lower(state, batch).compile()
   names, control = hlo_op_names(compiled.as_text())
   for _ in range(2):  # warm

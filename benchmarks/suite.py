@@ -28,6 +28,7 @@ ratios of one run: absolute times move with the machine's load.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -50,8 +51,7 @@ from experiments import common, onetrans_l, onetrans_s  # noqa: E402
 from onetrans_jax import accounting, xla_options  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
 from onetrans_jax.models import build_model, onetrans_layout, partitioning  # noqa: E402
-from onetrans_jax.models.attention import attention_mask, resolve_implementation  # noqa: E402
-from onetrans_jax.models.blocked_attention import blocked_attention  # noqa: E402
+from onetrans_jax.models.attention import resolve_implementation, tail_attention  # noqa: E402
 from onetrans_jax.optimizers import make_optimizer  # noqa: E402
 from onetrans_jax.train import dummy_batch, make_loss_fn  # noqa: E402
 
@@ -135,23 +135,21 @@ def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]) -> ml_c
 
 
 def _batch(config: ml_collections.ConfigDict):
+  """The first training batch of ``config``, through the same iterator (and checks) as train.py."""
   data = pipeline.build_dataset(config.data)
-  items = [data.source[i] for i in range(config.data.batch_size)]
-  batch = jax.tree.map(lambda *x: np.stack(x), *items)
-  batch.pop('true_prob', None)
+  batch = next(pipeline.make_iterator(
+      data, data.train_range, global_batch_size=config.data.batch_size, shuffle=False,
+      seed=config.seed, repeat=False, num_threads=1))
   return data.schema, batch
 
 
-def step_flops(config: ml_collections.ConfigDict, schema) -> float:
+def step_flops(config: ml_collections.ConfigDict, schema, request_level: bool) -> float:
   """Analytic training FLOPs of one step in the layout that runs (3 x forward)."""
   r, c = config.data.batch_size, config.data.num_candidates
-  m = config.model
-  shared = m.get('request_level', None)
-  shared = (m.attention == 'causal') if shared is None else bool(shared)
-  if shared:
-    f = accounting.shared_forward_flops(m, schema)
+  if request_level:
+    f = accounting.shared_forward_flops(config.model, schema)
     return 3.0 * r * (f['user'] + c * f['candidate'])
-  return 3.0 * r * c * accounting.onetrans_forward_flops(m, schema)['total']
+  return 3.0 * r * c * accounting.onetrans_forward_flops(config.model, schema)['total']
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -222,12 +220,12 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(b, length, heads, dh)), dtype) for _ in range(3))
   valid = jnp.asarray(np.arange(length)[None, :] >= rng.integers(0, l_s // 2, size=(b, 1)))
-  mask = attention_mask(valid, length, True)
-  impls = {'xla': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask),
-           'blocked': lambda q, k, v: blocked_attention(q, k, v, valid, True)}
+  names = ['xla', 'blocked']
   if jax.default_backend() == 'gpu' and dtype in (jnp.bfloat16, jnp.float16):
-    impls['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                                                  implementation='cudnn')
+    names.append('cudnn')
+  # Through the models' own dispatcher: the same mask and code path as a OneTrans block.
+  impls = {impl: functools.partial(tail_attention, key_valid=valid, causal=True,
+                                   implementation=impl) for impl in names}
   flops = 3.0 * 4 * b * heads * length * length * dh   # fwd + bwd, the full rectangle
   options = xla_options.compiler_options(config)
   runs = [(impl, f, options) for impl, f in impls.items()]
@@ -250,9 +248,9 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   return rows
 
 
-def build_step(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
-  """-> (jitted step, initial state, one batch, schema): loss, gradients and the optimizer update
-  of ``config``, jitted with the state donated and train.py's compiler options."""
+def build_step(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any, Any]:
+  """-> (jitted step, initial state, one batch, schema, model): loss, gradients and the optimizer
+  update of ``config``, jitted with the state donated and train.py's compiler options."""
   schema, batch = _batch(config)
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
@@ -267,25 +265,25 @@ def build_step(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
     return (optax.apply_updates(params, updates), opt_state), loss
 
   jitted = jax.jit(step, donate_argnums=0, compiler_options=xla_options.compiler_options(config))
-  return jitted, (params, tx.init(params)), batch, schema
+  return jitted, (params, tx.init(params)), batch, schema, model
 
 
 def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
               ceiling_flops: float | None) -> dict[str, Any]:
   """One jitted training step (donated state) of a config: time, memory, achieved FLOP/s."""
-  jitted, state, batch, schema = build_step(config)
+  jitted, state, batch, schema, model = build_step(config)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   memory = peak_bytes(compiled)
   seconds = median_time(compiled, state, batch, feed=lambda out: out[0])
-  flops = step_flops(config, schema)
+  flops = step_flops(config, schema, model.request_level)
   examples = config.data.batch_size * config.data.num_candidates
   row = {'shape': name, 'variant': variant, 'requests': config.data.batch_size,
          'candidates': config.data.num_candidates, 'examples': examples,
          'dtype': config.model.dtype,
          'attention_impl': resolve_implementation(config.model.attention_impl),
-         'schedule': list(build_model(config.model, schema).schedule),
+         'schedule': list(model.schedule),
          'seconds': seconds, 'compile_seconds': compile_s, 'examples_per_s': examples / seconds,
          'peak_bytes': memory, 'flops': flops, 'flops_per_s': flops / seconds}
   row['mfu'] = row['flops_per_s'] / ceiling_flops if ceiling_flops else None
@@ -388,7 +386,7 @@ def run(shapes: Sequence[str], sections: Sequence[str]) -> dict[str, Any]:
   result['failed'] = []
   for name, config in configs.items():
     if 'attention' in sections:
-      schema, _ = _batch(_with(config, data={'batch_size': 1}))
+      schema = pipeline.build_dataset(config.data).schema
       result['attention'] += attention_rows(name, config, schema, result['failed'])
     if 'train' in sections or 'savings' in sections:
       peak = ceil.get(f'matmul_{config.model.dtype}')
