@@ -84,7 +84,10 @@ def main(argv: list[str]) -> None:
   except (IOError, OSError) as e:
     _fail(f'cannot load the experiment given by --config ({flags.FLAGS["config"].serialize()}): '
           f'{e.__cause__ or e}')
-  # Imported here so `--help` and flag errors do not pay for importing jax.
+  # Imported after the flags are parsed, so that `--help` and flag errors pay for no more than
+  # the experiment file (which imports jax and flax through its model family's config.py):
+  # not for the training program, orbax, grain and the data loaders. jax's backend starts only
+  # below, after the distributed set-up.
   from onetrans_jax import distributed
   try:  # before anything starts a jax backend
     where = distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,

@@ -12,8 +12,9 @@ not O(L^2). Then the incremental user cache: appending a few events to a stored 
 against encoding the whole history again (stage I), for a history that still fits every pyramid
 window (all layers reused) and for a full window (old events evicted: only the tokens and layer-0
 keys/values reused, SPEC A.6's caveat), with the append-stable tokenizer (``s_position='none'``,
-no time-gap buckets). Then one training step (loss + gradients) with and without request-level
-sharing.
+no time-gap buckets). Then one training step with and without request-level sharing: the
+trainer's own step (``train.make_train_step``: loss, gradients, the optimizer update), jitted as
+the trainer jits it (``train.jit_train_step``: state sharded and donated) on a one-device mesh.
 Ratios are taken within one run; absolute times depend on the machine (noted in the header).
 Per-candidate programs whose memory estimate exceeds --max_gb are compiled but not run.
 """
@@ -32,10 +33,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
-from onetrans_jax import accounting, losses, serving  # noqa: E402
+from onetrans_jax import accounting, serving, sharding, xla_options  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models import build_model, partitioning  # noqa: E402
-from onetrans_jax.train import dummy_batch  # noqa: E402
+from onetrans_jax.models import build_model  # noqa: E402
+from onetrans_jax.models.layers import partitioning  # noqa: E402
+from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
+from onetrans_jax.optimizers import make_optimizer  # noqa: E402
+from onetrans_jax.schema import dummy_batch  # noqa: E402
+from onetrans_jax.train import (init_train_state, jit_train_step, make_loss_fn,  # noqa: E402
+                                make_train_step)
 
 _CANDIDATES = flags.DEFINE_list('candidates', ['1', '16', '64', '256', '1024'], 'C values.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'L_S values (S tokens per request).')
@@ -49,34 +55,49 @@ _TRAIN_REQUESTS = flags.DEFINE_integer('train_requests', 16, 'Requests per train
 _TRAIN_CANDIDATES = flags.DEFINE_integer('train_candidates', 16, 'Candidates per request.')
 
 
-def _setup(seq_len: int, candidates: int, requests: int = 1):
-  """Synthetic data whose merged S list is ``seq_len`` tokens, and one batch of it."""
+def _data_config(seq_len: int, candidates: int, requests: int):
+  """Synthetic data whose merged S list is ``seq_len`` tokens."""
   cart, order = seq_len // 8, seq_len // 16
-  data = common.synthetic_data(click_len=seq_len - cart - order, cart_len=cart, order_len=order,
+  return common.synthetic_data(click_len=seq_len - cart - order, cart_len=cart, order_len=order,
                                num_candidates=candidates, min_candidates=candidates,
                                batch_size=requests)
-  ds = pipeline.build_dataset(data)
+
+
+def _setup(seq_len: int, candidates: int, requests: int = 1):
+  """Synthetic data whose merged S list is ``seq_len`` tokens, and one batch of it."""
+  ds = pipeline.build_dataset(_data_config(seq_len, candidates, requests))
   items = [ds.source[i] for i in range(requests)]
   batch = jax.tree.map(lambda *x: np.stack(x), *items)
   batch.pop('true_prob')
-  model_cfg = common.onetrans_model(width=_WIDTH.value, num_heads=4, num_layers=_LAYERS.value,
-                                    num_ns_tokens=_NS.value, pyramid_multiple=32)
+  model_cfg = onetrans_config.defaults(width=_WIDTH.value, num_heads=4,
+                                       num_layers=_LAYERS.value, num_ns_tokens=_NS.value,
+                                       pyramid_multiple=32)
   return ds.schema, model_cfg, batch
 
 
-def _time(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))  # warm
+def _time(fn, *args, feed=None) -> float:
+  """Median wall time of ``fn(*args)`` after a warm-up. A ``fn`` that donates its first argument
+  gets ``feed(previous output)`` there instead (its input buffer is gone)."""
+  out = jax.block_until_ready(fn(*args))  # warm
   times = []
   for _ in range(_REPEATS.value):
+    if feed is not None:
+      args = (feed(out),) + tuple(args[1:])
     t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
   return float(np.median(times))
 
 
 def _memory_gb(fn, *args) -> float:
-  m = fn.lower(*args).compile().memory_analysis()
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return _compiled_gb(fn.lower(*args).compile())
+
+
+def _compiled_gb(compiled) -> float:
+  """XLA's estimate of what a compiled program holds at once (a donated buffer counted once)."""
+  m = compiled.memory_analysis()
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+           m.alias_size_in_bytes)
   return total / 2**30
 
 
@@ -103,8 +124,8 @@ def serving_table() -> list[str]:
       t_2 = _time(stage2, params, serving.candidate_part(batch), cache)
       per_candidate.setdefault(seq_len, {})[c] = t_2
       t_u = _time(uncached, params, batch) if mem_u <= _MAX_GB.value else float('nan')
-      split = accounting.shared_forward_flops(mcfg, schema)
-      full = accounting.onetrans_forward_flops(mcfg, schema)['total']
+      split = onetrans_config.shared_forward_flops(mcfg, schema)
+      full = onetrans_config.forward_flops(mcfg, schema)['total']
       flop_ratio = c * full / (split['user'] + c * split['candidate'])
       uncached_ms = '—' if np.isnan(t_u) else f'{t_u * 1e3:.2f}'
       speedup = '—' if np.isnan(t_u) else f'{t_u / t_c:.2f}x'
@@ -184,29 +205,36 @@ def incremental_table() -> list[str]:
 def training_table() -> list[str]:
   seq_len = int(_SEQ_LENS.value[0])
   schema, mcfg, batch = _setup(seq_len, _TRAIN_CANDIDATES.value, _TRAIN_REQUESTS.value)
-  params = None
+  data = _data_config(seq_len, _TRAIN_CANDIDATES.value, _TRAIN_REQUESTS.value)
   times = {}
   for request_level in (True, False):
-    cfg = mcfg.copy_and_resolve_references()
-    cfg.request_level = request_level
-    model = build_model(cfg, schema)
-    if params is None:
-      params = partitioning.unbox(
-          jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
-    parents = schema.task_parents
-
-    def loss(p, b, model=model):
-      logits = model.apply({'params': p}, b, train=True)
-      return losses.multitask_bce(logits, b['labels'], b['cand']['mask'], parents,
-                                  [1.0] * len(parents))[0]
-
-    step = jax.jit(jax.value_and_grad(loss))
-    times[request_level] = (_time(step, params, batch), _memory_gb(step, params, batch))
+    config = common.base_config(mcfg.copy_and_resolve_references(), data)
+    config.model.request_level = request_level
+    compiled, state, on_mesh = _trainer_step(config, schema, batch)
+    times[request_level] = (_time(compiled, state, on_mesh, feed=lambda out: out[0]),
+                            _compiled_gb(compiled))
   (t_s, m_s), (t_n, m_n) = times[True], times[False]
   return [f'training step, {_TRAIN_REQUESTS.value} requests x {_TRAIN_CANDIDATES.value} '
           f'candidates, L_S={seq_len}: shared {t_s * 1e3:.1f} ms ({m_s:.3f} GB), per candidate '
           f'{t_n * 1e3:.1f} ms ({m_n:.3f} GB): {t_n / t_s:.2f}x faster, '
           f'{m_n / m_s:.2f}x less memory']
+
+
+def _trainer_step(config, schema, host_batch):
+  """-> (the trainer's step of ``config``, compiled as the trainer compiles it on a one-device
+  mesh; its initial state; the batch on that mesh). The step donates its state."""
+  model = build_model(config.model, schema)
+  tx = make_optimizer(config.optimizer)
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  rules = sharding.rules_from_config(config.mesh)
+  state, state_shd, _, _ = init_train_state(model, tx, schema, mesh, rules,
+                                            jax.random.key(config.seed))
+  jitted = jit_train_step(make_train_step(loss_fn, tx, schema.task_names), state_shd, mesh,
+                          xla_options.compiler_options(config))
+  batch = sharding.put_batch(host_batch, mesh)
+  with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
+    return jitted.lower(state, batch).compile(), state, batch
 
 
 def main(argv):

@@ -4,11 +4,11 @@ r"""Where a training step's time goes: one profiled step, grouped by model compo
   python benchmarks/profile_step.py --shape=onetrans_s       # on a GPU
   python benchmarks/profile_step.py --set=model.attention_impl=xla --set=train.cpu_fused_dots=False
 
-Runs one step of ``benchmarks/suite.py``'s train section (same config, same compiler options)
-under ``jax.profiler``, maps every executed XLA op back to the model code through the HLO
-metadata (``op_name``: module path, forward or ``transpose`` = backward) and prints the time per
-component (attention, FFN, projections, norms, tokenizer, head, optimizer; 'other': the loss,
-layout copies and ops XLA left unnamed) and the slowest ops.
+Runs one step of ``benchmarks/suite.py``'s train section (the trainer's own step, compiled as the
+trainer compiles it: ``suite.build_step``) under ``jax.profiler``, maps every executed XLA op back
+to the model code through the HLO metadata (``op_name``: module path, forward or ``transpose`` =
+backward) and prints the time per component (attention, FFN, projections, norms, tokenizer, head,
+optimizer; 'other': the loss, layout copies and ops XLA left unnamed) and the slowest ops.
 ``--set=section.field=value`` overrides a field of the shape's config. Profile first, then optimize.
 """
 
@@ -73,8 +73,8 @@ def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:
 
 
 def profile(config) -> dict:
-  jitted, state, batch, _, _ = suite.build_step(config)
-  compiled = jitted.lower(state, batch).compile()
+  step = suite.build_step(config)
+  compiled, state, batch = step.compiled, step.state, step.batch
   names, control = hlo_op_names(compiled.as_text())
   for _ in range(2):  # warm
     state, _ = jax.block_until_ready(compiled(state, batch))

@@ -9,13 +9,14 @@ Sections (``--sections``):
              fp32 on GPU) and a large copy (read + write bandwidth).
   attention  each layer-0 attention implementation of a shape (one token list per request),
              forward + backward, alone.
-  train      one full training step per (shape, variant): loss, gradients and the optimizer update,
-             jitted with the state donated and train.py's compiler options, as it runs them. Step time (median of
-             ``--repeats`` after a warm-up), examples/s, XLA's peak-memory estimate of the
-             compiled step (arguments + outputs + temporaries - donated aliases) and the achieved
-             FLOP/s from the analytic matmul count of the layout that ran (accounting.py: 3 x
-             forward, attention over full rectangles, so skipping masked blocks counts as speed),
-             over the ceiling (MFU).
+  train      one full training step per (shape, variant): the trainer's own step function
+             (train.make_train_step: loss, gradients, the optimizer update), jitted as the trainer
+             jits it (train.jit_train_step: state sharded and donated, its compiler options) on a
+             one-device mesh. Step time (median of ``--repeats`` after a warm-up), examples/s,
+             XLA's peak-memory estimate of the compiled step (arguments + outputs + temporaries -
+             donated aliases) and the achieved FLOP/s from the analytic matmul count of the layout
+             that ran (accounting.py: 3 x forward, attention over full rectangles, so skipping
+             masked blocks counts as speed), over the ceiling (MFU).
   savings    the pyramid and request-level sharing (SPEC A.5, A.6): time and memory ratios from
              the train section beside the analytic FLOP ratio and the paper's reported savings
              (SPEC A.10, OneTrans_S, each optimization alone).
@@ -35,7 +36,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import app, flags
 
@@ -45,15 +46,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from experiments import common, onetrans_l, onetrans_s  # noqa: E402
-from onetrans_jax import accounting, xla_options  # noqa: E402
+from onetrans_jax import accounting, sharding, xla_options  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models import build_model, onetrans_layout, partitioning  # noqa: E402
-from onetrans_jax.models.attention import resolve_implementation, tail_attention  # noqa: E402
+from onetrans_jax.models import build_model  # noqa: E402
+from onetrans_jax.models.layers.attention import resolve_implementation  # noqa: E402
+from onetrans_jax.models.layers.attention import tail_attention  # noqa: E402
+from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
 from onetrans_jax.optimizers import make_optimizer  # noqa: E402
-from onetrans_jax.train import dummy_batch, make_loss_fn  # noqa: E402
+from onetrans_jax.train import (TrainState, init_train_state, jit_train_step, make_loss_fn,
+                                make_train_step)  # noqa: E402
 
 SECTIONS = ('ceiling', 'attention', 'train', 'savings')
 # SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
@@ -73,14 +76,14 @@ _BATCH = flags.DEFINE_integer('requests', None, 'Override the requests per step 
 def shape_config(name: str) -> ml_collections.ConfigDict:
   """The experiment config of a bench shape (every candidate slot real, so examples = R x C)."""
   if name == 'cpu':
-    model = common.onetrans_model(width=128, num_heads=4, num_layers=4, num_ns_tokens=8,
-                                  embed_dim=16, ffn_mult=4, pyramid_multiple=8)
+    model = onetrans_config.defaults(width=128, num_heads=4, num_layers=4, num_ns_tokens=8,
+                                     embed_dim=16, ffn_mult=4, pyramid_multiple=8)
     data = common.synthetic_data(click_len=192, cart_len=40, order_len=24, num_candidates=1,
                                  min_candidates=1, batch_size=256)
     config = common.base_config(model, data)
   elif name == 'tiny':
-    model = common.onetrans_model(width=32, num_heads=2, num_layers=2, num_ns_tokens=4,
-                                  embed_dim=8, pyramid_multiple=8)
+    model = onetrans_config.defaults(width=32, num_heads=2, num_layers=2, num_ns_tokens=4,
+                                     embed_dim=8, pyramid_multiple=8)
     data = common.synthetic_data(click_len=20, cart_len=8, order_len=4, num_candidates=2,
                                  min_candidates=2, batch_size=4, num_users=50, num_items=80)
     config = common.base_config(model, data)
@@ -147,9 +150,9 @@ def step_flops(config: ml_collections.ConfigDict, schema, request_level: bool) -
   """Analytic training FLOPs of one step in the layout that runs (3 x forward)."""
   r, c = config.data.batch_size, config.data.num_candidates
   if request_level:
-    f = accounting.shared_forward_flops(config.model, schema)
+    f = onetrans_config.shared_forward_flops(config.model, schema)
     return 3.0 * r * (f['user'] + c * f['candidate'])
-  return 3.0 * r * c * accounting.onetrans_forward_flops(config.model, schema)['total']
+  return 3.0 * r * c * onetrans_config.forward_flops(config.model, schema)['total']
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -212,7 +215,7 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   """Layer-0 attention of a shape alone, forward + backward, per implementation: one token list
   of L_S + L_NS tokens per request (what the request-level layout's S side runs; with one
   candidate per request, the whole model's)."""
-  l_s, l_ns, _ = onetrans_layout(config.model, schema)
+  l_s, l_ns, _ = onetrans_config.layout(config.model, schema)
   m = config.model
   b = config.data.batch_size
   length, heads, dh = l_s + l_ns, m.num_heads, m.width // m.num_heads
@@ -248,35 +251,44 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   return rows
 
 
-def build_step(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any, Any]:
-  """-> (jitted step, initial state, one batch, schema, model): loss, gradients and the optimizer
-  update of ``config``, jitted with the state donated and train.py's compiler options."""
-  schema, batch = _batch(config)
+class Step(NamedTuple):
+  """A config's training step, compiled as the trainer compiles it, and what it runs on."""
+  compiled: Any  # (state, batch) -> (state, metrics); donates the state
+  compile_seconds: float
+  state: TrainState
+  batch: Any  # on the mesh, split as the trainer splits it
+  schema: Any
+  model: Any
+
+
+def build_step(config: ml_collections.ConfigDict) -> Step:
+  """The trainer's own step of ``config`` (train.make_train_step, jitted by train.jit_train_step:
+  state sharded and donated, the trainer's compiler options), compiled on a one-device mesh, so
+  a row measures one device whatever the machine holds; its initial state and first batch."""
+  schema, host_batch = _batch(config)
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
   loss_fn, _ = make_loss_fn(config, model, schema)
-  params = partitioning.unbox(
-      jax.jit(model.init)(jax.random.key(0), dummy_batch(schema, 1))['params'])
-
-  def step(state, batch):
-    params, opt_state = state
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  jitted = jax.jit(step, donate_argnums=0, compiler_options=xla_options.compiler_options(config))
-  return jitted, (params, tx.init(params)), batch, schema, model
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  rules = sharding.rules_from_config(config.mesh)
+  state, state_shd, _, _ = init_train_state(model, tx, schema, mesh, rules,
+                                            jax.random.key(config.seed))
+  jitted = jit_train_step(make_train_step(loss_fn, tx, schema.task_names), state_shd, mesh,
+                          xla_options.compiler_options(config))
+  batch = sharding.put_batch(host_batch, mesh)
+  t0 = time.perf_counter()
+  with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
+    compiled = jitted.lower(state, batch).compile()
+  return Step(compiled, time.perf_counter() - t0, state, batch, schema, model)
 
 
 def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
               ceiling_flops: float | None) -> dict[str, Any]:
-  """One jitted training step (donated state) of a config: time, memory, achieved FLOP/s."""
-  jitted, state, batch, schema, model = build_step(config)
-  t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  memory = peak_bytes(compiled)
-  seconds = median_time(compiled, state, batch, feed=lambda out: out[0])
+  """The trainer's training step (donated state) of a config: time, memory, achieved FLOP/s."""
+  step = build_step(config)
+  schema, model = step.schema, step.model
+  memory = peak_bytes(step.compiled)
+  seconds = median_time(step.compiled, step.state, step.batch, feed=lambda out: out[0])
   flops = step_flops(config, schema, model.request_level)
   examples = config.data.batch_size * config.data.num_candidates
   row = {'shape': name, 'variant': variant, 'requests': config.data.batch_size,
@@ -284,7 +296,8 @@ def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
          'dtype': config.model.dtype,
          'attention_impl': resolve_implementation(config.model.attention_impl),
          'schedule': list(model.schedule),
-         'seconds': seconds, 'compile_seconds': compile_s, 'examples_per_s': examples / seconds,
+         'seconds': seconds, 'compile_seconds': step.compile_seconds,
+         'examples_per_s': examples / seconds,
          'peak_bytes': memory, 'flops': flops, 'flops_per_s': flops / seconds}
   row['mfu'] = row['flops_per_s'] / ceiling_flops if ceiling_flops else None
   return row

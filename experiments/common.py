@@ -1,7 +1,9 @@
 """Pieces shared by the experiment files: the synthetic data, the paper's optimizer, the loop.
 
-Each experiment file composes these and overrides what it studies, so that every model in a
-comparison sees the same data, steps, optimizer and seeds unless the file says otherwise.
+Each experiment file composes these with a model family's defaults (``defaults()`` in
+``onetrans_jax/models/<family>/config.py``, the one place a model's fields are defined) and
+overrides what it studies, so that every model in a comparison sees the same data, steps,
+optimizer and seeds unless the file says otherwise.
 """
 
 from __future__ import annotations
@@ -9,9 +11,6 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder  # a typed None: still overridable by flag
 
-from onetrans_jax.models import multitask_heads
-from onetrans_jax.models.baselines import baseline_model  # noqa: F401  (every baseline field)
-from onetrans_jax.models.onerank import onerank_model  # noqa: F401  (every OneRank field)
 
 
 def synthetic_data(**overrides) -> ml_collections.ConfigDict:
@@ -90,47 +89,6 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.mesh.tensor = 1
   c.mesh.rules = placeholder(tuple)
   return c
-
-
-def onetrans_model(**overrides) -> ml_collections.ConfigDict:
-  """OneTrans with every switch of the paper's ablation table (SPEC A.4, A.5, A.10)."""
-  m = ml_collections.ConfigDict()
-  m.name = 'onetrans'
-  m.width = 64                    # d
-  m.num_heads = 4
-  m.num_layers = 3
-  m.num_ns_tokens = 8             # L_NS
-  m.embed_dim = 16                # feature embedding width before tokenization
-  m.ffn_mult = 4
-  m.activation = 'silu'           # or 'gelu', 'relu'
-  m.ns_tokenizer = 'auto_split'   # or 'group_wise' (ablation)
-  m.ns_groups = placeholder(tuple)  # group_wise: tuples of feature names; None: contiguous split
-  m.ns_hidden = 0                 # auto_split MLP hidden width / group MLP width; 0: default
-  m.seq_merge = 'timestamp_aware'  # or 'timestamp_agnostic' (ablation)
-  m.use_sep = placeholder(bool)  # agnostic: [SEP] between sequences (None: True); aware: unused
-  m.agnostic_order = placeholder(tuple)  # agnostic: sequence order; None: schema order reversed
-  m.time_gap_buckets = 16         # log2 time-gap buckets added to S tokens; 0: off
-  m.s_position = 'from_recent'    # S slot position embedding counted from the most recent event,
-                                  # or 'none'; 'none' + time_gap_buckets=0: appendable user cache
-  m.param_sharing = 'mixed'       # or 'shared' (ablation: one weight set for all tokens)
-  m.attention = 'causal'          # or 'full' (ablation)
-  m.request_level = placeholder(bool)  # share the S side across a request's candidates (SPEC
-                                       # A.6); None: on when causal. Exact either way
-  m.pyramid = True                # False: no pyramid (ablation)
-  m.pyramid_multiple = 32         # intermediate query counts rounded to this multiple
-  m.pyramid_schedule = placeholder(tuple)  # query counts per layer; None: linear schedule
-  m.attention_impl = 'auto'       # 'blocked' on CPU, 'xla' elsewhere; or 'blocked' (cache-blocked,
-                                  # skips masked blocks), 'xla', 'cudnn' (GPU flash, bf16)
-  m.remat = 'none'                # or 'full', 'dots' (activation recomputation)
-  m.head_hidden = 0               # task tower width; 0: d
-  m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
-  m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this, so the
-                                  # row split over the mesh is even (e.g. 8 on 8 devices)
-  # The multi-task predictor over the pooled NS tokens: 'towers' (one MLP per task, the default
-  # head), or the OneRank paper's baselines 'shared_bottom', 'mmoe', 'ple' with their sizes.
-  m.update({k: v for k, v in multitask_heads.predictor_defaults().items() if k != 'head_hidden'})
-  m.update(overrides)
-  return m
 
 
 def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

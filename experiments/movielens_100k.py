@@ -24,6 +24,7 @@ import ml_collections
 
 from experiments import common, onerank_main, onetrans_s
 from onetrans_jax.data.movielens import movielens_data
+from onetrans_jax.models.baselines import config as baselines_config
 
 TASKS = (('like', 'like'), ('love', 'love'))
 
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict()
   c.sweep.reference = 'DCNv2 + DIN'
   c.sweep.variants = (
-      ('DCNv2 + DIN', (('model', common.baseline_model('din', 'dcnv2')),)),
+      ('DCNv2 + DIN', (('model', baselines_config.defaults('din', 'dcnv2')),)),
       ('OneTrans', ()),
       ('OneRank', (('model', onerank_main.onerank_cpu()), ('loss.mode', 'onerank'))),
   )

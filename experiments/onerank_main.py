@@ -21,13 +21,15 @@ are too short-trained to compare models.
 import ml_collections
 
 from experiments import common, onetrans_s
+from onetrans_jax.models.onerank import config as onerank_config
 
 TASKS = (('click', 'C'), ('cart', 'A'), ('order', 'O'))
 
 
 def onerank_cpu(**overrides) -> ml_collections.ConfigDict:
-  """OneRank at the size of onetrans_s:small's encoder."""
-  return common.onerank_model(**dict(dict(width=64, num_heads=4, num_layers=3), **overrides))
+  """OneRank at the size of onetrans_s:small's encoder (d=64; 4 heads and 3 layers are both
+  families' defaults)."""
+  return onerank_config.defaults(**dict(dict(width=64), **overrides))
 
 
 def onerank_base(arg: str | None) -> ml_collections.ConfigDict:

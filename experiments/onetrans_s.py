@@ -11,20 +11,21 @@ tokens into the 1190-token list of the paper's schedule (1190, 960, 704, 480, 25
 import ml_collections
 
 from experiments import common
+from onetrans_jax.models.onetrans import config as onetrans_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == 'small':
-    model = common.onetrans_model(width=64, num_heads=4, num_layers=3, num_ns_tokens=8,
-                                  embed_dim=16, pyramid_multiple=8)
+    # The family's defaults are this CPU size (d=64, 4 heads, 3 layers, L_NS=8, e=16); the
+    # pyramid's intermediate counts round to multiples of 8 at this length.
+    model = onetrans_config.defaults(pyramid_multiple=8)
     data = common.synthetic_data()
     c = common.base_config(model, data, total_steps=1000)
     return common.cpu_sized(c)
   if arg not in (None, '', 'paper'):
     raise ValueError(f'experiments/onetrans_s.py: unknown variant {arg!r}; use :small or :paper')
-  model = common.onetrans_model(width=256, num_heads=4, num_layers=6, num_ns_tokens=12,
-                                embed_dim=64, ns_hidden=4096, pyramid_multiple=32,
-                                dtype='bfloat16')
+  model = onetrans_config.defaults(width=256, num_layers=6, num_ns_tokens=12, embed_dim=64,
+                                   ns_hidden=4096, pyramid_multiple=32, dtype='bfloat16')
   data = common.synthetic_data(click_len=778, cart_len=280, order_len=120, batch_size=128,
                                num_candidates=16)
   return common.base_config(model, data, total_steps=10_000)

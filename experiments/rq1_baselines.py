@@ -3,7 +3,7 @@ r"""RQ1: the OneTrans paper's main comparison (SPEC A.10) at CPU size, every row
   python launch.py --config experiments/rq1_baselines.py --workdir runs/rq1
   python launch.py --config experiments/rq1_baselines.py:quick --workdir runs/rq1_quick
 
-Trains the seven baselines (experiments/common.baseline_model; onetrans_jax/models/baselines.py)
+Trains the seven baselines (onetrans_jax/models/baselines/)
 and OneTrans_S / OneTrans_L (experiments/onetrans_s.py:small, onetrans_l.py:small) on the same
 synthetic data, steps, optimizer and seeds, and prints the paper's table: DCNv2 + DIN absolute,
 every other row relative % to it (mean ± std over seeds), CTR = click and CVR = cart given click,
@@ -19,6 +19,7 @@ numbers are too short-trained to compare models. An interrupted sweep resumes wh
 import ml_collections
 
 from experiments import common, onetrans_l, onetrans_s
+from onetrans_jax.models.baselines import config as baselines_config
 
 BASELINES = (
     ('DCNv2 + DIN', 'din', 'dcnv2'),
@@ -35,14 +36,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick'):
     raise ValueError(f'experiments/rq1_baselines.py: unknown variant {arg!r}; use :quick')
   c = onetrans_s.get_config('small')        # data, optimizer, steps: shared by every row
-  c.model = common.baseline_model('din', 'dcnv2')
+  c.model = baselines_config.defaults('din', 'dcnv2')
   c.train.checkpoint_every = 0
   if arg == 'quick':
     common.quick(c)
   c.sweep = ml_collections.ConfigDict()
   c.sweep.reference = 'DCNv2 + DIN'
   c.sweep.variants = tuple(
-      (name, (('model', common.baseline_model(seq, inter)),)) for name, seq, inter in BASELINES
+      (name, (('model', baselines_config.defaults(seq, inter)),)) for name, seq, inter in BASELINES
   ) + (('OneTrans_S', (('model', onetrans_s.get_config('small').model),)),
        ('OneTrans_L', (('model', onetrans_l.get_config('small').model),)))
   c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)

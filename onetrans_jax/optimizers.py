@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models.embeddings import EMBEDDINGS
+from onetrans_jax.models.layers.embeddings import EMBEDDINGS
 
 
 class OptimizerConfigError(ConfigError):

@@ -268,6 +268,17 @@ class FeatureSchema:
                         'drop such requests in the loader')
 
 
+def dummy_batch(schema: FeatureSchema, num_requests: int) -> dict[str, Any]:
+  """Zeros in the batch contract (all candidates valid), for model init and shape inference."""
+  def zeros(spec: Any) -> Any:
+    if isinstance(spec, tuple):
+      return np.zeros(spec[0], spec[1])
+    return {k: zeros(v) for k, v in spec.items()}
+  batch = zeros(schema.batch_spec(num_requests))
+  batch['cand']['mask'][:] = True
+  return batch
+
+
 def label_weights(labels: Any, cand_mask: Any, task_parents: Sequence[int]) -> Any:
   """Which (candidate, task) pairs are in each task's population: [..., T] of 0/1 floats.
 

@@ -25,8 +25,9 @@ import numpy as np
 from jax import export
 
 from onetrans_jax import serving_runtime
-from onetrans_jax.models.onetrans import OneTrans, UserState, require_incremental, require_user_cache
-from onetrans_jax.schema import FeatureSchema
+from onetrans_jax.models.onetrans.model import (OneTrans, UserState, require_incremental,
+                                                require_user_cache)
+from onetrans_jax.schema import FeatureSchema, dummy_batch
 
 Batch = Mapping[str, Any]
 
@@ -135,7 +136,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]
 
 def _symbolic_specs(schema: FeatureSchema, params: Any) -> tuple[Any, Any, Any, Any]:
   """Input specs with symbolic R (requests) and C (candidates); the rest fixed by the schema."""
-  from onetrans_jax.train import dummy_batch  # local: train imports the model registry
   r, c = export.symbolic_shape('r, c')  # symbolic dimensions are >= 1
   example = dummy_batch(schema, 1)
 

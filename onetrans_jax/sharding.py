@@ -7,7 +7,7 @@ The mesh has three named axes (MaxText's layout, trimmed to what a ranking model
     style: XLA all-gathers a weight where it is used and reduce-scatters its gradient).
   * ``tensor``: tensor parallelism; attention heads and FFN hidden units split along it.
 
-Every parameter carries logical axis names (``models/partitioning.py``); ``config.mesh.rules``
+Every parameter carries logical axis names (``models/layers/partitioning.py``); ``config.mesh.rules``
 maps them to mesh axes. Embedding-table rows (``vocab``) are split over the whole mesh by default,
 so a table larger than one device's memory trains. A dimension that its mesh axes do not divide is
 split over the longest prefix of them that does (and reported), so odd vocabulary sizes never stop
@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning as lp
+from onetrans_jax.models.layers import partitioning as lp
 
 DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = 'data', 'fsdp', 'tensor'
 MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)

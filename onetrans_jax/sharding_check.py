@@ -32,8 +32,10 @@ from jax.sharding import Mesh
 
 from onetrans_jax import sharding
 from onetrans_jax.data import pipeline
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.train import check_config, dummy_batch, make_loss_fn
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.schema import dummy_batch
+from onetrans_jax.train import check_config, make_loss_fn
 
 # Float32 reductions in another order differ by ~1e-6 relative; the miscompile above by ~1.
 DEFAULT_TOLERANCE = 1e-4

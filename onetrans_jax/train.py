@@ -1,8 +1,11 @@
 """The training program: one read, top to bottom.
 
-Sections: setup -> data -> model and optimizer init (eval_shape, shardings, jit) -> checkpoint
-restore -> the loop (with next-batch or hold-out evaluation) -> final evaluation and report.
-Every model runs through this one loop; models differ only in their module and config.
+``train_and_evaluate`` reads in sections, each a small function below it: setup -> data -> model
+and optimizer init (eval_shape, shardings, jit) -> checkpoint restore -> the loop (with next-batch
+or hold-out evaluation) -> final evaluation and report. Every model runs through this one loop;
+models differ only in their module and config. The step functions (``make_train_step``,
+``make_eval_step``) and the train step's state and jit (``init_train_state``, ``jit_train_step``)
+are module level, so the benchmarks time exactly the program the trainer runs.
 
 Evaluation modes (``config.eval.mode``):
   * ``holdout``: train on the earlier requests, evaluate on the later ones (chronological split).
@@ -13,10 +16,11 @@ Evaluation modes (``config.eval.mode``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -25,17 +29,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from onetrans_jax import accounting, checkpointing, diagnostics, reporting, sharding, xla_options
 from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
+from onetrans_jax.data.types import Dataset
 from onetrans_jax.errors import ConfigError, NonFiniteLossError
 from onetrans_jax.losses import LOSS_MODES, ancestor_matrix, multitask_bce, onerank_loss
-from onetrans_jax.models import build_model, partitioning
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
 from onetrans_jax.optimizers import count_params, make_optimizer
-from onetrans_jax.schema import FeatureSchema, label_weights
+from onetrans_jax.schema import FeatureSchema, dummy_batch, label_weights
 
 EVAL_MODES = ('holdout', 'next_batch')
+
+Batch = Any  # the batch contract (FeatureSchema.batch_spec): a nested dict of arrays
+Metrics = dict[str, jnp.ndarray]
+LossFn = Callable[[Any, Batch], tuple[jnp.ndarray, jnp.ndarray]]  # (params, batch) -> (total, [T])
 
 
 @flax.struct.dataclass
@@ -47,12 +58,8 @@ class TrainState:
   nonfinite_step: jnp.ndarray
 
 
-def dummy_batch(schema: FeatureSchema, num_requests: int) -> dict[str, Any]:
-  """Zeros in the batch contract (all candidates valid), for init and shape inference."""
-  spec = schema.batch_spec(num_requests)
-  batch = jax.tree.map(lambda s: np.zeros(s[0], s[1]), spec, is_leaf=lambda x: isinstance(x, tuple))
-  batch['cand']['mask'][:] = True
-  return batch
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+EvalStep = Callable[[Any, Batch], Metrics]  # (params, batch) -> outputs for the metrics
 
 
 def task_weights(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> tuple[float, ...]:
@@ -101,7 +108,7 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: FeatureSchema
-                 ) -> tuple[Callable[[Any, Any], tuple[jnp.ndarray, jnp.ndarray]], str]:
+                 ) -> tuple[LossFn, str]:
   """-> (loss_fn(params, batch) -> (total, per-task losses [T]), the loss mode), config checked.
 
   A task's loss is what its own channel is trained on. Shared by training and
@@ -158,6 +165,97 @@ def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
   return arrays
 
 
+# ---------------------------------------------------------------------------------- the steps
+# Module level so that the benchmarks (benchmarks/suite.py, profile_step.py, kv_cache.py) time
+# the very program the trainer runs, not a copy of it.
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
+                    task_names: Sequence[str]) -> TrainStep:
+  """-> ``train_step(state, batch) -> (state, metrics)``, un-jitted (see ``jit_train_step``).
+
+  One optimizer step on ``loss_fn``; metrics: the loss, the global gradient norm and each task's
+  loss (``loss_{task}``). The first step whose loss is NaN/inf is kept in ``nonfinite_step``
+  on device, so the check needs no host sync per step.
+  """
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    first_bad = jnp.where((state.nonfinite_step < 0) & ~jnp.isfinite(loss), state.step,
+                          state.nonfinite_step)
+    out = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    out.update({f'loss_{t}': per_task[i] for i, t in enumerate(task_names)})
+    return TrainState(state.step + 1, params, opt_state, first_bad), out
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> EvalStep:
+  """-> ``eval_step(params, batch) -> outputs``, un-jitted: eval-mode probabilities and what the
+  metrics need beside them (labels, candidate mask, user ids, the oracle's ``true_prob``)."""
+  def eval_step(params: Any, batch: Batch) -> Metrics:
+    logits = model.apply({'params': params}, batch, train=False)
+    out = {'probs': jax.nn.sigmoid(logits), 'labels': batch['labels'],
+           'cand_mask': batch['cand']['mask'], 'user_id': batch['request']['user_id']}
+    if 'true_prob' in batch:
+      out['true_prob'] = batch['true_prob']
+    return out
+  return eval_step
+
+
+def make_gradient_cosine(model: nn.Module, loss_fn: LossFn
+                         ) -> Callable[[Any, Batch], jnp.ndarray]:
+  """-> ``gradient_cosine(params, batch)``: the [T, T] cosine of the tasks' gradients on the
+  shared encoder (SPEC C.6 stability signal); the model's task-private parameters are left out."""
+  private = getattr(type(model), 'TASK_PRIVATE', ())
+
+  def gradient_cosine(params: Any, batch: Batch) -> jnp.ndarray:
+    return diagnostics.per_task_gradient_cosine(lambda p: loss_fn(p, batch)[1], params,
+                                                diagnostics.excluding(*private))
+  return gradient_cosine
+
+
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, schema: FeatureSchema,
+                     mesh: Mesh, rules: Sequence[tuple[str, Any]], rng: jax.Array
+                     ) -> tuple[TrainState, TrainState, TrainState, list[str]]:
+  """-> (initial state, its shardings, its abstract shapes, notes on dimensions split less).
+
+  Shardings come from the parameters' logical axes and ``rules``; the optimizer state follows its
+  parameters. Initialisation runs under jit straight into those shardings, so no device ever
+  holds a whole table that is split.
+  """
+  def init_state(rng: jax.Array) -> TrainState:
+    params = partitioning.unbox(model.init(rng, dummy_batch(schema, 1))['params'])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  repl = sharding.replicated(mesh)
+  abstract_state = jax.eval_shape(init_state, rng)
+  boxed = jax.eval_shape(lambda r: model.init(r, dummy_batch(schema, 1))['params'], rng)
+  params_shd, uneven = sharding.param_shardings(boxed, mesh, rules)
+  state_shd = TrainState(
+      step=repl, params=params_shd,
+      opt_state=sharding.opt_state_shardings(abstract_state.opt_state, abstract_state.params,
+                                               params_shd, mesh),
+      nonfinite_step=repl)
+  state = jax.jit(init_state, out_shardings=state_shd)(rng)
+  return state, state_shd, abstract_state, uneven
+
+
+def jit_train_step(train_step: TrainStep, state_shardings: TrainState, mesh: Mesh,
+                   compiler_options: Mapping[str, str] | None) -> Any:
+  """The trainer's jit of ``train_step``: state in and out in ``state_shardings`` and donated
+  (its buffers are reused in place), the batch split over data x fsdp, metrics replicated.
+
+  Trace it (call or ``.lower``) inside ``sharding.mesh_context(mesh, rules)``, so the models'
+  activation hints (batch over data x fsdp, heads and FFN units over tensor) resolve to mesh axes.
+  """
+  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+                 compiler_options=compiler_options)
+
+
+# ---------------------------------------------------------------------------------- the trainer
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None,
                        devices: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -168,6 +266,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh spans (default: every device of every process).
   """
   # ------------------------------------------------------------------ setup
+  run = _setup(config, workdir, stop_at_step, devices)
+
+  # ------------------------------------------------------------------ data
+  train_iter = _data_iter(run, run.dataset.train_range, repeat=True)
+
+  # ------------------------------------------------------------------ model and optimizer init, jit
+  state, state_shd, abstract_state, uneven = init_train_state(
+      run.model, run.tx, run.schema, run.mesh, run.rules, jax.random.key(config.seed))
+  counts = count_params(state.params)
+  _log_model(run, counts, uneven)
+  loss_variance = diagnostics.LossVariance(run.schema.task_names,
+                                           int(config.train.get('diagnostics_window', 20)))
+  steps = _jit_steps(run, state_shd)
+
+  # ------------------------------------------------------------------ checkpoint restore
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    config.train.keep_checkpoints)
+  state, days = _restore(run, ckpt, state, abstract_state, state_shd, train_iter)
+
+  # ------------------------------------------------------------------ the loop
+  writer = reporting.MetricWriter(workdir)
+  state, step = _train_loop(run, steps, ckpt, writer, train_iter, state, days, loss_variance)
+  ckpt.wait()
+  ckpt.close()
+  # ``state``: the final TrainState (sharded device arrays) for callers that go on from it.
+  result: dict[str, Any] = {'step': step, 'params': counts, 'state': state}
+  if step < run.total_steps:  # stopped early (stop_at_step): a later call resumes
+    writer.close()
+    return result
+
+  # ------------------------------------------------------------------ final report
+  result.update(_final_report(run, steps, writer, state.params, step, counts, days))
+  return result
+
+
+# ---------------------------------------------------------------------------------- its sections
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What setup decided for one run; every later section reads it."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  rules: tuple[tuple[str, Any], ...]
+  dataset: Dataset
+  model: nn.Module
+  tx: optax.GradientTransformation
+  loss_fn: LossFn
+  # Which impressions each task's loss and metrics cover: conditional tasks live where their
+  # parent is 1; 'joint' and 'onerank' logits are unconditional, over every impression.
+  parents: tuple[int, ...]
+  chain: tuple[int, ...] | None  # for _host_eval_arrays: the oracle's conditionals -> joint
+  total_steps: int
+  end_step: int  # total_steps, or stop_at_step when that comes first
+  global_batch: int
+  diag_every: int  # config.train.diagnostics_every (0: no stability diagnostics)
+
+  @property
+  def schema(self) -> FeatureSchema:
+    return self.dataset.schema
+
+  @property
+  def mode(self) -> str:
+    return self.config.eval.mode
+
+
+@dataclasses.dataclass
+class _Days:
+  """Next-batch evaluation's record: finished days' metrics and the day in progress. Saved with
+  every checkpoint (empty in holdout mode), so a resumed run goes on with the same day."""
+  daily: list[dict[str, dict[str, float]]]
+  acc: metrics_lib.TaskMetricsAccumulator
+
+
+class _Steps(NamedTuple):
+  """The jitted programs of a run, each traced under the mesh and the logical-axis rules."""
+  train: TrainStep
+  eval: EvalStep
+  gradient_cosine: Callable[[Any, Batch], jnp.ndarray]
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None,
+           devices: Sequence[Any] | None) -> _Run:
+  """Mesh, config checks, dataset, model, optimizer and loss; notes on the run; config saved."""
   if 'mesh' not in config:
     raise ConfigError('config.mesh is missing; start from experiments/default.py')
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -179,19 +360,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
   loss_fn, loss_mode = make_loss_fn(config, model, schema)
-  # Which impressions each task's loss and metrics cover: conditional tasks live where their
-  # parent is 1; 'joint' and 'onerank' logits are unconditional, over every impression.
-  parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
-      (-1,) * schema.num_tasks)
-  chain = None if loss_mode in ('conditional', 'esmm') else schema.task_parents
+  conditional = loss_mode in ('conditional', 'esmm')
   diag_every = int(config.train.get('diagnostics_every', 0))
-  batch_shd, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   total_steps = int(config.train.total_steps)
-  end_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
-  mode = config.eval.mode
   global_batch = int(config.data.batch_size)
+  run = _Run(config=config, workdir=workdir, mesh=mesh, rules=rules, dataset=dataset,
+             model=model, tx=tx, loss_fn=loss_fn,
+             parents=schema.task_parents if conditional else (-1,) * schema.num_tasks,
+             chain=None if conditional else schema.task_parents, total_steps=total_steps,
+             end_step=total_steps if stop_at_step is None else min(stop_at_step, total_steps),
+             global_batch=global_batch, diag_every=diag_every)
   n_train = dataset.train_range[1] - dataset.train_range[0]
-  if mode == 'next_batch' and total_steps * global_batch > n_train:
+  if run.mode == 'next_batch' and total_steps * global_batch > n_train:
     raise ConfigError(
         f'next-batch evaluation needs unseen data every step: config.train.total_steps '
         f'({total_steps}) x config.data.batch_size ({global_batch}) exceeds the {n_train} training '
@@ -200,203 +380,174 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     reporting.log(f'note: {total_steps} steps x {global_batch} requests is '
                   f'{total_steps * global_batch / n_train:.2f} epochs of the training range')
   _write_config(config, workdir)
+  return run
 
-  # ------------------------------------------------------------------ data
-  def data_iter(index_range, repeat):
-    return pipeline.make_iterator(
-        dataset, index_range, global_batch_size=global_batch, shuffle=repeat and config.data.shuffle,
-        seed=config.seed, repeat=repeat, validate=config.data.validate,
-        num_threads=config.data.num_threads, worker_count=config.data.worker_count)
 
-  train_iter = data_iter(dataset.train_range, repeat=True)
-  local_batch = global_batch // jax.process_count()
+def _data_iter(run: _Run, index_range: tuple[int, int], repeat: bool) -> Any:
+  """This process's batches of ``index_range``; the training range shuffles and repeats."""
+  c = run.config
+  return pipeline.make_iterator(
+      run.dataset, index_range, global_batch_size=run.global_batch,
+      shuffle=repeat and c.data.shuffle, seed=c.seed, repeat=repeat, validate=c.data.validate,
+      num_threads=c.data.num_threads, worker_count=c.data.worker_count)
 
-  # ------------------------------------------------------------------ model and optimizer
-  def init_state(rng: jax.Array) -> TrainState:
-    params = partitioning.unbox(model.init(rng, dummy_batch(schema, 1))['params'])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
 
-  # Shardings from the parameters' logical axes and the config's rules; the optimizer state
-  # follows its parameters. Initialisation runs under jit straight into those shardings, so no
-  # device ever holds a whole table that is split.
-  rng = jax.random.key(config.seed)
-  abstract_state = jax.eval_shape(init_state, rng)
-  boxed = jax.eval_shape(lambda r: model.init(r, dummy_batch(schema, 1))['params'], rng)
-  params_shd, uneven = sharding.param_shardings(boxed, mesh, rules)
-  state_shd = TrainState(
-      step=repl, params=params_shd,
-      opt_state=sharding.opt_state_shardings(abstract_state.opt_state, abstract_state.params,
-                                               params_shd, mesh),
-      nonfinite_step=repl)
-  state = jax.jit(init_state, out_shardings=state_shd)(rng)
-  counts = count_params(state.params)
-  tflops = accounting.batch_tflops(config.model, schema)
+def _log_model(run: _Run, counts: Mapping[str, int], uneven: Sequence[str]) -> None:
+  """A line on the model (sizes, FLOPs, pyramid, mesh); a note on splits the mesh fell short of."""
+  tflops = accounting.batch_tflops(run.config.model, run.schema)
   flops = '' if np.isnan(tflops) else (
       f', {tflops * 1e3 / accounting.PAPER_BATCH:.3f} training GFLOPs per example '
       f'({tflops:.3f} TFLOPs per batch of {accounting.PAPER_BATCH})')
-  if getattr(model, 'schedule', None) is not None:
-    flops += f', pyramid {model.schedule}'
-  reporting.log(f'model {config.model.name}: {counts["dense"]:,} dense parameters, '
-                f'{counts["sparse"]:,} embedding parameters{flops}; mesh {sharding.describe(mesh)}'
-                f' over {jax.process_count()} process(es)')
-  if uneven and mesh.size > 1:
+  if getattr(run.model, 'schedule', None) is not None:
+    flops += f', pyramid {run.model.schedule}'
+  reporting.log(f'model {run.config.model.name}: {counts["dense"]:,} dense parameters, '
+                f'{counts["sparse"]:,} embedding parameters{flops}; mesh '
+                f'{sharding.describe(run.mesh)} over {jax.process_count()} process(es)')
+  if uneven and run.mesh.size > 1:
     reporting.log(f'note: {len(uneven)} parameter dimension(s) are split over fewer mesh axes '
                   'than the rules ask, because those axes do not divide them (pad embedding '
                   'tables with config.model.embedding_row_multiple): ' + '; '.join(uneven[:8]) +
                   (' ...' if len(uneven) > 8 else ''))
 
-  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-    (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    first_bad = jnp.where((state.nonfinite_step < 0) & ~jnp.isfinite(loss), state.step,
-                          state.nonfinite_step)
-    out = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
-    out.update({f'loss_{t}': per_task[i] for i, t in enumerate(schema.task_names)})
-    return TrainState(state.step + 1, params, opt_state, first_bad), out
 
-  def eval_step(params, batch) -> dict[str, jnp.ndarray]:
-    logits = model.apply({'params': params}, batch, train=False)
-    out = {'probs': jax.nn.sigmoid(logits), 'labels': batch['labels'],
-           'cand_mask': batch['cand']['mask'], 'user_id': batch['request']['user_id']}
-    if 'true_prob' in batch:
-      out['true_prob'] = batch['true_prob']
-    return out
-
-  def gradient_cosine(params, batch) -> jnp.ndarray:
-    """[T, T] cosine of the tasks' gradients on the shared encoder (SPEC C.6 stability signal)."""
-    private = getattr(type(model), 'TASK_PRIVATE', ())
-    return diagnostics.per_task_gradient_cosine(lambda p: loss_fn(p, batch)[1], params,
-                                                diagnostics.excluding(*private))
-
-  loss_variance = diagnostics.LossVariance(schema.task_names,
-                                           int(config.train.get('diagnostics_window', 20)))
-  # Each step is traced under the mesh and the logical-axis rules, so the models' activation
-  # hints (batch over data x fsdp, heads and FFN units over tensor) resolve to mesh axes.
-  opts = xla_options.compiler_options(config)
-  gradient_cosine = sharding.under_mesh(
-      jax.jit(gradient_cosine, in_shardings=(state_shd.params, batch_shd), out_shardings=repl,
-              compiler_options=opts), mesh, rules)
-  train_step = sharding.under_mesh(
-      jax.jit(train_step, in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, repl),
-              donate_argnums=0, compiler_options=opts), mesh, rules)
+def _jit_steps(run: _Run, state_shd: TrainState) -> _Steps:
+  """The train, eval and diagnostics programs, jitted with the run's shardings and options."""
+  mesh, rules, repl = run.mesh, run.rules, sharding.replicated(run.mesh)
+  batch_shd = sharding.batch_sharding(mesh)
+  opts = xla_options.compiler_options(run.config)
+  train_step = jit_train_step(make_train_step(run.loss_fn, run.tx, run.schema.task_names),
+                              state_shd, mesh, opts)
   # Outputs replicated: every process sees the whole global batch's predictions and labels, so
   # metrics are global on every host without a separate gather.
-  eval_step = sharding.under_mesh(
-      jax.jit(eval_step, in_shardings=(state_shd.params, batch_shd), out_shardings=repl,
-              compiler_options=opts), mesh, rules)
+  eval_step = jax.jit(make_eval_step(run.model), in_shardings=(state_shd.params, batch_shd),
+                      out_shardings=repl, compiler_options=opts)
+  cosine = jax.jit(make_gradient_cosine(run.model, run.loss_fn),
+                   in_shardings=(state_shd.params, batch_shd), out_shardings=repl,
+                   compiler_options=opts)
+  return _Steps(train=sharding.under_mesh(train_step, mesh, rules),
+                eval=sharding.under_mesh(eval_step, mesh, rules),
+                gradient_cosine=sharding.under_mesh(cosine, mesh, rules))
 
-  def check_finite(state: TrainState) -> None:
-    bad = int(jax.device_get(state.nonfinite_step))
-    if bad >= 0:
-      raise NonFiniteLossError(
-          f'the training loss became NaN/inf at step {bad} (config.model.name='
-          f'{config.model.name}); lower config.optimizer.dense.learning_rate or '
-          'config.optimizer.clip_global_norm, or check the input features for extreme values')
 
-  def evaluate(params, num_batches: int) -> dict[str, dict[str, float]]:
-    acc = metrics_lib.TaskMetricsAccumulator(schema.task_names)
-    it = data_iter(dataset.eval_range, repeat=False)
-    for i, host in enumerate(it):
-      if 0 <= num_batches <= i:
-        break
-      batch = sharding.put_batch(pipeline.pad_requests(host, local_batch), mesh)
-      acc.add(**_host_eval_arrays(eval_step(params, batch), parents, chain))
-    return acc.compute()
-
-  # ------------------------------------------------------------------ checkpoint restore
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    config.train.keep_checkpoints)
-  day_acc = metrics_lib.TaskMetricsAccumulator(schema.task_names)
-  daily: list[dict[str, dict[str, float]]] = []
+def _restore(run: _Run, ckpt: checkpointing.Checkpointer, state: TrainState,
+             abstract_state: TrainState, state_shd: TrainState, train_iter: Any
+             ) -> tuple[TrainState, _Days]:
+  """The latest checkpoint's state, data position and next-batch days, if there is one."""
+  task_names = run.schema.task_names
+  days = _Days(daily=[], acc=metrics_lib.TaskMetricsAccumulator(task_names))
   start = ckpt.latest_step()
-  if start is not None:
-    state, extra = ckpt.restore(
-        start, checkpointing.abstract_with_sharding(abstract_state, state_shd), train_iter)
-    daily = extra['daily']
-    day_acc = metrics_lib.TaskMetricsAccumulator.from_state(
-        schema.task_names, _arrays_from_json(extra['day_acc']))
-    reporting.log(f'resumed from {workdir}/checkpoints at step {start}')
+  if start is None:
+    return state, days
+  state, extra = ckpt.restore(
+      start, checkpointing.abstract_with_sharding(abstract_state, state_shd), train_iter)
+  days = _Days(daily=extra['daily'], acc=metrics_lib.TaskMetricsAccumulator.from_state(
+      task_names, _arrays_from_json(extra['day_acc'])))
+  reporting.log(f'resumed from {run.workdir}/checkpoints at step {start}')
+  return state, days
+
+
+def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
+                writer: reporting.MetricWriter, train_iter: Any, state: TrainState, days: _Days,
+                loss_variance: diagnostics.LossVariance) -> tuple[TrainState, int]:
+  """From the state's step to ``run.end_step``: (score,) train, log, diagnose, evaluate, save."""
+  config, task_names, diag_every = run.config, run.schema.task_names, run.diag_every
   step = int(jax.device_get(state.step))
-
-  def save() -> None:
-    check_finite(state)  # never write a poisoned checkpoint
-    extra = {'daily': daily, 'day_acc': _arrays_to_json(day_acc.state())}
-    ckpt.save(step, state, train_iter, extra)
-
-  # ------------------------------------------------------------------ the loop
-  writer = reporting.MetricWriter(workdir)
-  progress = reporting.Progress(total_steps, step)
-  seen = 0.0
+  progress = reporting.Progress(run.total_steps, step)
   ckpt_every = int(config.train.checkpoint_every)
-  while step < end_step:
+  seen = 0.0
+  while step < run.end_step:
     host = next(train_iter)
     seen += float(np.sum(host['cand']['mask']))
-    batch = sharding.put_batch(host, mesh)
-    if mode == 'next_batch':  # score in eval mode before training on it
-      day_acc.add(**_host_eval_arrays(eval_step(state.params, batch), parents, chain))
-    state, out = train_step(state, batch)
+    batch = sharding.put_batch(host, run.mesh)
+    if run.mode == 'next_batch':  # score in eval mode before training on it
+      days.acc.add(**_host_eval_arrays(steps.eval(state.params, batch), run.parents, run.chain))
+    state, out = steps.train(state, batch)
     step += 1
 
-    if step % config.train.log_every == 0 or step == end_step:
+    if step % config.train.log_every == 0 or step == run.end_step:
       out = jax.device_get(out)
-      check_finite(state)
+      _check_finite(run, state)
       stats = progress.update(step, seen)
       seen = 0.0
       reporting.log(progress.line(step, float(out['loss']), stats))
       writer.write(step, 'train', {**out, **stats})
-    if diag_every and (step % diag_every == 0 or step == end_step):
-      loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in schema.task_names])
-      cos = np.asarray(jax.device_get(gradient_cosine(state.params, batch)))
+    if diag_every and (step % diag_every == 0 or step == run.end_step):
+      loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in task_names])
+      cos = np.asarray(jax.device_get(steps.gradient_cosine(state.params, batch)))
       diag = loss_variance.summary(cos)
       writer.write(step, 'diagnostics', diag)
       reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
                                                  if not k.startswith('loss_mean')))
-    if mode == 'next_batch' and step % config.eval.day_steps == 0:
-      day = day_acc.compute()
-      daily.append(day)
-      day_acc.reset()
-      writer.write(step, 'next_batch', day)
-      reporting.log(f'day {len(daily)} (step {step}): ' + ', '.join(
-          f'{t} AUC {day[t]["auc"]:.4f}' for t in schema.task_names))
-    if (mode == 'holdout' and config.eval.every_steps and step % config.eval.every_steps == 0
-        and step < total_steps):
-      ev = evaluate(state.params, config.eval.num_batches)
+    if run.mode == 'next_batch' and step % config.eval.day_steps == 0:
+      _end_day(run, writer, days, step)
+    if (run.mode == 'holdout' and config.eval.every_steps and step % config.eval.every_steps == 0
+        and step < run.total_steps):
+      ev = _evaluate(run, steps.eval, state.params, config.eval.num_batches)
       writer.write(step, 'eval', ev)
       reporting.log(f'eval at step {step}: ' + ', '.join(
-          f'{t} AUC {ev[t]["auc"]:.4f}' for t in schema.task_names))
-    if (ckpt_every and step % ckpt_every == 0) or step == end_step:
-      save()
+          f'{t} AUC {ev[t]["auc"]:.4f}' for t in task_names))
+    if (ckpt_every and step % ckpt_every == 0) or step == run.end_step:
+      _check_finite(run, state)  # never write a poisoned checkpoint
+      extra = {'daily': days.daily, 'day_acc': _arrays_to_json(days.acc.state())}
+      ckpt.save(step, state, train_iter, extra)
+  return state, step
 
-  ckpt.wait()
-  ckpt.close()
-  # ``state``: the final TrainState (sharded device arrays) for callers that go on from it.
-  result: dict[str, Any] = {'step': step, 'params': counts, 'state': state}
-  if step < total_steps:  # stopped early (stop_at_step): a later call resumes
-    writer.close()
-    return result
 
-  # ------------------------------------------------------------------ final report
-  if mode == 'holdout':
-    final = evaluate(state.params, config.eval.num_batches)
+def _end_day(run: _Run, writer: reporting.MetricWriter, days: _Days, step: int) -> None:
+  """Close a next-batch day: its metrics recorded, written and logged, a fresh day begun."""
+  day = days.acc.compute()
+  days.daily.append(day)
+  days.acc.reset()
+  writer.write(step, 'next_batch', day)
+  reporting.log(f'day {len(days.daily)} (step {step}): ' + ', '.join(
+      f'{t} AUC {day[t]["auc"]:.4f}' for t in run.schema.task_names))
+
+
+def _check_finite(run: _Run, state: TrainState) -> None:
+  """Raise, naming the step and the fixes, once any step's loss was NaN/inf (one host sync)."""
+  bad = int(jax.device_get(state.nonfinite_step))
+  if bad >= 0:
+    raise NonFiniteLossError(
+        f'the training loss became NaN/inf at step {bad} (config.model.name='
+        f'{run.config.model.name}); lower config.optimizer.dense.learning_rate or '
+        'config.optimizer.clip_global_norm, or check the input features for extreme values')
+
+
+def _evaluate(run: _Run, eval_step: EvalStep, params: Any, num_batches: int
+              ) -> dict[str, dict[str, float]]:
+  """Hold-out metrics over the first ``num_batches`` evaluation batches (-1: all of them)."""
+  acc = metrics_lib.TaskMetricsAccumulator(run.schema.task_names)
+  local_batch = run.global_batch // jax.process_count()
+  for i, host in enumerate(_data_iter(run, run.dataset.eval_range, repeat=False)):
+    if 0 <= num_batches <= i:
+      break
+    batch = sharding.put_batch(pipeline.pad_requests(host, local_batch), run.mesh)
+    acc.add(**_host_eval_arrays(eval_step(params, batch), run.parents, run.chain))
+  return acc.compute()
+
+
+def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, params: Any,
+                  step: int, counts: Mapping[str, int], days: _Days) -> dict[str, Any]:
+  """Final metrics (hold-out, or next-batch days macro-averaged): written, logged as a table and
+  saved as final_metrics.json. -> the result's 'final', 'daily' and 'table'."""
+  if run.mode == 'holdout':
+    final = _evaluate(run, steps.eval, params, run.config.eval.num_batches)
     title = (f'hold-out evaluation after {step} steps '
-             f'(requests {dataset.eval_range[0]}..{dataset.eval_range[1] - 1})')
+             f'(requests {run.dataset.eval_range[0]}..{run.dataset.eval_range[1] - 1})')
   else:
-    if len(day_acc):
-      daily.append(day_acc.compute())
-    final = metrics_lib.macro_average(daily)
-    title = f'next-batch evaluation, macro-average over {len(daily)} days of {step} steps'
+    if len(days.acc):
+      days.daily.append(days.acc.compute())
+    final = metrics_lib.macro_average(days.daily)
+    title = f'next-batch evaluation, macro-average over {len(days.daily)} days of {step} steps'
   writer.write(step, 'final', final)
   writer.close()
-  table = reporting.format_table(final, schema.task_names, title)
+  table = reporting.format_table(final, run.schema.task_names, title)
   reporting.log(table)
-  result.update({'final': final, 'daily': daily, 'table': table})
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
-      json.dump({'step': step, 'mode': mode, 'params': counts, 'metrics': final}, f, indent=1,
-                default=float)
-  return result
+    with open(os.path.join(run.workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
+      json.dump({'step': step, 'mode': run.mode, 'params': counts, 'metrics': final}, f,
+                indent=1, default=float)
+  return {'final': final, 'daily': days.daily, 'table': table}
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

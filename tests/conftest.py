@@ -1,4 +1,8 @@
-"""Shared fixtures: a small synthetic config that trains in seconds on one CPU core."""
+"""Shared fixtures: a small synthetic config that trains in seconds on one CPU core.
+
+Plain helpers (ROOT, small_config, all_requests, onetrans_model_config, tiny_baseline) live in
+tests/helpers.py: test modules and scripts import them from there, never from this file.
+"""
 
 from __future__ import annotations
 
@@ -18,31 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-
-def small_config():
-  """experiments/default.py shrunk: small world, short sequences, few steps."""
-  from experiments import default
-  c = default.get_config()
-  c.data.num_users = 300
-  c.data.num_items = 600
-  c.data.num_categories = 12
-  c.data.num_brands = 24
-  c.data.num_candidates = 8
-  c.data.min_candidates = 4
-  c.data.click_len = 16
-  c.data.cart_len = 8
-  c.data.order_len = 4
-  c.data.num_train_requests = 50_000
-  c.data.num_eval_requests = 256
-  c.data.batch_size = 16
-  c.data.num_threads = 1
-  c.model.embed_dim = 8
-  c.model.hidden = (32,)
-  c.train.total_steps = 8
-  c.train.log_every = 4
-  c.train.checkpoint_every = 4
-  c.eval.day_steps = 3
-  return c
+# After the set-up above: these import jax (without initialising it) and need ROOT on sys.path.
+from onetrans_jax.data import pipeline  # noqa: E402
+from tests.helpers import small_config  # noqa: E402
 
 
 @pytest.fixture
@@ -50,11 +32,14 @@ def config():
   return small_config()
 
 
-def all_requests(ds) -> dict:
-  """Every request of a (small, fixture) dataset in one schema-checked batch, in source order."""
-  from onetrans_jax.data import pipeline
-  it = pipeline.make_iterator(ds, (0, len(ds.source)), global_batch_size=len(ds.source),
-                              shuffle=False, seed=0, repeat=False, num_threads=1)
+# The synthetic data's schema and one batch of 3 requests (true_prob dropped), built once per
+# module that asks for it: the OneTrans, OneRank, serving and request-level tests share it.
+@pytest.fixture(scope='module')
+def data():
+  c = small_config()
+  ds = pipeline.build_dataset(c.data)
+  it = pipeline.make_iterator(ds, ds.train_range, global_batch_size=3, shuffle=False, seed=0,
+                              repeat=True, num_threads=1)
   batch = next(it)
-  ds.schema.check_batch(batch)
-  return batch
+  batch.pop('true_prob')
+  return ds.schema, batch

@@ -21,23 +21,23 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import common  # noqa: E402
 from onetrans_jax import sharding, sharding_check  # noqa: E402
-from onetrans_jax.models import partitioning as lp  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
+from onetrans_jax.models.layers import partitioning as lp  # noqa: E402
+from onetrans_jax.models.onerank import config as onerank_config  # noqa: E402
+from tests.helpers import small_config  # noqa: E402
 
 
 def _onetrans(**kw):
-  from tests.test_onetrans import onetrans_model_config
+  from tests.helpers import onetrans_model_config
   return onetrans_model_config(**kw)
 
 
 def _onerank(**kw):
-  return common.onerank_model(width=16, num_heads=2, num_layers=2, embed_dim=8, **kw)
+  return onerank_config.defaults(width=16, num_heads=2, num_layers=2, embed_dim=8, **kw)
 
 
 def _baseline(sequence, interaction):
-  from tests.test_baselines import tiny_baseline
+  from tests.helpers import tiny_baseline
   return tiny_baseline(sequence, interaction)
 
 

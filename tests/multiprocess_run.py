@@ -25,8 +25,7 @@ def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
   import jax
   import jax.numpy as jnp
   from onetrans_jax.train import train_and_evaluate
-  from tests.conftest import small_config
-  from tests.test_onetrans import onetrans_model_config
+  from tests.helpers import onetrans_model_config, small_config
 
   c = small_config()
   c.model = onetrans_model_config()

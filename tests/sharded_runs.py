@@ -22,9 +22,9 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import common  # noqa: E402
+from onetrans_jax.models.onerank import config as onerank_config  # noqa: E402
 from onetrans_jax.train import train_and_evaluate  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
+from tests.helpers import small_config  # noqa: E402
 
 STEPS = 3
 
@@ -32,10 +32,10 @@ STEPS = 3
 def config(model: str):
   c = small_config()
   if model == 'onetrans':
-    from tests.test_onetrans import onetrans_model_config
+    from tests.helpers import onetrans_model_config
     c.model = onetrans_model_config()
   else:
-    c.model = common.onerank_model(width=16, num_heads=2, num_layers=2, embed_dim=8)
+    c.model = onerank_config.defaults(width=16, num_heads=2, num_layers=2, embed_dim=8)
     c.loss.mode = 'onerank'
   c.model.embedding_row_multiple = 8   # every table's rows split evenly over 8 devices
   c.train.total_steps = STEPS

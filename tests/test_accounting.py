@@ -7,10 +7,15 @@ import pytest
 
 from experiments import onetrans_l, onetrans_s
 from onetrans_jax import accounting
+from onetrans_jax import models
 from onetrans_jax.data import pipeline
-from onetrans_jax.models import build_model, onetrans_layout, partitioning
-from onetrans_jax.train import dummy_batch
-from tests.test_onetrans import onetrans_model_config
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.onerank import config as onerank_config
+from onetrans_jax.models.onetrans import config as onetrans_config
+from onetrans_jax.models.onetrans.config import layout as onetrans_layout
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import onetrans_model_config
 
 
 def _schema(cfg):
@@ -38,11 +43,11 @@ def test_shared_params_ablation_matches_paper_order():
 
 def test_pyramid_and_size_orderings():
   s, l = onetrans_s.get_config(), onetrans_l.get_config()
-  fs = accounting.training_flops_per_example(s.model, _schema(s))
-  fl = accounting.training_flops_per_example(l.model, _schema(l))
+  fs = models.training_flops_per_example(s.model, _schema(s))
+  fl = models.training_flops_per_example(l.model, _schema(l))
   assert 2.5 < fl / fs < 4.5  # paper: 8.62 / 2.64 = 3.27
   s.model.pyramid = False
-  f_flat = accounting.training_flops_per_example(s.model, _schema(s))
+  f_flat = models.training_flops_per_example(s.model, _schema(s))
   assert f_flat / fs > 1.8    # paper: 8.08 / 2.64 = 3.06 (FLOP convention unknown)
 
 
@@ -59,11 +64,11 @@ def test_analytic_flops_match_xla(config, request_level):
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
   c = schema.num_candidates
   if request_level:
-    split = accounting.shared_forward_flops(mcfg, schema)
+    split = onetrans_config.shared_forward_flops(mcfg, schema)
     analytic = split['user'] + c * split['candidate']
-    assert analytic < 0.7 * c * accounting.onetrans_forward_flops(mcfg, schema)['total']
+    assert analytic < 0.7 * c * onetrans_config.forward_flops(mcfg, schema)['total']
   else:
-    analytic = accounting.onetrans_forward_flops(mcfg, schema)['total'] * c
+    analytic = onetrans_config.forward_flops(mcfg, schema)['total'] * c
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)
 
 
@@ -75,8 +80,8 @@ def test_cached_candidate_cost_is_linear_in_sequence_length(config):
     cfg.data.click_len = click_len
     mcfg = onetrans_model_config(pyramid=False)
     schema = _schema(cfg)
-    cost[click_len] = (accounting.shared_forward_flops(mcfg, schema)['candidate'],
-                       accounting.onetrans_forward_flops(mcfg, schema)['total'])
+    cost[click_len] = (onetrans_config.shared_forward_flops(mcfg, schema)['candidate'],
+                       onetrans_config.forward_flops(mcfg, schema)['total'])
   (c0, f0), (c1, f1) = cost[64], cost[256]
   l0, l1 = 64 + 8 + 4, 256 + 8 + 4  # S tokens: click + cart + order of the test world
   assert c1 / c0 < l1 / l0           # attention to the longer S list, nothing quadratic
@@ -92,14 +97,14 @@ def test_cached_candidate_cost_is_linear_in_sequence_length(config):
 def test_onerank_flops_match_xla(config, overrides):
   """OneRank's analytic count (request work + C x candidate work) against XLA's, per switch."""
   from experiments import common
-  mcfg = common.onerank_model(width=32, num_heads=4, num_layers=2, embed_dim=8, **overrides)
+  mcfg = onerank_config.defaults(width=32, num_heads=4, num_layers=2, embed_dim=8, **overrides)
   schema = _schema(config)
   model = build_model(mcfg, schema)
   batch = dummy_batch(schema, 2)
   params = partitioning.unbox(jax.jit(model.init)(jax.random.key(0), batch)['params'])
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
-  f = accounting.onerank_forward_flops(mcfg, schema)
+  f = onerank_config.forward_flops(mcfg, schema)
   analytic = 2 * (f['request'] + schema.num_candidates * f['candidate'])
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)
-  per_example = accounting.training_flops_per_example(mcfg, schema)
+  per_example = models.training_flops_per_example(mcfg, schema)
   assert per_example == pytest.approx(3 * (f['request'] / schema.num_candidates + f['candidate']))

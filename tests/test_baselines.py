@@ -6,34 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import common, rq1_baselines
+from experiments import rq1_baselines
 from onetrans_jax import accounting
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.models.baselines import BaselineRanker, num_feature_tokens
-from onetrans_jax.train import dummy_batch, train_and_evaluate
-from tests.conftest import small_config
-
-# Tiny sizes of every module: the mechanisms at test speed.
-TINY = {
-    'din': dict(hidden=(16, 8)),
-    'stack_din': dict(num_layers=2, hidden=(16, 8)),
-    'longer': dict(width=16, num_heads=2, num_layers=2, merge=2, num_recent=4, ffn_mult=2),
-    'transformer': dict(width=16, num_heads=2, num_layers=1, ffn_mult=2),
-    'dcnv2': dict(num_cross_layers=2, structure='stacked', mlp_hidden=(32,), rank=None),
-    'wukong': dict(num_layers=2, num_fm_tokens=4, num_lcb_tokens=4, fm_rank=4, mlp_hidden=(32,)),
-    'hiformer': dict(num_layers=1, num_heads=2, head_dim=8, rank=16, ffn_mult=2),
-    'rankmixer': dict(num_tokens=4, width=32, num_layers=1, ffn_mult=2),
-}
-
-
-def tiny_baseline(sequence: str, interaction: str, **overrides):
-  m = common.baseline_model(sequence, interaction, embed_dim=8, head_hidden=16)
-  m[sequence].update(TINY[sequence])
-  m[interaction].update(TINY[interaction])
-  m.update(overrides)
-  return m
+from onetrans_jax.models import build_model
+from onetrans_jax.models.baselines import config as baselines_config
+from onetrans_jax.models.baselines.model import BaselineRanker, num_feature_tokens
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.schema import dummy_batch
+from onetrans_jax.train import train_and_evaluate
+from tests.helpers import TINY, small_config, tiny_baseline
 
 
 def _schema(cfg=None):
@@ -87,7 +70,7 @@ def test_analytic_flops_match_xla(name, sequence, interaction):
   model, batch, shapes = _init(mcfg, schema, num_requests=1)
   params = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
   xla = accounting.xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
-  f = accounting.baseline_forward_flops(mcfg, schema)
+  f = baselines_config.forward_flops(mcfg, schema)
   analytic = f['sequence_request'] + schema.num_candidates * (f['total'] - f['sequence_request'])
   assert 0.9 < xla / analytic < 1.5, (name, xla, analytic)
   assert accounting.batch_tflops(mcfg, schema) == pytest.approx(
@@ -155,12 +138,12 @@ def test_bad_module_fields():
   schema = _schema()
   m = tiny_baseline('longer', 'rankmixer')
   m.longer.width = 20
-  with pytest.raises(ConfigError, match=r'config.model.longer.width=20 must be a multiple of '
+  with pytest.raises(ConfigError, match=r'config.model.longer.width=20: must be a multiple of '
                                         r'config.model.embed_dim=8'):
     build_model(m, schema)
   m = tiny_baseline('din', 'rankmixer')
   m.rankmixer.num_tokens = 3
-  with pytest.raises(ConfigError, match=r'config.model.rankmixer.num_tokens=3 must divide'):
+  with pytest.raises(ConfigError, match=r'config.model.rankmixer.num_tokens=3: must divide'):
     build_model(m, schema)
   m = tiny_baseline('din', 'dcnv2')
   m.dcnv2.mlp_hidden = ()

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from experiments import common
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.models.attention import (attention_mask, reference_attention,
-                                           resolve_implementation, tail_attention)
-from onetrans_jax.models.blocked_attention import _blocks, _fit_chunk, blocked_attention
-from onetrans_jax.train import dummy_batch
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.attention import (attention_mask, reference_attention,
+                                                  resolve_implementation, tail_attention)
+from onetrans_jax.models.layers.blocked_attention import _blocks, _fit_chunk, blocked_attention
+from onetrans_jax.models.onetrans import config as onetrans_config
+from onetrans_jax.schema import dummy_batch
 
 
 def _inputs(b, nq, nk, h=2, dh=8, seed=0, dtype=jnp.float32):
@@ -110,7 +112,7 @@ def test_onetrans_blocked_equals_xla(fields):
   batch.pop('true_prob')
   outs = []
   for impl in ('blocked', 'xla'):
-    cfg = common.onetrans_model(width=16, num_heads=2, num_layers=3, num_ns_tokens=4,
+    cfg = onetrans_config.defaults(width=16, num_heads=2, num_layers=3, num_ns_tokens=4,
                                 embed_dim=8, pyramid_multiple=4, attention_impl=impl, **fields)
     model = build_model(cfg, ds.schema)
     params = partitioning.unbox(model.init(jax.random.key(0), dummy_batch(ds.schema, 1))['params'])

@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPT = r'''
 import json, sys
 sys.path.insert(0, {root!r})
 import jax
-from tests.conftest import small_config
 from onetrans_jax.train import train_and_evaluate
+from tests.helpers import small_config
 c = small_config()
 c.train.total_steps = 6
 out = train_and_evaluate(c, {workdir!r})

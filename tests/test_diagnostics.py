@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from onetrans_jax import diagnostics as dg
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.multitask_heads import MMoE
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.multitask.predictors import MMoE
 
 
 # ------------------------------------------------------------------ gradient cosine, by hand

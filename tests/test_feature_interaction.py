@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from onetrans_jax.accounting import xla_flops
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.feature_interaction import (CrossLayer, DCNv2, HiFormer, HiFormerLayer,
-                                                     RankMixer, RankMixerLayer, Wukong,
-                                                     WukongLayer, cross_layer, dcnv2_flops,
-                                                     hiformer_flops, rankmixer_flops,
-                                                     token_mixing, wukong_flops)
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.baselines.feature_interaction import (CrossLayer, DCNv2, HiFormer,
+                                                               HiFormerLayer, RankMixer,
+                                                               RankMixerLayer, Wukong, WukongLayer,
+                                                               cross_layer, dcnv2_flops,
+                                                               hiformer_flops, rankmixer_flops,
+                                                               token_mixing, wukong_flops)
 
 
 def _shapes(model, x):

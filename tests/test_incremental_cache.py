@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from onetrans_jax import serving
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.train import dummy_batch
-from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import onetrans_model_config
 
 STABLE = dict(s_position='none', time_gap_buckets=0)
 

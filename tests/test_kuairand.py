@@ -18,7 +18,7 @@ import pytest
 from onetrans_jax.data import kuairand, pipeline
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
-from tests.conftest import all_requests
+from tests.helpers import all_requests
 
 T0 = 1_649_383_200  # 2022-04-08 10:00 Beijing (02:00 UTC), a Friday
 DAY = 86_400

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SMALL = ['--config.data.num_users=100', '--config.data.num_items=200',
          '--config.data.num_categories=8', '--config.data.click_len=8', '--config.data.cart_len=4',
@@ -30,7 +30,7 @@ def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
     (['--config.train.total_steps=ten'], 'config.train.total_steps=ten'),
     (['--config.eval.mode=weekly'], "config: config.eval.mode='weekly'"),
     (['--config.data.batch_size=0'], 'config.data.batch_size=0'),
-    (['--config.model.name=transformer'], "config.model.name='transformer' is not a known model"),
+    (['--config.model.name=transformer'], "config.model.name='transformer': not a known model"),
     (['--config.data.min_candidates=99'], 'config.data.min_candidates'),
     (['extra_positional'], 'unexpected arguments'),
     # Fields whose default is None (typed placeholders) are still overridable from the command line.

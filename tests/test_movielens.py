@@ -15,9 +15,8 @@ import pytest
 from onetrans_jax.data import movielens, pipeline
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
-from tests.conftest import all_requests
+from tests.helpers import ROOT, all_requests
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_100K = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
 T0 = 880_000_000  # 1997-11-20 04:26:40 UTC, a Thursday
 
@@ -343,9 +342,11 @@ def test_experiment_rows_run_on_movielens(tmp_path):
   import jax
   import jax.numpy as jnp
   from experiments import movielens_100k
-  from onetrans_jax.models import build_model, partitioning
+  from onetrans_jax.models import build_model
+  from onetrans_jax.models.layers import partitioning
   from onetrans_jax.sweep import variant_config
-  from onetrans_jax.train import dummy_batch, make_loss_fn
+  from onetrans_jax.train import make_loss_fn
+  from onetrans_jax.schema import dummy_batch
   config = movielens_100k.get_config()
   assert [n for n, _ in config.sweep.variants] == ['DCNv2 + DIN', 'OneTrans', 'OneRank']
   assert config.sweep.seeds == (0, 1, 2) and movielens_100k.get_config('quick').sweep.seeds == (0,)

@@ -10,15 +10,16 @@ import pytest
 
 from onetrans_jax.accounting import xla_flops
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import multitask_heads as mh
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.heads import TaskTowers
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.multitask import config as mhc
+from onetrans_jax.models.multitask import predictors as mh
+from onetrans_jax.models.multitask.towers import TaskTowers
 
 R, C, D, T = 3, 5, 32, 3
 
 
 def _cfg(kind: str, **overrides) -> ml_collections.ConfigDict:
-  c = mh.predictor_defaults()
+  c = mhc.defaults()
   c.predictor = kind
   c.width = D
   c.update(overrides)
@@ -33,8 +34,8 @@ SIZED = {
     'ple': dict(predictor_levels=3, predictor_task_experts=2, predictor_shared_experts=3,
                 predictor_expert_hidden=24, head_hidden=12),
 }
-CASES = [(k, {}) for k in mh.PREDICTORS] + [(k, v) for k, v in SIZED.items()]
-IDS = [f'{k}-default' for k in mh.PREDICTORS] + [f'{k}-sized' for k in SIZED]
+CASES = [(k, {}) for k in mhc.PREDICTORS] + [(k, v) for k, v in SIZED.items()]
+IDS = [f'{k}-default' for k in mhc.PREDICTORS] + [f'{k}-sized' for k in SIZED]
 
 
 def _x(seed=0, shape=(R, C, D)):
@@ -87,21 +88,21 @@ def _tower_ref(p, inputs):
 @pytest.mark.parametrize('kind, sizes', CASES, ids=IDS)
 def test_shape_params_and_flops(kind, sizes):
   cfg = _cfg(kind, **sizes)
-  head = mh.predictor_from_config(cfg, T)
+  head = mhc.from_config(cfg, T)
   x = _x()
   params = _init(head, x)
   logits = jax.eval_shape(_applier(head), params, x)   # values: the reference tests below
   assert logits.shape == (R, C, T) and logits.dtype == jnp.float32
   n = sum(int(leaf.size) for leaf in jax.tree.leaves(params))
-  assert n == mh.head_params(cfg, D, T), (n, mh.head_params(cfg, D, T))
+  assert n == mhc.param_count(cfg, D, T), (n, mhc.param_count(cfg, D, T))
   xla = xla_flops(lambda p, v: head.apply({'params': p}, v), params, x) / (R * C)
-  analytic = mh.head_flops(cfg, D, T)
+  analytic = mhc.forward_flops(cfg, D, T)
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)
 
 
 def test_real_init():
   """The real initialiser: float32 parameters, zero biases, fan-in scaled weights."""
-  head = mh.predictor_from_config(_cfg('mmoe', predictor_experts=8), T)
+  head = mhc.from_config(_cfg('mmoe', predictor_experts=8), T)
   x = _x()
   params = partitioning.unbox(jax.jit(head.init)(jax.random.key(0), x)['params'])
   assert jax.tree.structure(params) == jax.tree.structure(_init(head, x))
@@ -113,18 +114,18 @@ def test_real_init():
 
 
 def test_towers_is_the_existing_head():
-  head = mh.predictor_from_config(_cfg('towers'), T)
+  head = mhc.from_config(_cfg('towers'), T)
   assert isinstance(head, TaskTowers) and head.hidden == D
-  assert mh.predictor_from_config(_cfg('towers', head_hidden=7), T).hidden == 7
+  assert mhc.from_config(_cfg('towers', head_hidden=7), T).hidden == 7
   # A config without any predictor field is the towers of old configs.
   old = ml_collections.ConfigDict(dict(width=D, head_hidden=0))
-  assert isinstance(mh.predictor_from_config(old, T), TaskTowers)
-  assert mh.head_params(old, D, T) == T * (D * D + 2 * D + 1)
+  assert isinstance(mhc.from_config(old, T), TaskTowers)
+  assert mhc.param_count(old, D, T) == T * (D * D + 2 * D + 1)
 
 
 def test_defaults_have_every_field():
-  d = mh.predictor_defaults()
-  for fields in mh._FIELDS.values():
+  d = mhc.defaults()
+  for fields in mhc._FIELDS.values():
     for f in fields:
       assert f in d
   assert d.predictor == 'towers' and d.predictor_experts == 4 and d.predictor_expert_hidden == 0
@@ -133,8 +134,8 @@ def test_defaults_have_every_field():
 def test_compute_dtype_bfloat16_keeps_float32_params_and_logits():
   cfg = _cfg('mmoe')
   x = _x()
-  h32 = mh.predictor_from_config(cfg, T)
-  h16 = mh.predictor_from_config(cfg, T, dtype=jnp.bfloat16)
+  h32 = mhc.from_config(cfg, T)
+  h16 = mhc.from_config(cfg, T, dtype=jnp.bfloat16)
   params = _init(h32, x)
   shapes = partitioning.unbox(jax.eval_shape(h16.init, jax.random.key(0), x)['params'])
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
@@ -303,20 +304,20 @@ def test_bad_config_names_the_field(kind, field, value):
   if field != 'predictor':
     cfg[field] = value
   cfg = ml_collections.ConfigDict(cfg)   # a fresh dict: no type lock on the bad value
-  for fn in (lambda: mh.predictor_from_config(cfg, T), lambda: mh.head_params(cfg, D, T),
-             lambda: mh.head_flops(cfg, D, T)):
+  for fn in (lambda: mhc.from_config(cfg, T), lambda: mhc.param_count(cfg, D, T),
+             lambda: mhc.forward_flops(cfg, D, T)):
     with pytest.raises(ValueError, match=f'config.model.{field}\\b'):
       fn()
 
 
 def test_towers_need_a_width_for_head_hidden_zero():
-  cfg = mh.predictor_defaults()   # no width field
+  cfg = mhc.defaults()   # no width field
   with pytest.raises(ConfigError, match='config.model.head_hidden'):
-    mh.predictor_from_config(cfg, T)
-  assert mh.predictor_from_config(cfg, T, width=16).hidden == 16
+    mhc.from_config(cfg, T)
+  assert mhc.from_config(cfg, T, width=16).hidden == 16
 
 
 def test_unused_fields_are_not_checked():
   """A bad PLE size does not stop an MMoE run."""
   cfg = _cfg('mmoe', predictor_levels=0)
-  assert isinstance(mh.predictor_from_config(cfg, T), mh.MMoE)
+  assert isinstance(mhc.from_config(cfg, T), mh.MMoE)

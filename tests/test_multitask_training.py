@@ -11,18 +11,21 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import common
 from onetrans_jax import accounting, losses
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, multitask_heads, partitioning
-from onetrans_jax.train import _host_eval_arrays, dummy_batch, train_and_evaluate
-from tests.conftest import small_config
-from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.multitask import config as predictor_config
+from onetrans_jax.models.onerank import config as onerank_config
+from onetrans_jax.models.onetrans import config as onetrans_config
+from onetrans_jax.schema import dummy_batch
+from onetrans_jax.train import _host_eval_arrays, train_and_evaluate
+from tests.helpers import onetrans_model_config, small_config
 
 
 def _tiny_onerank_config():
   c = small_config()
-  c.model = common.onerank_model(width=16, num_heads=2, num_layers=2, embed_dim=8)
+  c.model = onerank_config.defaults(width=16, num_heads=2, num_layers=2, embed_dim=8)
   c.loss.mode = 'onerank'
   c.train.total_steps = 4
   c.train.log_every = 2
@@ -101,10 +104,10 @@ def test_onetrans_predictors_replace_the_towers(data, predictor):
   d, t = towers.width, schema.num_tasks
   # Only the head differs, by exactly the analytic head sizes.
   dense = lambda cfg: accounting.dense_params(cfg, schema)['dense']
-  assert dense(other) - dense(towers) == (multitask_heads.head_params(other, d, t) -
-                                          multitask_heads.head_params(towers, d, t))
-  flops = lambda cfg: accounting.onetrans_forward_flops(cfg, schema)['head']
-  assert flops(other) == multitask_heads.head_flops(other, d, t) > 0
+  assert dense(other) - dense(towers) == (predictor_config.param_count(other, d, t) -
+                                          predictor_config.param_count(towers, d, t))
+  flops = lambda cfg: onetrans_config.forward_flops(cfg, schema)['head']
+  assert flops(other) == predictor_config.forward_flops(other, d, t) > 0
   with pytest.raises(ConfigError, match='config.model.predictor'):
     build_model(onetrans_model_config(predictor='moe'), schema)
 

@@ -19,15 +19,15 @@ import pytest
 
 from onetrans_jax import losses
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.attention import prefix_group_attention, reference_attention
-from onetrans_jax.models.onerank import (OneRank, group_mask, onerank_from_config, onerank_mask,
-                                         onerank_model)
-from onetrans_jax.models.task_channels import (CrossTaskInteraction, SituationDiscernment,
-                                               task_mask_matrix)
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.attention import prefix_group_attention, reference_attention
+from onetrans_jax.models.onerank.config import defaults as onerank_model
+from onetrans_jax.models.onerank.config import from_config as onerank_from_config
+from onetrans_jax.models.onerank.model import OneRank, group_mask, onerank_mask
+from onetrans_jax.models.onerank.task_channels import (CrossTaskInteraction, SituationDiscernment,
+                                                       task_mask_matrix)
 from onetrans_jax.optimizers import param_labels
-from onetrans_jax.train import dummy_batch
-from tests.test_onetrans import data  # noqa: F401  (module-scoped fixture)
+from onetrans_jax.schema import dummy_batch
 
 TINY = dict(width=16, num_heads=2, num_layers=2, embed_dim=4, time_gap_buckets=4)
 K = 3  # click, cart, order
@@ -105,7 +105,7 @@ def _leaves(tree):
 
 
 @pytest.fixture(scope='module')
-def setup(data):  # noqa: F811
+def setup(data):
   """The fixture batch with planted labels: every task has positives, request 2 has no order
   positive, and one padding slot per request (labels 0 there)."""
   schema, batch = data
@@ -562,7 +562,7 @@ def test_every_switch_changes_the_output(setup, switched, switch):
     assert 'cross_task_interaction' not in p
 
 
-def test_bad_switch_values_name_the_field(data):  # noqa: F811
+def test_bad_switch_values_name_the_field(data):
   schema, _ = data
   for field, value in (('task_tokens', 'none'), ('scoring', 'dot'), ('situation', 'max'),
                        ('task_mask', 'chain'), ('cross_task', 'yes'), ('detach', 1.5)):
@@ -575,8 +575,8 @@ def test_bad_switch_values_name_the_field(data):  # noqa: F811
       (dict(task_mask='hybrid', task_edges=(('order', 'buy'),)),
        r"config.model.task_edges: \('order', 'buy'\) names task 'buy'"),
       (dict(task_edges=(('order', 'click'),)), "config.model.task_mask='cascade'"),
-      (dict(num_heads=3), 'config.model.num_heads=3 must divide config.model.width=16'),
-      (dict(width=0), 'config.model.width must be a positive integer'),
+      (dict(num_heads=3), 'config.model.num_heads=3: must divide config.model.width=16'),
+      (dict(width=0), 'config.model.width=0: must be a positive integer'),
       (dict(use_sep=True), "config.model.use_sep=True needs config.model.seq_merge"),
       (dict(dtype='float16'), "config.model.dtype='float16'"),
       (dict(detach_kv_weights='no'), "config.model.detach_kv_weights='no'"),
@@ -586,7 +586,7 @@ def test_bad_switch_values_name_the_field(data):  # noqa: F811
       onerank_from_config(_raw_cfg(**override), schema)
 
 
-def test_builder_defaults_and_embedding_group(data):  # noqa: F811
+def test_builder_defaults_and_embedding_group(data):
   schema, _ = data
   model = onerank_from_config(onerank_model(), schema)
   assert (model.width, model.num_heads, model.num_layers, model.ffn_mult) == (128, 4, 3, 4)

@@ -6,40 +6,20 @@ import copy
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, onetrans_layout, partitioning
-from onetrans_jax.models.attention import attention_mask, reference_attention, tail_causal
-from onetrans_jax.models.mixed import MixedLinear
-from onetrans_jax.models.onetrans import OneTrans
-from onetrans_jax.models.pyramid import linear_schedule
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.attention import attention_mask, reference_attention, tail_causal
+from onetrans_jax.models.layers.mixed import MixedLinear
+from onetrans_jax.models.onetrans.config import layout as onetrans_layout
+from onetrans_jax.models.onetrans.model import OneTrans
+from onetrans_jax.models.onetrans.pyramid import linear_schedule
 from onetrans_jax.optimizers import count_params
-from onetrans_jax.train import dummy_batch
-from tests.conftest import small_config
-
-
-def onetrans_model_config(**overrides) -> ml_collections.ConfigDict:
-  from experiments import onetrans_s
-  m = onetrans_s.get_config('small').model
-  m.update(dict(width=16, num_heads=2, num_layers=3, num_ns_tokens=4, embed_dim=4,
-                pyramid_multiple=8))
-  m.update(overrides)
-  return m
-
-
-@pytest.fixture(scope='module')
-def data():
-  c = small_config()
-  ds = pipeline.build_dataset(c.data)
-  it = pipeline.make_iterator(ds, ds.train_range, global_batch_size=3, shuffle=False, seed=0,
-                              repeat=True, num_threads=1)
-  batch = next(it)
-  batch.pop('true_prob')
-  return ds.schema, batch
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import onetrans_model_config
 
 
 def _init(schema, mcfg, seed=0):
@@ -74,7 +54,7 @@ def test_layout_and_schedule_errors(data):
       (dict(pyramid_schedule=(32, 16, 2)), 'below config.model.num_ns_tokens=4'),
       (dict(pyramid_schedule=(32, 16)), 'has 2 entries for config.model.num_layers=3'),
       (dict(pyramid_schedule=(16, 32, 4)), 'must not increase'),
-      (dict(num_heads=3), 'num_heads=3 must divide config.model.width=16'),
+      (dict(num_heads=3), 'config.model.num_heads=3: must divide config.model.width=16'),
       (dict(use_sep=True), "use_sep=True needs config.model.seq_merge='timestamp_agnostic'"),
       (dict(ns_tokenizer='group_wise', num_ns_tokens=40), 'exceeds the 17 non-sequential'),
       (dict(attention='sliding'), "config.model.attention='sliding'"),

@@ -11,11 +11,11 @@ import pytest
 
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.models.embeddings import EMBEDDINGS
-from onetrans_jax.train import dummy_batch
-from tests.conftest import small_config
-from tests.test_onetrans import onetrans_model_config
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.embeddings import EMBEDDINGS
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import onetrans_model_config, small_config
 
 ONETRANS = {
     'auto_split': dict(),

@@ -17,13 +17,13 @@ import pytest
 from experiments import onerank_ablation, rq1_baselines
 from onetrans_jax import sharding
 from onetrans_jax.data import pipeline
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.models import feature_interaction as fi
-from onetrans_jax.models import sequence_encoders as se
-from onetrans_jax.models.onerank import onerank_model
-from onetrans_jax.train import dummy_batch
-from tests.conftest import small_config
-from tests.test_baselines import tiny_baseline
+from onetrans_jax.models import build_model
+from onetrans_jax.models.baselines import feature_interaction as fi
+from onetrans_jax.models.baselines import sequence_encoders as se
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.onerank.config import defaults as onerank_model
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import small_config, tiny_baseline
 
 
 @pytest.fixture(scope='module')

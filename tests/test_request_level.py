@@ -9,11 +9,12 @@ import pytest
 
 from onetrans_jax import losses
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import build_model, partitioning
-from onetrans_jax.models.attention import attention_mask, reference_attention, shared_prefix_attention
-from onetrans_jax.models.onetrans import OneTrans
-from onetrans_jax.train import dummy_batch
-from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.attention import attention_mask, reference_attention, shared_prefix_attention
+from onetrans_jax.models.onetrans.model import OneTrans
+from onetrans_jax.schema import dummy_batch
+from tests.helpers import onetrans_model_config
 
 LAYOUTS = [
     dict(),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from onetrans_jax.accounting import xla_flops
-from onetrans_jax.models import partitioning
-from onetrans_jax.models import sequence_encoders as se
+from onetrans_jax.models.baselines import sequence_encoders as se
+from onetrans_jax.models.layers import partitioning
 
 R, C, L, D = 2, 3, 8, 8
 D_T, D_U = 6, 5

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from onetrans_jax import serving
-from onetrans_jax.models import build_model, partitioning
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.schema import dummy_batch
 from onetrans_jax.serving_runtime import load_scorer
-from onetrans_jax.train import dummy_batch
-from tests.conftest import ROOT
-from tests.test_onetrans import data, onetrans_model_config  # noqa: F401  (fixture)
+from tests.helpers import ROOT, onetrans_model_config
 
 
 @pytest.fixture(scope='module')

@@ -21,8 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from onetrans_jax import distributed, sharding
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning
-from tests.conftest import ROOT
+from onetrans_jax.models.layers import partitioning
+from tests.helpers import ROOT
 
 LOSS_TOL = 2e-5
 PARAM_TOL = 1e-4

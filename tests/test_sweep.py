@@ -10,7 +10,7 @@ import pytest
 
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def _sweep_config():

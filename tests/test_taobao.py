@@ -17,7 +17,7 @@ from onetrans_jax.data import event_log as el
 from onetrans_jax.data import pipeline, taobao
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
-from tests.conftest import all_requests
+from tests.helpers import all_requests
 
 T0 = 1_511_568_000  # 2017-11-25 00:00 UTC = 08:00 Beijing, a Saturday (the window's first day)
 

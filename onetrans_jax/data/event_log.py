@@ -24,17 +24,15 @@ import dataclasses
 import functools
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ml_collections
 import numpy as np
 
+from onetrans_jax.data.types import Dataset
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.schema import (CategoricalFeature, FeatureSchema, NumericFeature,
-                                 SequenceFeature, Task, Vocabulary)
-
-if TYPE_CHECKING:
-  from onetrans_jax.data.pipeline import Dataset
+from onetrans_jax.schema import (CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature,
+                                 Task, Vocabulary)
 
 SECONDS_PER_DAY = 86_400
 # Names the request builder adds itself; a log's own features must not take them.
@@ -677,7 +675,6 @@ class EventLogSource:
 
 def make_dataset(log: EventLog, cfg: RequestConfig) -> Dataset:
   """The pipeline Dataset of a log: schema, source and the chronological train / eval ranges."""
-  from onetrans_jax.data.pipeline import Dataset  # local: pipeline imports the loaders
   source = EventLogSource(log, cfg)
   train, evaluation = chronological_split(len(source), cfg.eval_fraction)
   return Dataset(source.schema, source, train, evaluation, has_true_prob=False)

@@ -44,6 +44,7 @@ from ml_collections.config_dict import placeholder
 from onetrans_jax.data.event_log import (add_pipeline_fields, DEFAULT_CHUNK_BYTES, Chunk,
                                          DataFileError, EventLog, RequestConfig, TextStream,
                                          lookup_ids, make_dataset)
+from onetrans_jax.data.types import DataConfigError
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
@@ -96,7 +97,6 @@ def kuairand_data(variant: str = 'pure', path: str | None = None,
 
 def build(cfg: ml_collections.ConfigDict):
   """pipeline.DATASETS builder of ``kuairand``."""
-  from onetrans_jax.data.pipeline import DataConfigError  # local: pipeline imports this module
   variant = str(cfg.get('variant', 'pure')).lower()
   if variant not in VARIANTS:
     raise DataConfigError(f'config.data.variant={variant!r}: choose one of {VARIANTS}')

@@ -32,6 +32,7 @@ from ml_collections.config_dict import placeholder
 from onetrans_jax.data.event_log import (add_pipeline_fields, DataFileError, EventLog,
                                          RequestConfig, Table, dense_ids, lookup_ids, make_dataset,
                                          read_table)
+from onetrans_jax.data.types import DataConfigError
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
@@ -107,7 +108,6 @@ def _request_config(cfg: ml_collections.ConfigDict) -> RequestConfig:
 
 
 def _data_dir(cfg: ml_collections.ConfigDict, variant: str) -> str:
-  from onetrans_jax.data.pipeline import DataConfigError  # local: pipeline imports this module
   path = cfg.get('path')
   how = _SOURCE.format(v=variant.lower(), files=', '.join(_FILES[variant]))
   if not path:

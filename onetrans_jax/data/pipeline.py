@@ -9,38 +9,17 @@ exactly the batches it would have read.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 
-from onetrans_jax.errors import ConfigError
 from onetrans_jax.data import kuairand, movielens, synthetic, taobao
+from onetrans_jax.data.types import DataConfigError, Dataset
+from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import FeatureSchema
-
-
-class RequestSource(Protocol):
-  """What a dataset provides: ``source[i]`` is request ``i`` in the batch contract, unbatched."""
-
-  def __len__(self) -> int: ...
-
-  def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-
-class DataConfigError(ConfigError):
-  """A data config that cannot work; the message names the field."""
-
-
-class Dataset:
-  """A schema, a random-access source and the chronological split as index ranges."""
-
-  def __init__(self, schema: FeatureSchema, source: RequestSource, train: tuple[int, int],
-               eval: tuple[int, int], has_true_prob: bool):  # pylint: disable=redefined-builtin
-    self.schema, self.source = schema, source
-    self.train_range, self.eval_range = train, eval
-    self.has_true_prob = has_true_prob
 
 
 def _build_synthetic(cfg: ml_collections.ConfigDict) -> Dataset:

@@ -39,6 +39,7 @@ from ml_collections.config_dict import placeholder
 
 from onetrans_jax.data.event_log import (add_pipeline_fields, DEFAULT_CHUNK_BYTES, DataFileError,
                                          EventLog, RequestConfig, TextStream, make_dataset)
+from onetrans_jax.data.types import DataConfigError
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
@@ -88,7 +89,6 @@ def taobao_data(path: str | None = None, **overrides) -> ml_collections.ConfigDi
 
 def build(cfg: ml_collections.ConfigDict):
   """pipeline.DATASETS builder of ``taobao``."""
-  from onetrans_jax.data.pipeline import DataConfigError  # local: pipeline imports this module
   for name in ('pv_len', 'fav_len', 'cart_len', 'buy_len', 'chunk_bytes'):
     if int(cfg.get(name, 1)) < 1:
       raise ConfigError(f'config.data.{name} must be >= 1, got {cfg[name]}')

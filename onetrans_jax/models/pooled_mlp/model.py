@@ -14,13 +14,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.embeddings import (EMBEDDINGS, FeatureEmbeddings, NumericEmbedding,
-                                            masked_mean)
-from onetrans_jax.models.partitioning import TASKS
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.activations import ACTIVATIONS
+from onetrans_jax.models.layers.embeddings import (EMBEDDINGS, FeatureEmbeddings, NumericEmbedding,
+                                                   masked_mean)
+from onetrans_jax.models.layers.partitioning import TASKS
 from onetrans_jax.schema import FeatureSchema
-
-ACTIVATIONS = {'relu': nn.relu, 'silu': nn.silu, 'gelu': nn.gelu}
 
 
 class PooledMLP(nn.Module):

@@ -13,9 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.partitioning import EMBED, TOKENS, VOCAB
+from onetrans_jax.models import fields
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.partitioning import EMBED, TOKENS, VOCAB
 from onetrans_jax.schema import FeatureSchema
 
 EMBEDDINGS = 'embeddings'
@@ -29,10 +29,12 @@ def padded_rows(size: int, row_multiple: int) -> int:
 
 def check_row_multiple(row_multiple: Any) -> int:
   """``config.model.embedding_row_multiple`` validated (a positive integer)."""
-  if isinstance(row_multiple, bool) or not isinstance(row_multiple, int) or row_multiple < 1:
-    raise ConfigError(f'config.model.embedding_row_multiple must be a positive integer, got '
-                      f'{row_multiple!r}')
-  return row_multiple
+  return fields.check('embedding_row_multiple', row_multiple, 'int')
+
+
+def table_params(schema: FeatureSchema, dim: int, row_multiple: int = 1) -> int:
+  """Parameters of ``FeatureEmbeddings``' tables (one per vocabulary, padded rows)."""
+  return sum(padded_rows(v.size, row_multiple) * dim for v in schema.vocabularies)
 
 
 class FeatureEmbeddings(nn.Module):

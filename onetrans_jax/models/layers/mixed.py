@@ -15,14 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.partitioning import EMBED, MLP, NORM, TOKENS
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.partitioning import EMBED, MLP, TOKENS
 
 Init = Any
-
-
-def _default_init() -> Init:
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
 
 class MixedLinear(nn.Module):
@@ -48,7 +45,7 @@ class MixedLinear(nn.Module):
     last pyramid layer queries NS tokens only) has no S kernel, so no weight is left without a
     gradient. ``ns`` may carry extra leading axes ([R, C, N, d] for candidates of a request).
     """
-    init = self.kernel_init or _default_init()
+    init = self.kernel_init or init_lib.fan_in()
     s_out = ns_out = None
     if s is not None or self.shared:
       d_in = (s if s is not None else ns).shape[-1]
@@ -73,36 +70,3 @@ def _stacked(init: Init) -> Init:
     keys = jax.random.split(key, shape[0])
     return jax.vmap(lambda k: init(k, shape[1:], dtype))(keys)
   return f
-
-
-class MixedRMSNorm(nn.Module):
-  """RMSNorm with a gain for S tokens and one gain per NS position; computed in float32."""
-  num_ns: int
-  shared: bool = False
-  eps: float = 1e-6
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
-               ) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
-    """Either side may be None; gains are created on first use (see MixedLinear)."""
-    d = (s if s is not None else ns).shape[-1]
-
-    def norm(x, g):
-      x = x.astype(jnp.float32)
-      x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-      return (x * g.astype(jnp.float32)).astype(self.dtype)
-
-    g_s = None
-    if s is not None or self.shared:
-      g_s = partitioning.param(self, 's_scale', nn.initializers.ones, (d,), (NORM,),
-                               self.param_dtype)
-    s_out = None if s is None else norm(s, g_s)
-    ns_out = None
-    if ns is not None:
-      g_ns = g_s[None] if self.shared else partitioning.param(
-          self, 'ns_scale', nn.initializers.ones, (self.num_ns, d), (TOKENS, NORM),
-          self.param_dtype)
-      ns_out = norm(ns, g_ns)
-    return s_out, ns_out

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from onetrans_jax.models.blocked_attention import blocked_attention
+from onetrans_jax.models.layers.blocked_attention import blocked_attention
 
 # 'auto': 'blocked' on CPU, where the bench shape's layer-0 attention runs forward + backward in
 # 371 ms against XLA's 964 (benchmarks/suite.py), 'xla' elsewhere (not yet measured on a GPU);

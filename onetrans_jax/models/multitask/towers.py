@@ -11,8 +11,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.partitioning import EMBED, MLP, TASKS
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.partitioning import EMBED, MLP, TASKS
 
 
 class TaskTowers(nn.Module):
@@ -24,9 +25,7 @@ class TaskTowers(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """x [..., d] -> logits [..., T]."""
     d, t, h = x.shape[-1], self.num_tasks, self.hidden
-    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2,
-                                            out_axis=-1, batch_axis=(0,))
-    w1, b1, w2, b2 = tower_params(self, init, t, d, h)
+    w1, b1, w2, b2 = tower_params(self, init_lib.stacked_fan_in(), t, d, h)
     x = partitioning.whole_features(x)
     hid = nn.silu(jnp.einsum('...d,tdh->...th', x.astype(self.dtype), w1.astype(self.dtype)) +
                   b1.astype(self.dtype))
@@ -41,3 +40,22 @@ def tower_params(module: nn.Module, init: Any, t: int, d: int, h: int) -> tuple[
           partitioning.param(module, 'b1', nn.initializers.zeros, (t, h), (TASKS, MLP)),
           partitioning.param(module, 'w2', init, (t, h, 1), (TASKS, MLP, None)),
           partitioning.param(module, 'b2', nn.initializers.zeros, (t,), (TASKS,)))
+
+
+class PerTaskTowers(nn.Module):
+  """``TaskTowers`` whose input is already per task: x [..., T, H] -> logits [..., T].
+
+  Same parameter names and shapes as ``TaskTowers`` (w1 [T, H, h], b1, w2 [T, h, 1], b2).
+  """
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    t, d, h = x.shape[-2], x.shape[-1], self.hidden
+    w1, b1, w2, b2 = tower_params(self, init_lib.stacked_fan_in(), t, d, h)
+    dt = self.dtype
+    x = partitioning.whole_features(x)
+    hid = nn.silu(jnp.einsum('...td,tdh->...th', x.astype(dt), w1.astype(dt)) + b1.astype(dt))
+    out = jnp.einsum('...th,th->...t', hid, w2[..., 0].astype(dt)) + b2.astype(dt)
+    return out.astype(jnp.float32)

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.multitask_heads import predictor_from_config
-from onetrans_jax.models.onetrans_block import OneTransBlock
-from onetrans_jax.models.tokenizer import UnifiedTokenizer
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.multitask import config as predictor_config
+from onetrans_jax.models.onetrans.block import OneTransBlock
+from onetrans_jax.models.onetrans.tokenizer import UnifiedTokenizer
 from onetrans_jax.schema import FeatureSchema
 
 REMAT_POLICIES = {
@@ -136,7 +136,8 @@ class OneTrans(nn.Module):
     self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, name='final_norm',
                                  **partitioning.norm(bias=False))
     head_cfg = ml_collections.ConfigDict(dict(self.predictor, head_hidden=self.head_hidden))
-    self.towers = predictor_from_config(head_cfg, self.schema.num_tasks, self.dtype, self.width)
+    self.towers = predictor_config.from_config(head_cfg, self.schema.num_tasks, self.dtype,
+                                               self.width)
 
   @property
   def tokenizer_append_stable(self) -> bool:

@@ -24,20 +24,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from onetrans_jax.models import partitioning as lp
-from onetrans_jax.models.attention import attend, prefix_group_attention
-from onetrans_jax.models.onetrans_block import FFN_ACTIVATIONS
-
-
-def _kernel_init() -> Any:
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning as lp
+from onetrans_jax.models.layers.activations import ACTIVATIONS
+from onetrans_jax.models.layers.attention import attend, prefix_group_attention
 
 
 def _dense(features: int, in_axis: str | None, out_axis: str | None, dtype: Any,
            name: str) -> nn.Dense:
   """A biased Dense with the fan-in truncated-normal kernel and logical axes [in, out]."""
   return nn.Dense(features, dtype=dtype, name=name,
-                  **lp.dense(in_axis, out_axis, kernel_init=_kernel_init()))
+                  **lp.dense(in_axis, out_axis, kernel_init=init_lib.fan_in()))
 
 
 def _stream(x: jnp.ndarray) -> jnp.ndarray:
@@ -121,14 +118,15 @@ class DINAttention(nn.Module):
     kernels, biases, slopes = [], [], []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
       axes = lp.chain_axes(i)
-      kernels.append(lp.param(self, f'kernel_{i}', _kernel_init(), (n_in, n_out), axes).astype(dt))
+      kernels.append(lp.param(self, f'kernel_{i}', init_lib.fan_in(), (n_in, n_out),
+                              axes).astype(dt))
       biases.append(lp.param(self, f'bias_{i}', nn.initializers.zeros, (n_out,),
                              axes[1:]).astype(dt))
       # The PReLU slopes scale the hidden units: laid out like the bias.
       slopes.append(lp.param(self, f'prelu_{i}', nn.initializers.constant(0.25), (n_out,),
                              axes[1:]).astype(dt))
     # The scalar output [H, 1]: the last hidden layer's units in, one unit out (not split).
-    w_out = lp.param(self, 'out_kernel', _kernel_init(), (sizes[-1], 1),
+    w_out = lp.param(self, 'out_kernel', init_lib.fan_in(), (sizes[-1], 1),
                      (lp.chain_axes(len(sizes) - 1)[0], None)).astype(dt)
     b_out = lp.param(self, 'out_bias', nn.initializers.zeros, (1,), (None,)).astype(dt)
 
@@ -229,7 +227,7 @@ class _Block(nn.Module):
   def finish(self, x: jnp.ndarray, o: jnp.ndarray) -> jnp.ndarray:
     """x [..., T, W] the query rows' inputs, o [..., T, H, Dh] their attention output."""
     z = _stream(x + self.out(o.reshape(x.shape)).astype(x.dtype))  # whole features into ffn_in
-    act = FFN_ACTIVATIONS[self.activation]
+    act = ACTIVATIONS[self.activation]
     return _stream(z + self.ffn_out(act(self.ffn_in(self.ffn_norm(z)))).astype(x.dtype))
 
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, impl: str = 'xla') -> jnp.ndarray:
@@ -244,8 +242,8 @@ def _check_block(owner: str, width: int, num_heads: int, num_layers: int, ffn_mu
   _positive(owner, width=width, num_heads=num_heads, num_layers=num_layers, ffn_mult=ffn_mult)
   if width % num_heads:
     raise ValueError(f'{owner}.width={width} is not divisible by num_heads={num_heads}')
-  if activation not in FFN_ACTIVATIONS:
-    raise ValueError(f'{owner}.activation={activation!r}: choose one of {sorted(FFN_ACTIVATIONS)}')
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'{owner}.activation={activation!r}: choose one of {sorted(ACTIVATIONS)}')
 
 
 def _recency_positions(module: nn.Module, length: int, dim: int) -> jnp.ndarray:

@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.embeddings import EMBEDDINGS, FeatureEmbeddings, NumericEmbedding
-from onetrans_jax.models.partitioning import EMBED, MLP, TOKENS
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.embeddings import EMBEDDINGS, FeatureEmbeddings, NumericEmbedding
+from onetrans_jax.models.layers.partitioning import EMBED, MLP, TOKENS
 from onetrans_jax.schema import FeatureSchema
 
 NS_TOKENIZERS = ('auto_split', 'group_wise')
@@ -214,10 +215,11 @@ class UnifiedTokenizer(nn.Module):
       cols.append(jnp.pad(x, ((0, 0), (0, 0), (0, width - x.shape[-1]))))
     x = jnp.stack(cols, axis=2)                      # [R, C, L_NS, width]
     hid = self.ns_hidden or d
-    w1 = partitioning.param(self, 'group_w1', _stacked_init(), (n, width, hid),
+    w1 = partitioning.param(self, 'group_w1', init_lib.stacked_fan_in(), (n, width, hid),
                             (TOKENS, EMBED, MLP))
     b1 = partitioning.param(self, 'group_b1', nn.initializers.zeros, (n, hid), (TOKENS, MLP))
-    w2 = partitioning.param(self, 'group_w2', _stacked_init(), (n, hid, d), (TOKENS, MLP, EMBED))
+    w2 = partitioning.param(self, 'group_w2', init_lib.stacked_fan_in(), (n, hid, d),
+                            (TOKENS, MLP, EMBED))
     b2 = partitioning.param(self, 'group_b2', nn.initializers.zeros, (n, d), (TOKENS, EMBED))
     h = nn.silu(jnp.einsum('rcnw,nwh->rcnh', x, w1.astype(self.dtype)) + b1.astype(self.dtype))
     return jnp.einsum('rcnh,nhd->rcnd', h, w2.astype(self.dtype)) + b2.astype(self.dtype)
@@ -239,11 +241,6 @@ class UnifiedTokenizer(nn.Module):
     if part != 'user':
       out['ns'] = self.ns_tokens(emb, batch)
     return out
-
-
-def _stacked_init():
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2,
-                                          out_axis=-1, batch_axis=(0,))
 
 
 def check_groups(schema: FeatureSchema, groups: Sequence[Sequence[str]], num_tokens: int) -> None:

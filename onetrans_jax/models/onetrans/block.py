@@ -20,14 +20,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from onetrans_jax.models import partitioning
-from onetrans_jax.models.attention import shared_prefix_attention, tail_attention
-from onetrans_jax.models.mixed import MixedLinear, MixedRMSNorm
-from onetrans_jax.models.partitioning import (ACT_EMBED, ACT_HEADS, ACT_MLP, BATCH, EMBED, HEADS,
-                                              LENGTH, MLP)
-
-FFN_ACTIVATIONS = {'silu': nn.silu, 'gelu': nn.gelu, 'relu': nn.relu}
-
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.layers.activations import ACTIVATIONS
+from onetrans_jax.models.layers.attention import shared_prefix_attention, tail_attention
+from onetrans_jax.models.layers.mixed import MixedLinear
+from onetrans_jax.models.layers.norms import MixedRMSNorm
+from onetrans_jax.models.layers.partitioning import (ACT_EMBED, ACT_HEADS, ACT_MLP, BATCH, EMBED,
+                                                     HEADS, LENGTH, MLP)
 
 def _hint(x: jnp.ndarray | None, feature: str, trailing: int = 0) -> jnp.ndarray | None:
   """Sharding hint for a token activation [B, L, ..feature, (trailing)] or, candidates sharing a
@@ -84,7 +83,7 @@ class OneTransBlock(nn.Module):
 
   def _ffn(self, zs: jnp.ndarray | None, zns: jnp.ndarray | None):
     """Residual mixed FFN on either side or both; a None side stays None."""
-    act = FFN_ACTIVATIONS[self.activation]
+    act = ACTIVATIONS[self.activation]
     zs, zns = _stream(zs), _stream(zns)  # whole features into the (EMBED, MLP) kernel
     ys, yns = self.ffn_in(*self.ffn_norm(zs, zns))
     ys, yns = (_hint(None if y is None else act(y), ACT_MLP) for y in (ys, yns))

@@ -30,33 +30,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from onetrans_jax.models import partitioning as lp
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning as lp
 
 Init = Any
-
-
-def _dense_init() -> Init:
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-
-
-def _stacked_init(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1,
-                  batch_axis: Sequence[int] = (0,)) -> Init:
-  """Fan-in scaling over ``in_axis`` only: each token's slice is initialised like its own kernel."""
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=in_axis,
-                                          out_axis=out_axis, batch_axis=batch_axis)
-
-
-def _token_mix_init() -> Init:
-  """For a token recombination W [n_out, n_in] applied as W X: the fan-in is n_in (axis -1)."""
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-1,
-                                          out_axis=-2)
 
 
 def _dense(features: int, in_axis: str | None, out_axis: str | None, dtype: Any,
            name: str) -> nn.Dense:
   """A biased Dense with the fan-in truncated-normal kernel and logical axes [in, out]."""
   return nn.Dense(features, dtype=dtype, name=name,
-                  **lp.dense(in_axis, out_axis, kernel_init=_dense_init()))
+                  **lp.dense(in_axis, out_axis, kernel_init=init_lib.fan_in()))
 
 
 def _tokens_hint(x: jnp.ndarray) -> jnp.ndarray:
@@ -98,9 +82,10 @@ def _mlp_flops(d_in: int, widths: Sequence[int]) -> float:
 def _token_ffn(module: nn.Module, t: int, d: int, f: int, prefix: str = 'ffn_'
                ) -> tuple[jnp.ndarray, ...]:
   """Per-token FFN weights w1 [t, d, f], b1 [t, f], w2 [t, f, d], b2 [t, d] (in this order)."""
-  return (lp.param(module, f'{prefix}w1', _stacked_init(), (t, d, f), (lp.TOKENS, lp.EMBED, lp.MLP)),
+  init = init_lib.stacked_fan_in()
+  return (lp.param(module, f'{prefix}w1', init, (t, d, f), (lp.TOKENS, lp.EMBED, lp.MLP)),
           lp.param(module, f'{prefix}b1', nn.initializers.zeros, (t, f), (lp.TOKENS, lp.MLP)),
-          lp.param(module, f'{prefix}w2', _stacked_init(), (t, f, d), (lp.TOKENS, lp.MLP, lp.EMBED)),
+          lp.param(module, f'{prefix}w2', init, (t, f, d), (lp.TOKENS, lp.MLP, lp.EMBED)),
           lp.param(module, f'{prefix}b2', nn.initializers.zeros, (t, d), (lp.TOKENS, lp.EMBED)))
 
 
@@ -138,11 +123,11 @@ class CrossLayer(nn.Module):
     b = lp.param(self, 'bias', nn.initializers.zeros, (d,),
                  (lp.NORM if self.rank is None else lp.EMBED,)).astype(self.dtype)
     if self.rank is None:
-      w = lp.param(self, 'kernel', _dense_init(), (d, d), (lp.EMBED, None)).astype(self.dtype)
+      w = lp.param(self, 'kernel', init_lib.fan_in(), (d, d), (lp.EMBED, None)).astype(self.dtype)
       return cross_layer(x0, x, w, b)
-    v = lp.param(self, 'v', _dense_init(), (d, self.rank),                # V: project down
+    v = lp.param(self, 'v', init_lib.fan_in(), (d, self.rank),                # V: project down
                  (lp.EMBED, lp.MLP)).astype(self.dtype)
-    u = lp.param(self, 'u', _dense_init(), (self.rank, d),                # U^T: back up
+    u = lp.param(self, 'u', init_lib.fan_in(), (self.rank, d),                # U^T: back up
                  (lp.MLP, lp.EMBED)).astype(self.dtype)
     return x0 * ((x @ v) @ u + b) + x
 
@@ -241,7 +226,7 @@ class WukongLayer(nn.Module):
     n_f, n_l = self.num_fm_tokens, self.num_lcb_tokens
     if self.fm_rank is not None and self.fm_rank < n:
       # Y [n, k] contracts the token axis (no width axis): tokens in, rank out, kept whole.
-      y = lp.param(self, 'fm_projection', _dense_init(), (n, self.fm_rank),
+      y = lp.param(self, 'fm_projection', init_lib.fan_in(), (n, self.fm_rank),
                    (lp.TOKENS, None)).astype(self.dtype)
       xty = jnp.einsum('...nd,nk->...dk', x, y)          # X^T Y [D, k] first: O(nkD)
       fm = jnp.einsum('...nd,...dk->...nk', x, xty)      # X (X^T Y) [n, k]
@@ -255,13 +240,13 @@ class WukongLayer(nn.Module):
     parts = [h.reshape(lead + (n_f, d))]
     if n_l:
       # Token recombinations [n_out, n_in]: the input token axis is TOKENS, the output unnamed.
-      w_l = lp.param(self, 'lcb', _token_mix_init(), (n_l, n), (None, lp.TOKENS))
+      w_l = lp.param(self, 'lcb', init_lib.token_mix_fan_in(), (n_l, n), (None, lp.TOKENS))
       parts.append(jnp.einsum('...nd,ln->...ld', x, w_l.astype(self.dtype)))
     out = jnp.concatenate(parts, axis=-2)
     if n_f + n_l == n:
       res = x
     else:
-      w_r = lp.param(self, 'residual_projection', _token_mix_init(), (n_f + n_l, n),
+      w_r = lp.param(self, 'residual_projection', init_lib.token_mix_fan_in(), (n_f + n_l, n),
                      (None, lp.TOKENS))
       res = jnp.einsum('...nd,on->...od', x, w_r.astype(self.dtype))
     return nn.LayerNorm(dtype=self.dtype, name='norm', **lp.norm())(out + res)
@@ -362,18 +347,19 @@ class HiFormerLayer(nn.Module):
     n, d = x.shape[-2], x.shape[-1]
     e = self.num_heads * self.head_dim
     if self.projection == 'heterogeneous':
-      w = lp.param(self, name, _stacked_init(), (rows, d, e), (lp.TOKENS, lp.EMBED, lp.HEADS))
+      w = lp.param(self, name, init_lib.stacked_fan_in(), (rows, d, e),
+                   (lp.TOKENS, lp.EMBED, lp.HEADS))
       return jnp.einsum('...nd,nde->...ne', x[..., n - rows:, :], w.astype(self.dtype))
     # Composite: the input token axis is part of the fan-in (unnamed: one name per array, and
     # TOKENS marks the per-output-token axis).
     if self.rank is None:
-      w = lp.param(self, name, _stacked_init(in_axis=(0, 1), out_axis=(2, 3), batch_axis=()),
+      w = lp.param(self, name, init_lib.stacked_fan_in((), in_axis=(0, 1), out_axis=(2, 3)),
                    (n, d, rows, e), (None, lp.EMBED, lp.TOKENS, lp.HEADS))
       return jnp.einsum('...md,mdne->...ne', x, w.astype(self.dtype))
     down = lp.param(self, f'{name}_down',
-                    _stacked_init(in_axis=(0, 1), out_axis=2, batch_axis=()),
+                    init_lib.stacked_fan_in((), in_axis=(0, 1), out_axis=2),
                     (n, d, self.rank), (lp.TOKENS, lp.EMBED, None))
-    up = lp.param(self, f'{name}_up', _stacked_init(in_axis=1, out_axis=2),
+    up = lp.param(self, f'{name}_up', init_lib.stacked_fan_in(in_axis=1, out_axis=2),
                   (rows, self.rank, e), (lp.TOKENS, None, lp.HEADS))
     u = jnp.einsum('...md,mdr->...r', x, down.astype(self.dtype))   # concat(x) L: reads all
     return jnp.einsum('...r,nre->...ne', u, up.astype(self.dtype))
@@ -395,7 +381,8 @@ class HiFormerLayer(nn.Module):
     logits = jnp.einsum('...qhc,...khc->...hqk', q, k).astype(jnp.float32) / jnp.sqrt(dh)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     o = jnp.einsum('...hqk,...khc->...qhc', attn, v).reshape(q.shape[:-2] + (h * dh,))
-    w_o = lp.param(self, 'out', _stacked_init(), (t, h * dh, d), (lp.TOKENS, lp.HEADS, lp.EMBED))
+    w_o = lp.param(self, 'out', init_lib.stacked_fan_in(), (t, h * dh, d),
+                   (lp.TOKENS, lp.HEADS, lp.EMBED))
     z = x[..., n - t:, :] + jnp.einsum('...ne,ned->...nd', o, w_o.astype(self.dtype))
     z = nn.LayerNorm(dtype=self.dtype, name='attn_norm', **lp.norm())(z)
     f = self.ffn_mult * d

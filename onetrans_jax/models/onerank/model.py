@@ -51,23 +51,20 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from ml_collections.config_dict import placeholder
 
-from onetrans_jax.errors import ConfigError
-from onetrans_jax.models import partitioning as lp
-from onetrans_jax.models import tokenizer as tokenizer_lib
-from onetrans_jax.models.attention import (attend, attention_mask, prefix_group_attention,
-                                          tail_attention)
-from onetrans_jax.models.embeddings import FeatureEmbeddings, NumericEmbedding
-from onetrans_jax.models.task_channels import (SITUATIONS, TASK_MASKS, CrossTaskInteraction,
-                                               SituationDiscernment, task_mask_matrix)
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning as lp
+from onetrans_jax.models.onetrans import tokenizer as tokenizer_lib
+from onetrans_jax.models.layers.attention import (attend, attention_mask, prefix_group_attention,
+                                                  tail_attention)
+from onetrans_jax.models.layers.embeddings import FeatureEmbeddings, NumericEmbedding
+from onetrans_jax.models.onerank.task_channels import (SITUATIONS, TASK_MASKS, CrossTaskInteraction,
+                                                       SituationDiscernment, task_mask_matrix)
 from onetrans_jax.schema import FeatureSchema
 
 TASK_TOKENS = ('per_task', 'shared')
 SCORINGS = ('matching', 'mlp')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def group_mask(num_task_tokens: int) -> np.ndarray:
@@ -111,11 +108,6 @@ class HistoryTokenizer(tokenizer_lib.UnifiedTokenizer):
     """-> history tokens [R, L_S, d] (right-aligned, padding zeroed) and their validity [R, L_S]."""
     ev = self.event_tokens(emb, batch)
     return self.order_features(ev['s'], ev['s_valid'], ev['s_time'], batch), ev['s_valid']
-
-
-def _stacked_init() -> nn.initializers.Initializer:
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2,
-                                          out_axis=-1, batch_axis=(0,))
 
 
 def _stream(x: jnp.ndarray) -> jnp.ndarray:
@@ -245,7 +237,7 @@ class OneRank(nn.Module):
     if s.request_categorical:
       # [D] a private linear map per contextual feature (stacked), so each is its own token and
       # needs no position embedding to be told apart.
-      self.context_kernel = lp.param(self, 'context_kernel', _stacked_init(),
+      self.context_kernel = lp.param(self, 'context_kernel', init_lib.stacked_fan_in(),
                                      (len(s.request_categorical), e, d),
                                      (lp.TOKENS, lp.EMBED, lp.MLP))
       self.context_bias = lp.param(self, 'context_bias', nn.initializers.zeros,
@@ -274,9 +266,9 @@ class OneRank(nn.Module):
       self.task_bias = lp.param(self, 'task_bias', nn.initializers.zeros, (k,), (lp.TASKS,))
     else:
       # [D] the 'mlp' ablation's towers: Dense(hidden) -> SiLU -> Dense(1) per task, as
-      # heads.TaskTowers, but tower k reads its own r_k^i (stacked [K, ...] weights).
+      # multitask.towers.TaskTowers, but tower k reads its own r_k^i (stacked [K, ...] weights).
       hid = self.head_hidden or d
-      self.tower_w1 = lp.param(self, 'tower_w1', _stacked_init(), (k, d, hid),
+      self.tower_w1 = lp.param(self, 'tower_w1', init_lib.stacked_fan_in(), (k, d, hid),
                                (lp.TASKS, lp.EMBED, lp.MLP))
       self.tower_b1 = lp.param(self, 'tower_b1', nn.initializers.zeros, (k, hid),
                                (lp.TASKS, lp.MLP))
@@ -400,102 +392,3 @@ class OneRank(nn.Module):
     inv_t = self.inverse_temperature()
     return logits, {'nce_logits': logits * inv_t, 'inv_temperature': inv_t, 'task_repr': r,
                     'prefix': prefix, 'situation': h, 'task_vectors': z}
-
-
-# ---------------------------------------------------------------------- config
-def onerank_model(**overrides) -> ml_collections.ConfigDict:
-  """OneRank with every switch of the paper's ablations (SPEC B.3-B.6, C.6)."""
-  m = ml_collections.ConfigDict()
-  m.name = 'onerank'
-  m.width = 128                   # d (SPEC B.7 [D]: d=128)
-  m.num_heads = 4                 # heads of the encoder, situation and cross-task attention
-  m.num_layers = 3                # encoder blocks (SPEC B.7 [D]: 2-4)
-  m.ffn_mult = 4                  # FFN expansion (encoder and cross-task FFN)
-  m.embed_dim = 16                # feature embedding width before the projections to d
-  m.seq_merge = 'timestamp_aware'  # history merge (tokenizer.py); or 'timestamp_agnostic'
-  m.use_sep = placeholder(bool)   # agnostic: [SEP] between sequences (None: True); aware: unused
-  m.agnostic_order = placeholder(tuple)  # agnostic: sequence order; None: schema order reversed
-  m.time_gap_buckets = 16         # [D] log2 time-gap buckets on history tokens, as OneTrans's
-                                  # default so both read the same history tokens; 0: off
-  m.s_position = 'from_recent'    # history position embedding counted from the most recent, or
-                                  # 'none'
-  m.task_tokens = 'per_task'      # K task tokens, or 'shared' (ablation: one token for all tasks)
-  m.scoring = 'matching'          # z_k . r_k^i matching, or 'mlp' (ablation: per-task towers)
-  m.situation = 'attention'       # per-task MHCA over the candidates, or 'mean' (ablation),
-                                  # 'constant_query' (ablation: learned query, context unused)
-  m.cross_task = True             # False (ablation): no cross-task interaction, z_k = h_k
-  m.task_mask = 'cascade'         # A[k][j] iff j <= k; or 'parallel', 'full', 'hybrid'
-  m.task_edges = ()               # hybrid: ((reader, read), ...) task names added to the identity
-  m.detach = True                 # cross-task gradient detachment (False: ablation)
-  m.detach_kv_weights = False     # also no K/V weight gradient through off-diagonal reads
-  m.head_hidden = 0               # scoring='mlp': tower width; 0: d
-  m.request_level = True          # False: explicit-mask reference layout (same numbers, slower)
-  m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this (1: as
-                                  # the vocabulary), so the vocab axis splits evenly over a mesh
-  m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
-  m.update(overrides)
-  return m
-
-
-def _field_error(field: str, message: str) -> ConfigError:
-  return ConfigError(f'config.model.{field}{message}')
-
-
-def onerank_from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRank:
-  """Builds ``OneRank`` from ``config.model``; every bad field raises a ConfigError naming it."""
-  for f in ('width', 'num_heads', 'num_layers', 'embed_dim', 'ffn_mult',
-            'embedding_row_multiple'):
-    v = cfg.get(f, 1 if f == 'embedding_row_multiple' else None)  # older configs lack the last
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-      raise _field_error(f, f' must be a positive integer, got {v!r}')
-  for f in ('time_gap_buckets', 'head_hidden'):
-    v = cfg.get(f, 0)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-      raise _field_error(f, f' must be an integer >= 0, got {v!r}')
-  if cfg.width % cfg.num_heads:
-    raise _field_error('num_heads', f'={cfg.num_heads} must divide config.model.width={cfg.width}')
-
-  def choice(field: str, choices, default: Any) -> Any:
-    value = cfg.get(field, default)
-    if value not in choices or (isinstance(value, bool) != isinstance(default, bool)):
-      raise _field_error(field, f'={value!r}: choose one of {list(choices)}')
-    return value
-
-  task_tokens = choice('task_tokens', TASK_TOKENS, 'per_task')
-  scoring = choice('scoring', SCORINGS, 'matching')
-  situation = choice('situation', SITUATIONS, 'attention')
-  mask = choice('task_mask', TASK_MASKS, 'cascade')
-  merge = choice('seq_merge', tokenizer_lib.SEQ_MERGES, 'timestamp_aware')
-  s_position = choice('s_position', tokenizer_lib.S_POSITIONS, 'from_recent')
-  dtype = choice('dtype', tuple(DTYPES), 'float32')
-  flags = {f: choice(f, (True, False), default)
-           for f, default in (('cross_task', True), ('detach', True), ('detach_kv_weights', False),
-                              ('request_level', True))}
-  edges = cfg.get('task_edges', ()) or ()
-  try:
-    edges = tuple(tuple(str(n) for n in e) for e in edges)
-  except TypeError as err:
-    raise _field_error('task_edges', f'={edges!r} must be a tuple of (reader, read) task-name '
-                       'pairs') from err
-  try:
-    task_mask_matrix(mask, schema.task_names, edges, 'config.model.')
-  except ValueError as err:
-    raise ConfigError(str(err)) from err
-  use_sep = cfg.get('use_sep', None)
-  if use_sep is None:
-    use_sep = merge == 'timestamp_agnostic'
-  elif use_sep and merge != 'timestamp_agnostic':
-    raise _field_error('use_sep', "=True needs config.model.seq_merge='timestamp_agnostic' "
-                       '([SEP] tokens separate concatenated sequences)')
-  order = cfg.get('agnostic_order', None)
-  if order is not None:
-    tokenizer_lib.agnostic_order(schema, order)  # raises a ConfigError naming the field
-    order = tuple(order)
-  return OneRank(
-      schema, width=cfg.width, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-      ffn_mult=cfg.ffn_mult, embed_dim=cfg.embed_dim, seq_merge=merge, use_sep=bool(use_sep),
-      seq_order=order, time_gap_buckets=int(cfg.get('time_gap_buckets', 0)),
-      s_position=s_position, task_tokens=task_tokens, scoring=scoring, situation=situation,
-      task_mask=mask, task_edges=edges, head_hidden=int(cfg.get('head_hidden', 0)),
-      embedding_row_multiple=int(cfg.get('embedding_row_multiple', 1)), dtype=DTYPES[dtype],
-      **flags)

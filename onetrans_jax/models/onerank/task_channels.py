@@ -32,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from onetrans_jax.models import partitioning as lp
-from onetrans_jax.models.embeddings import masked_mean
+from onetrans_jax.models.layers import initializers as init_lib
+from onetrans_jax.models.layers import partitioning as lp
+from onetrans_jax.models.layers.embeddings import masked_mean
+from onetrans_jax.models.layers.norms import StackedLayerNorm
 
 TASK_MASKS = ('cascade', 'parallel', 'full', 'hybrid')
 SITUATIONS = ('attention', 'mean', 'constant_query')
@@ -81,38 +83,6 @@ def task_mask_matrix(kind: str, task_names: Sequence[str],
   return a
 
 
-def _stacked_init() -> nn.initializers.Initializer:
-  """Fan-in truncated normal over the last two axes; the leading task axis is a batch axis."""
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2,
-                                          out_axis=-1, batch_axis=(0,))
-
-
-def _dense_init() -> nn.initializers.Initializer:
-  return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-
-
-class StackedLayerNorm(nn.Module):
-  """LayerNorm over the last axis of x [..., K, d] with a private scale and bias per task [K, d].
-
-  [D] per-task gains: the normalisations sit inside task k's channel, so they are task-private.
-  Statistics in float32 whatever the compute dtype.
-  """
-  num_tasks: int
-  epsilon: float = 1e-6
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    d = x.shape[-1]
-    scale = lp.param(self, 'scale', nn.initializers.ones, (self.num_tasks, d), (lp.TASKS, lp.NORM))
-    bias = lp.param(self, 'bias', nn.initializers.zeros, (self.num_tasks, d), (lp.TASKS, lp.NORM))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-    return y.astype(self.dtype)
-
-
 class SituationDiscernment(nn.Module):
   """SPEC B.4: per task k, a request-level summary of this request's candidates as k sees them."""
   num_tasks: int
@@ -145,13 +115,13 @@ class SituationDiscernment(nn.Module):
       # batch is split over fsdp (tests/test_sharding.py::test_partitioner_bug_pattern).
       f = lp.param(self, 'f_bias', nn.initializers.zeros, (k, d), (lp.TASKS, lp.NORM))[None]
       if s.shape[-1]:  # a schema without request features leaves f_k its bias only
-        w = lp.param(self, 'f_kernel', _stacked_init(), (k, s.shape[-1], d),
+        w = lp.param(self, 'f_kernel', init_lib.stacked_fan_in(), (k, s.shape[-1], d),
                      (lp.TASKS, None, lp.EMBED))
         f = f + jnp.einsum('rs,ksd->rkd', s.astype(self.dtype), w.astype(self.dtype))
       q = StackedLayerNorm(k, dtype=self.dtype, name='q_norm')(jnp.broadcast_to(f, (num_r, k, d)))
     # MHCA_k: task-specific projections (stacked [K, d, d]; [D] no biases, as the encoder).
     w_q, w_k, w_v, w_o = (
-        lp.param(self, n, _stacked_init(), (k, d, d), axes).astype(self.dtype)
+        lp.param(self, n, init_lib.stacked_fan_in(), (k, d, d), axes).astype(self.dtype)
         for n, axes in (('mhca_query', (lp.TASKS, lp.EMBED, lp.HEADS)),
                         ('mhca_key', (lp.TASKS, lp.EMBED, lp.HEADS)),
                         ('mhca_value', (lp.TASKS, lp.EMBED, lp.HEADS)),
@@ -196,14 +166,14 @@ class CrossTaskInteraction(nn.Module):
     if a.shape != (k, k) or not a.diagonal().all():
       raise ValueError(f'cross-task mask must be [{k}, {k}] with a true diagonal, got {a.tolist()}')
     self.w_q, self.w_k, self.w_v, self.w_o = (
-        lp.param(self, n, _dense_init(), (d, d), axes)
+        lp.param(self, n, init_lib.fan_in(), (d, d), axes)
         for n, axes in (('query', (lp.EMBED, lp.HEADS)), ('key', (lp.EMBED, lp.HEADS)),
                         ('value', (lp.EMBED, lp.HEADS)), ('out', (lp.HEADS, lp.EMBED))))
     self.attn_norm = StackedLayerNorm(k, dtype=self.dtype)
     self.ffn_norm = StackedLayerNorm(k, dtype=self.dtype)
-    self.ffn_in = lp.param(self, 'ffn_in', _stacked_init(), (k, d, self.ffn_mult * d),
+    self.ffn_in = lp.param(self, 'ffn_in', init_lib.stacked_fan_in(), (k, d, self.ffn_mult * d),
                            (lp.TASKS, lp.EMBED, lp.MLP))
-    self.ffn_out = lp.param(self, 'ffn_out', _stacked_init(), (k, self.ffn_mult * d, d),
+    self.ffn_out = lp.param(self, 'ffn_out', init_lib.stacked_fan_in(), (k, self.ffn_mult * d, d),
                             (lp.TASKS, lp.MLP, lp.EMBED))
 
   def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
