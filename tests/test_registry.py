@@ -38,8 +38,9 @@ def test_every_family_has_the_registry_api():
 
 
 def test_unknown_model_name_lists_the_known_ones(schema):
-  with pytest.raises(ConfigError, match=r"config.model.name='onetranz': not a known model; choose one of "
-                                        r"\['baseline', 'onerank', 'onetrans', 'pooled_mlp'\]"):
+  with pytest.raises(ConfigError, match=r"config.model.name='onetranz': not a known model; "
+                                        r"choose one of \['baseline', 'onerank', 'onetrans', "
+                                        r"'pooled_mlp'\]"):
     models.build_model(ml_collections.ConfigDict({'name': 'onetranz'}), schema)
 
 

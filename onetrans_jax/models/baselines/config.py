@@ -184,8 +184,8 @@ def _sequence_params(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> i
                 + so['num_layers'] * _block_params(w, m) + 2 * w)
     else:
       w = so['width']
-      total += ((d_e + 1) * w + seq.max_len * w + so['num_layers'] * _block_params(w, so['ffn_mult'])
-                + 2 * w)
+      total += ((d_e + 1) * w + seq.max_len * w + 2 * w            # input, positions, norm
+                + so['num_layers'] * _block_params(w, so['ffn_mult']))
   return total
 
 

@@ -108,7 +108,8 @@ class NumericEmbedding(nn.Module):
 
 
 def masked_mean(x: jnp.ndarray, mask: jnp.ndarray, axis: int) -> jnp.ndarray:
-  """Mean over ``axis`` of the valid entries; an all-padding (empty) sequence gives zeros, not NaN."""
+  """Mean over ``axis`` of the valid entries; an all-padding (empty) sequence gives zeros, not
+  NaN."""
   m = mask.astype(x.dtype)
   while m.ndim < x.ndim:
     m = m[..., None]
