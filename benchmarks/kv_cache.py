@@ -14,7 +14,8 @@ window (all layers reused) and for a full window (old events evicted: only the t
 keys/values reused, SPEC A.6's caveat), with the append-stable tokenizer (``s_position='none'``,
 no time-gap buckets). Then one training step with and without request-level sharing: the
 trainer's own step (``train.make_train_step``: loss, gradients, the optimizer update), jitted as
-the trainer jits it (``train.jit_train_step``: state sharded and donated) on a one-device mesh.
+the trainer jits it (``train.jit_train_step``: state sharded and donated) on a one-device mesh
+(benchmarks/steps.py).
 Ratios are taken within one run; absolute times depend on the machine (noted in the header).
 Per-candidate programs whose memory estimate exceeds --max_gb are compiled but not run.
 """
@@ -32,16 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import steps  # noqa: E402
 from experiments import common  # noqa: E402
-from onetrans_jax import accounting, serving, sharding, xla_options  # noqa: E402
+from onetrans_jax import accounting, serving  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
 from onetrans_jax.models import build_model  # noqa: E402
 from onetrans_jax.models.layers import partitioning  # noqa: E402
 from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
-from onetrans_jax.optimizers import make_optimizer  # noqa: E402
 from onetrans_jax.schema import dummy_batch  # noqa: E402
-from onetrans_jax.train import (init_train_state, jit_train_step, make_loss_fn,  # noqa: E402
-                                make_train_step)
 
 _CANDIDATES = flags.DEFINE_list('candidates', ['1', '16', '64', '256', '1024'], 'C values.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'L_S values (S tokens per request).')
@@ -210,31 +209,14 @@ def training_table() -> list[str]:
   for request_level in (True, False):
     config = common.base_config(mcfg.copy_and_resolve_references(), data)
     config.model.request_level = request_level
-    compiled, state, on_mesh = _trainer_step(config, schema, batch)
-    times[request_level] = (_time(compiled, state, on_mesh, feed=lambda out: out[0]),
-                            _compiled_gb(compiled))
+    step = steps.trainer_step(config, schema, batch)  # the trainer's step; donates its state
+    times[request_level] = (_time(step.compiled, step.state, step.batch, feed=lambda out: out[0]),
+                            _compiled_gb(step.compiled))
   (t_s, m_s), (t_n, m_n) = times[True], times[False]
   return [f'training step, {_TRAIN_REQUESTS.value} requests x {_TRAIN_CANDIDATES.value} '
           f'candidates, L_S={seq_len}: shared {t_s * 1e3:.1f} ms ({m_s:.3f} GB), per candidate '
           f'{t_n * 1e3:.1f} ms ({m_n:.3f} GB): {t_n / t_s:.2f}x faster, '
           f'{m_n / m_s:.2f}x less memory']
-
-
-def _trainer_step(config, schema, host_batch):
-  """-> (the trainer's step of ``config``, compiled as the trainer compiles it on a one-device
-  mesh; its initial state; the batch on that mesh). The step donates its state."""
-  model = build_model(config.model, schema)
-  tx = make_optimizer(config.optimizer)
-  loss_fn, _ = make_loss_fn(config, model, schema)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  rules = sharding.rules_from_config(config.mesh)
-  state, state_shd, _, _ = init_train_state(model, tx, schema, mesh, rules,
-                                            jax.random.key(config.seed))
-  jitted = jit_train_step(make_train_step(loss_fn, tx, schema.task_names), state_shd, mesh,
-                          xla_options.compiler_options(config))
-  batch = sharding.put_batch(host_batch, mesh)
-  with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
-    return jitted.lower(state, batch).compile(), state, batch
 
 
 def main(argv):

@@ -36,7 +36,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from absl import app, flags
 
@@ -47,16 +47,13 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import steps  # noqa: E402
 from experiments import common, onetrans_l, onetrans_s  # noqa: E402
-from onetrans_jax import accounting, sharding, xla_options  # noqa: E402
+from onetrans_jax import accounting, xla_options  # noqa: E402
 from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models import build_model  # noqa: E402
 from onetrans_jax.models.layers.attention import resolve_implementation  # noqa: E402
 from onetrans_jax.models.layers.attention import tail_attention  # noqa: E402
 from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
-from onetrans_jax.optimizers import make_optimizer  # noqa: E402
-from onetrans_jax.train import (TrainState, init_train_state, jit_train_step, make_loss_fn,
-                                make_train_step)  # noqa: E402
 
 SECTIONS = ('ceiling', 'attention', 'train', 'savings')
 # SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
@@ -251,35 +248,10 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   return rows
 
 
-class Step(NamedTuple):
-  """A config's training step, compiled as the trainer compiles it, and what it runs on."""
-  compiled: Any  # (state, batch) -> (state, metrics); donates the state
-  compile_seconds: float
-  state: TrainState
-  batch: Any  # on the mesh, split as the trainer splits it
-  schema: Any
-  model: Any
-
-
-def build_step(config: ml_collections.ConfigDict) -> Step:
-  """The trainer's own step of ``config`` (train.make_train_step, jitted by train.jit_train_step:
-  state sharded and donated, the trainer's compiler options), compiled on a one-device mesh, so
-  a row measures one device whatever the machine holds; its initial state and first batch."""
+def build_step(config: ml_collections.ConfigDict) -> steps.Step:
+  """The trainer's own step of ``config`` on its first batch (benchmarks/steps.py)."""
   schema, host_batch = _batch(config)
-  model = build_model(config.model, schema)
-  tx = make_optimizer(config.optimizer)
-  loss_fn, _ = make_loss_fn(config, model, schema)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  rules = sharding.rules_from_config(config.mesh)
-  state, state_shd, _, _ = init_train_state(model, tx, schema, mesh, rules,
-                                            jax.random.key(config.seed))
-  jitted = jit_train_step(make_train_step(loss_fn, tx, schema.task_names), state_shd, mesh,
-                          xla_options.compiler_options(config))
-  batch = sharding.put_batch(host_batch, mesh)
-  t0 = time.perf_counter()
-  with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
-    compiled = jitted.lower(state, batch).compile()
-  return Step(compiled, time.perf_counter() - t0, state, batch, schema, model)
+  return steps.trainer_step(config, schema, host_batch)
 
 
 def train_row(name: str, variant: str, config: ml_collections.ConfigDict,

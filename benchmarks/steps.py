@@ -1,0 +1,53 @@
+"""The trainer's own training step, compiled as the trainer compiles it, for the benchmarks.
+
+Shared by benchmarks/suite.py, profile_step.py and kv_cache.py (no flags here, so each script
+keeps its own): every benchmark that times a training step times ``train.make_train_step``
+jitted by ``train.jit_train_step`` (state sharded and donated, the trainer's compiler options).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+from onetrans_jax import sharding, xla_options
+from onetrans_jax.models import build_model
+from onetrans_jax.optimizers import make_optimizer
+from onetrans_jax.schema import FeatureSchema
+from onetrans_jax.train import (TrainState, init_train_state, jit_train_step, make_loss_fn,
+                                make_train_step)
+
+
+class Step(NamedTuple):
+  """A config's training step, compiled as the trainer compiles it, and what it runs on."""
+  compiled: Any  # (state, batch) -> (state, metrics); donates the state
+  compile_seconds: float
+  state: TrainState
+  batch: Any  # on the mesh, split as the trainer splits it
+  schema: Any
+  model: Any
+
+
+def trainer_step(config: ml_collections.ConfigDict, schema: FeatureSchema, host_batch: Any
+                 ) -> Step:
+  """The trainer's own step of ``config`` (train.make_train_step, jitted by train.jit_train_step:
+  state sharded and donated, the trainer's compiler options), compiled on a one-device mesh, so
+  a row measures one device whatever the machine holds; its initial state and ``host_batch`` on
+  that mesh."""
+  model = build_model(config.model, schema)
+  tx = make_optimizer(config.optimizer)
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  rules = sharding.rules_from_config(config.mesh)
+  state, state_shd, _, _ = init_train_state(model, tx, schema, mesh, rules,
+                                            jax.random.key(config.seed))
+  jitted = jit_train_step(make_train_step(loss_fn, tx, schema.task_names), state_shd, mesh,
+                          xla_options.compiler_options(config))
+  batch = sharding.put_batch(host_batch, mesh)
+  t0 = time.perf_counter()
+  with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
+    compiled = jitted.lower(state, batch).compile()
+  return Step(compiled, time.perf_counter() - t0, state, batch, schema, model)
