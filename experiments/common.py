@@ -55,6 +55,9 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data
+  if 'valid_fraction' not in c.data:  # every dataset: onetrans_jax/data/pipeline.split_validation
+    c.data.valid_fraction = 0.0   # > 0: the latest fraction of the training requests is held
+                                  # out of training as a validation split (0: none)
   c.model = model
   c.optimizer = paper_optimizer()
   c.loss = ml_collections.ConfigDict()
@@ -72,6 +75,15 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.train.diagnostics_every = 0   # N > 0: every N steps log the tasks' gradient cosine on the
                                   # shared encoder and each task's loss variance (SPEC C.6)
   c.train.diagnostics_window = 20  # diagnostic samples in the loss-variance window
+  c.train.eval_every = 0          # N > 0: score the validation split every N steps and at the
+                                  # end; the best step's state is kept (best_checkpoint/) and the
+                                  # hold-out is scored with it. Needs data.valid_fraction > 0
+  c.train.early_stopping = ml_collections.ConfigDict()
+  c.train.early_stopping.metric = placeholder(str)  # e.g. 'valid/click/auc' (None: no early
+                                  # stopping; the best step is then the first task's valid AUC)
+  c.train.early_stopping.mode = placeholder(str)    # 'max' | 'min'; None: the metric's own
+  c.train.early_stopping.patience = 3   # evaluations without improvement before stopping
+  c.train.early_stopping.min_delta = 0.0  # an improvement beats the best by more than this
   c.train.cpu_fused_dots = True   # CPU: XLA's YNNPACK dot fusions (onetrans_jax/xla_options.py),
                                   # measured 1.5x on the CPU bench step; False: XLA's default
   c.eval = ml_collections.ConfigDict()
@@ -101,6 +113,29 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   c.optimizer.dense.learning_rate = 0.001
   return c
+
+
+def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
+          tasks: tuple[tuple[str, str], ...], commit: bool = True,
+          **options) -> ml_collections.ConfigDict:
+  """A ``config.sweep`` section with every field (onetrans_jax/sweep.py), so each is overridable
+  by flag (``--config.sweep.dry_run=True``, ``--config.sweep.seeds='(0,1)'``). ``commit``: write
+  each finished run's record into ``results/<study>/runs/`` (relative to where launch.py runs),
+  the folder a study's committed results live in; a record found there with the run's exact
+  fingerprint is reused instead of training again."""
+  s = ml_collections.ConfigDict()
+  s.study = study
+  s.reference = reference
+  s.variants = variants
+  s.seeds = seeds
+  s.tasks = tasks
+  s.relative = True               # False: every row absolute (the OneRank paper's layout)
+  s.metric_labels = ('AUC', 'UAUC')
+  s.results_dir = f'results/{study}/runs' if commit else ''
+  s.dry_run = False               # True: print the plan and its time estimate, train nothing
+  s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
+  s.update(options)
+  return s
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -41,14 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == 'quick':
     c.train.total_steps = 60
     c.train.log_every = 20
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'DCNv2 + DIN'
-  c.sweep.variants = (
-      ('DCNv2 + DIN', (('model', baselines_config.defaults('din', 'dcnv2')),)),
-      ('OneTrans', ()),
-      ('OneRank', (('model', onerank_main.onerank_cpu()), ('loss.mode', 'onerank'))),
-  )
-  c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)
-  c.sweep.tasks = TASKS
-  c.sweep.relative = False
+  c.sweep = common.sweep(
+      'movielens_100k', 'DCNv2 + DIN', (
+          ('DCNv2 + DIN', (('model', baselines_config.defaults('din', 'dcnv2')),)),
+          ('OneTrans', ()),
+          ('OneRank', (('model', onerank_main.onerank_cpu()), ('loss.mode', 'onerank'))),
+      ), seeds=(0,) if arg == 'quick' else (0, 1, 2), tasks=TASKS, commit=arg != 'quick',
+      relative=False)
   return c

@@ -14,7 +14,7 @@ place); ``:quick`` is 100 steps of 16 requests, one seed.
 
 import ml_collections
 
-from experiments import onerank_main
+from experiments import common, onerank_main
 
 VARIANTS = (
     ('OneRank', ()),
@@ -36,10 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick'):
     raise ValueError(f'experiments/onerank_ablation.py: unknown variant {arg!r}; use :quick')
   c = onerank_main.onerank_base(arg)
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'OneRank'
-  c.sweep.variants = VARIANTS
-  c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)
-  c.sweep.tasks = onerank_main.TASKS
-  c.sweep.metric_labels = ('AUC', 'GAUC')
+  c.sweep = common.sweep('onerank_ablation', 'OneRank', VARIANTS,
+                         seeds=(0,) if arg == 'quick' else (0, 1, 2), tasks=onerank_main.TASKS,
+                         commit=arg != 'quick', metric_labels=('AUC', 'GAUC'))
   return c

@@ -53,16 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   onetrans = lambda predictor: ml_collections.ConfigDict(dict(small.to_dict(),
                                                               predictor=predictor))
   joint = ('loss.mode', 'joint')
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'OneRank'
-  c.sweep.variants = (
-      ('OneTrans + shared-bottom', (('model', onetrans('shared_bottom')), joint)),
-      ('OneTrans + MMoE', (('model', onetrans('mmoe')), joint)),
-      ('OneTrans + PLE', (('model', onetrans('ple')), joint)),
-      ('OneRank', ()),
-  )
-  c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)
-  c.sweep.tasks = TASKS
-  c.sweep.relative = False
-  c.sweep.metric_labels = ('AUC', 'GAUC')
+  c.sweep = common.sweep(
+      'onerank_main', 'OneRank', (
+          ('OneTrans + shared-bottom', (('model', onetrans('shared_bottom')), joint)),
+          ('OneTrans + MMoE', (('model', onetrans('mmoe')), joint)),
+          ('OneTrans + PLE', (('model', onetrans('ple')), joint)),
+          ('OneRank', ()),
+      ), seeds=(0,) if arg == 'quick' else (0, 1, 2), tasks=TASKS, commit=arg != 'quick',
+      relative=False, metric_labels=('AUC', 'GAUC'))
   return c

@@ -37,11 +37,9 @@ VARIANTS = (
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = onetrans_s.get_config('paper' if arg == 'paper' else 'small')
   c.train.checkpoint_every = 0
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'OneTrans_S'
-  c.sweep.variants = VARIANTS
-  c.sweep.seeds = (0, 1, 2)
-  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
+  c.sweep = common.sweep('onetrans_rq2_ablation' + ('_paper' if arg == 'paper' else ''),
+                         'OneTrans_S', VARIANTS, seeds=(0, 1, 2),
+                         tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
   if arg == 'quick':
     common.quick(c)
     c.sweep.seeds = (0,)

@@ -40,12 +40,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 0
   if arg == 'quick':
     common.quick(c)
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'DCNv2 + DIN'
-  c.sweep.variants = tuple(
+  variants = tuple(
       (name, (('model', baselines_config.defaults(seq, inter)),)) for name, seq, inter in BASELINES
   ) + (('OneTrans_S', (('model', onetrans_s.get_config('small').model),)),
        ('OneTrans_L', (('model', onetrans_l.get_config('small').model),)))
-  c.sweep.seeds = (0,) if arg == 'quick' else (0, 1, 2)
-  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
+  c.sweep = common.sweep('rq1_baselines', 'DCNv2 + DIN', variants,
+                         seeds=(0,) if arg == 'quick' else (0, 1, 2),
+                         tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
   return c

@@ -58,7 +58,7 @@ class MetricWriter:
       self._tb.close()
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
   seconds = max(0, int(seconds))
   return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
@@ -84,8 +84,8 @@ class Progress:
 
   def line(self, step: int, loss: float, stats: Mapping[str, float]) -> str:
     return (f'step {step}/{self.total_steps} | loss {loss:.4f} | '
-            f'{stats["examples_per_s"]:,.0f} ex/s | elapsed {_hms(stats["elapsed_s"])} | '
-            f'ETA {_hms(stats["eta_s"])}')
+            f'{stats["examples_per_s"]:,.0f} ex/s | elapsed {hms(stats["elapsed_s"])} | '
+            f'ETA {hms(stats["eta_s"])}')
 
 
 COLUMNS = (('auc', 'AUC'), ('uauc', 'UAUC'), ('logloss', 'logloss'),

@@ -9,24 +9,37 @@ An experiment file opts in with ``config.sweep``:
                    absolute (the OneRank paper's layout)
   sweep.metric_labels  optional column names of (auc, uauc), default ('AUC', 'UAUC'); the OneRank
                    paper's GAUC is our UAUC (per-user AUC weighted by impressions)
-Each run has its own workdir ``<workdir>/<variant>/seed_<s>`` and resumes or is skipped when
-already finished, so an interrupted sweep continues where it stopped.
+  sweep.results_dir  optional folder of committed run records (records.py), e.g.
+                   'results/onerank_main/runs': a finished run's record is written there and a
+                   record whose fingerprint matches is reused instead of training again
+  sweep.bootstrap  optional, default 200: with one seed per variant, resamples of the paired
+                   bootstrap over the hold-out's users that gives each AUC difference its interval
+                   (study_report.py; 0: none)
+  sweep.dry_run    optional, default False: print the plan (reuse / resume / train, why, and an
+                   estimate of the time) and stop
+Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
+with its exact fingerprint (the resolved config and the data's identity) exists; a run directory
+left by another config is moved aside (``.stale``) and the run redone, and the plan says which
+fields changed; an interrupted run with the same config resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import re
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, reporting
+from onetrans_jax import accounting, models, records, reporting, stats, study_report
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 
@@ -56,32 +69,132 @@ def variant_config(config: ml_collections.ConfigDict, overrides: Sequence[tuple[
   return cfg
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class PlannedRun:
+  """One (variant, seed) of a sweep and what the sweep will do with it."""
+  variant: str
+  seed: int
+  config: ml_collections.ConfigDict
+  fingerprint: str
+  flat: dict[str, Any]
+  run_dir: str
+  action: str                     # 'reuse', 'resume' or 'train'
+  reason: str                     # why, for the plan and the log
+  record: dict[str, Any] | None   # the matching record when reused
+
+
+def _record_paths(sw: ml_collections.ConfigDict, run_dir: str, name: str, seed: int,
+                  fp: str) -> list[str]:
+  """Where a matching record may be: the run's own directory, then the committed results."""
+  paths = [os.path.join(run_dir, 'record.json')]
+  if sw.get('results_dir', None):
+    paths.append(os.path.join(sw.results_dir, _slug(name), f'seed_{seed}-{fp[:12]}.json'))
+  return paths
+
+
+def _latest_committed(sw: ml_collections.ConfigDict, name: str, seed: int) -> dict | None:
+  """The newest committed record of (variant, seed) whatever its fingerprint (to say why it no
+  longer matches)."""
+  folder = os.path.join(sw.get('results_dir', None) or '', _slug(name))
+  if not sw.get('results_dir', None) or not os.path.isdir(folder):
+    return None
+  found = sorted(f for f in os.listdir(folder) if f.startswith(f'seed_{seed}-') and
+                 f.endswith('.json'))
+  recs = [records.read_record(os.path.join(folder, f)) for f in found]
+  return max(recs, key=lambda r: r.get('finished', ''), default=None)
+
+
+def _set_aside(run_dir: str, why: str) -> str:
+  """Move a run directory made with another config out of the way (nothing is deleted)."""
+  k, target = 0, f'{run_dir}.stale'
+  while os.path.exists(target):
+    k += 1
+    target = f'{run_dir}.stale{k}'
+  os.replace(run_dir, target)
+  reporting.log(f'[sweep] {run_dir}: {why}; moved to {target}')
+  return target
+
+
+def plan_run(config: ml_collections.ConfigDict, workdir: str, name: str,
+             overrides: Sequence[tuple[str, Any]], seed: int) -> PlannedRun:
+  """Decides reuse / resume / train for one run from its fingerprint (nothing is moved yet)."""
+  sw = config.sweep
+  cfg = variant_config(config, overrides, seed)
+  fp, flat = records.fingerprint(cfg)
+  run_dir = os.path.join(workdir, _slug(name), f'seed_{seed}')
+  stale = None
+  for path in _record_paths(sw, run_dir, name, seed, fp):
+    rec = records.read_record(path)
+    if rec is not None and rec['fingerprint'] == fp:
+      return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'reuse', f'matching record {path}',
+                        rec)
+    stale = stale or rec
+  stale = stale or _latest_committed(sw, name, seed)
+  why = '' if stale is None else 'its config changed: ' + records.config_changes(
+      stale['config'], records.canonical(flat))
+  saved = os.path.join(run_dir, 'config.json')
+  if os.path.exists(saved):
+    with open(saved, encoding='utf-8') as f:
+      same = f.read() == cfg.to_json_best_effort(indent=1, sort_keys=True)
+    if same:
+      return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'resume',
+                        f'same config in {run_dir} (resumes from its checkpoint)', None)
+    return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'train',
+                      why or f'{saved} holds another config', None)
+  return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'train', why or 'no earlier run', None)
+
+
+def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Runs (or reuses) one planned run; writes its record beside it and into the committed
+  results when ``sweep.results_dir`` is set. Returns the record."""
   from onetrans_jax.train import train_and_evaluate  # local: keeps this module light to import
+  if run.action == 'reuse':
+    reporting.log(f'[sweep] {run.variant} seed {run.seed}: reused ({run.reason})')
+    record = run.record
+  else:
+    if run.action == 'train' and os.path.exists(run.run_dir):
+      _set_aside(run.run_dir, run.reason)
+    reporting.log(f'[sweep] {run.variant} seed {run.seed}: {run.action} in {run.run_dir} '
+                  f'({run.reason})')
+    t0 = time.time()
+    final = train_and_evaluate(run.config, run.run_dir)
+    record = records.make_record(run.variant, run.seed, run.fingerprint, run.flat, final,
+                                 time.time() - t0)
+  for path in _record_paths(sw, run.run_dir, run.variant, run.seed, run.fingerprint):
+    if records.read_record(path) is None or path.endswith('record.json'):
+      records.write_record(path, record)
+  return record
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Plans every (variant, seed) run, prints the plan (and stops there with
+  ``sweep.dry_run=True``), runs what is not reusable, then writes the table and the report."""
   sw = config.sweep
   names = [v[0] for v in sw.variants]
   if sw.reference not in names:
     raise ConfigError(f'config.sweep.reference={sw.reference!r} is not one of the variants {names}')
   if not sw.seeds:
     raise ConfigError('config.sweep.seeds is empty')
+  plan = [plan_run(config, workdir, name, overrides, seed)
+          for name, overrides in sw.variants for seed in sw.seeds]
+  estimate = estimate_seconds(plan)
+  reporting.log(format_plan(plan, estimate))
+  if sw.get('dry_run', False):
+    return {'plan': plan, 'estimate_seconds': estimate}
+  t0 = time.time()
+  by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+  for run in plan:
+    by_variant[run.variant].append(execute(run, sw))
   results: dict[str, Any] = {}
-  for name, overrides in sw.variants:
-    runs = []
-    for seed in sw.seeds:
-      cfg = variant_config(config, overrides, seed)
-      run_dir = os.path.join(workdir, _slug(name), f'seed_{seed}')
-      done = os.path.join(run_dir, 'final_metrics.json')
-      if os.path.exists(done):
-        with open(done, encoding='utf-8') as f:
-          final = json.load(f)['metrics']
-        reporting.log(f'[sweep] {name} seed {seed}: already finished, read {done}')
-      else:
-        reporting.log(f'[sweep] {name} seed {seed}: training in {run_dir}')
-        final = train_and_evaluate(cfg, run_dir)['final']
-      runs.append(final)
+  for name in names:
+    cfg = next(r.config for r in plan if r.variant == name)
     schema = pipeline.build_dataset(cfg.data).schema
-    results[name] = {'runs': runs, 'params': accounting.dense_params(cfg.model, schema)['dense'],
-                     'tflops': accounting.batch_tflops(cfg.model, schema)}
+    results[name] = {'runs': [r['metrics'] for r in by_variant[name]],
+                     'records': by_variant[name],
+                     'params': accounting.dense_params(cfg.model, schema)['dense'],
+                     'tflops': accounting.batch_tflops(cfg.model, schema),
+                     'train_flops_per_example':
+                         models.training_flops_per_example(cfg.model, schema)}
   table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks),
                              relative=sw.get('relative', True),
                              metric_labels=tuple(sw.get('metric_labels', ('AUC', 'UAUC'))))
@@ -89,8 +202,88 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   with open(os.path.join(workdir, 'sweep_table.txt'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
   with open(os.path.join(workdir, 'sweep_results.json'), 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=1, default=float)
-  return {'results': results, 'table': table}
+    json.dump({k: {kk: vv for kk, vv in v.items() if kk != 'records'}
+               for k, v in results.items()}, f, indent=1, default=float)
+  run_dirs = {name: [r.run_dir for r in plan if r.variant == name] for name in names}
+  wall = time.time() - t0
+  summ = study_report.write_report(workdir, config, names, results, table, run_dirs, wall)
+  reporting.log(f'[sweep] wrote {workdir}/report.md, summary.json and the plots')
+  if sw.get('results_dir', None):  # the study's committed copy, beside its run records
+    study_dir = os.path.dirname(os.path.normpath(sw.results_dir))
+    for f in REPORT_FILES:
+      if os.path.exists(os.path.join(workdir, f)):
+        shutil.copyfile(os.path.join(workdir, f), os.path.join(study_dir, f))
+    reporting.log(f'[sweep] copied the report into {study_dir}/ (commit it with runs/)')
+  return {'results': results, 'table': table, 'plan': plan, 'wall_seconds': wall,
+          'summary': summ}
+
+
+REPORT_FILES = ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves.png',
+                'deltas.png')
+
+
+# ---------------------------------------------------------------------------------- the plan
+def estimate_seconds(plan: Sequence[PlannedRun]) -> dict[tuple[str, int], float]:
+  """Seconds each run will take: 0 for a reuse; otherwise scaled from a finished record of the
+  same variant (its measured wall time per step: measure one seed first, then plan the rest),
+  else from the analytic training FLOPs of the reference per-candidate pass at the machine's
+  measured matmul rate x ASSUMED_MFU, plus a fixed start-up cost (compile, evaluation). The
+  analytic figure overestimates models that share the user side across candidates (OneTrans
+  with request-level sharing, OneRank): onerank_main's OneTrans rows are estimated at 24 min a
+  run on 2 cores against the ~10 min its docstring reports.
+  """
+  measured: dict[str, float] = {}
+  for run in plan:
+    if run.record is not None and run.record.get('wall_seconds') and run.record.get('step'):
+      measured.setdefault(run.variant, run.record['wall_seconds'] / run.record['step'])
+  rate = None
+  out = {}
+  for run in plan:
+    steps = int(run.config.train.total_steps)
+    if run.action == 'reuse':
+      out[(run.variant, run.seed)] = 0.0
+    elif run.variant in measured:
+      out[(run.variant, run.seed)] = measured[run.variant] * steps
+    else:
+      rate = rate or _matmul_rate()
+      schema = pipeline.build_dataset(run.config.data).schema
+      per_step = (models.training_flops_per_example(run.config.model, schema) *
+                  run.config.data.batch_size * schema.num_candidates)
+      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * per_step / (rate * ASSUMED_MFU)
+  return out
+
+
+# The CPU bench step's measured MFU (README, Speed: 27.8%), rounded down: the estimate's basis.
+ASSUMED_MFU = 0.25
+STARTUP_SECONDS = 60.0           # compile + final evaluation of a CPU-sized run (measured ~1 min)
+
+
+def _matmul_rate() -> float:
+  """FLOP/s of a 1024^3 float32 matmul on the default device (median of 3)."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((1024, 1024), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  times = []
+  for _ in range(3):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a))
+    times.append(time.perf_counter() - t)
+  return 2.0 * 1024 ** 3 / float(np.median(times))
+
+
+def format_plan(plan: Sequence[PlannedRun], estimate: Mapping[tuple[str, int], float]) -> str:
+  """One line per run: action, estimate, reason; then the total."""
+  lines = [f'sweep plan: {len(plan)} runs ({sum(r.action == "reuse" for r in plan)} reused, '
+           f'{sum(r.action == "resume" for r in plan)} resumed, '
+           f'{sum(r.action == "train" for r in plan)} to train); estimated '
+           f'{reporting.hms(sum(estimate.values()))}']
+  for r in plan:
+    lines.append(f'  {r.variant} seed {r.seed}: {r.action:6s} '
+                 f'{reporting.hms(estimate[(r.variant, r.seed)]):>9s}  {r.fingerprint[:12]}  '
+                 f'{r.reason}')
+  return '\n'.join(lines)
 
 
 def _stats(runs: Sequence[Mapping[str, Mapping[str, float]]], task: str,
@@ -103,9 +296,11 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
                        tasks: Sequence[tuple[str, str]], relative: bool = True,
                        metric_labels: Sequence[str] = ('AUC', 'UAUC')) -> str:
   """The paper's layout: the reference row absolute, the others relative % to it, +- seed std
-  (``relative=False``: every row absolute)."""
+  (``relative=False``: every row absolute), and per task the 95% t-interval of the AUC's paired
+  difference from the reference over seeds, in % of the reference ('*': excludes 0)."""
   n_seeds = len(results[reference]['runs'])
   header = ['variant'] + [f'{label} {m}' for _, label in tasks for m in metric_labels]
+  header += [f'{label} {metric_labels[0]} 95% CI' for _, label in tasks]
   header += ['params (M)', 'TFLOPs']
   rows = [header]
   for name in names:
@@ -124,6 +319,8 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
           if not math.isnan(std):
             cell += f' ±{100 * std / ref:.2f}'
         row.append(cell)
+    for task, _ in tasks:
+      row.append(_ci_cell(res['runs'], results[reference]['runs'], task, name == reference))
     tflops = '—' if math.isnan(res['tflops']) else f'{res["tflops"]:.3f}'
     row += [f'{res["params"] / 1e6:.3f}', tflops]
     rows.append(row)
@@ -131,11 +328,22 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
   seeds = f'{n_seeds} seed' + ('s' if n_seeds != 1 else '')
   layout = (f'{reference} absolute, other rows relative to it' if relative else
             'absolute values')
-  lines = [f'{layout} (mean ± std over {seeds}; TFLOPs: analytic training FLOPs per batch of '
-           '2048, — where the model has no analytic count)']
+  lines = [f'{layout} (mean ± std over {seeds}; CI: 95% t-interval of the paired difference over '
+           'seeds, * where it excludes 0; TFLOPs: analytic training FLOPs per batch of 2048, — '
+           'where the model has no analytic count)']
   for i, r in enumerate(rows):
     lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w)
                            for j, (c, w) in enumerate(zip(r, widths))))
     if i == 0:
       lines.append('  '.join('-' * w for w in widths))
   return '\n'.join(lines)
+
+
+def _ci_cell(runs: Sequence[Mapping[str, Any]], ref_runs: Sequence[Mapping[str, Any]], task: str,
+             is_reference: bool) -> str:
+  """'[+0.12, +0.88]%*' for a variant with >= 2 seeds paired with the reference's, else '—'."""
+  if is_reference or len(runs) != len(ref_runs) or len(runs) < 2:
+    return '—'
+  p = stats.paired_difference([r[task]['auc'] for r in runs], [r[task]['auc'] for r in ref_runs])
+  return (f'[{p.rel_ci_low_pct:+.2f}, {p.rel_ci_high_pct:+.2f}]%' +
+          ('*' if p.significant else ''))

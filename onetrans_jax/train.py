@@ -12,12 +12,19 @@ Evaluation modes (``config.eval.mode``):
   * ``next_batch``: the paper's protocol (SPEC A.8): each training batch is scored with the current
     parameters before it is trained on; metrics are computed per "day" of ``config.eval.day_steps``
     steps and macro-averaged over days.
+
+Validation (``config.data.valid_fraction`` > 0 and ``config.train.eval_every`` > 0): the latest
+requests of the training period are held out of training and scored every ``eval_every`` steps;
+the best-scoring step's state is kept (``checkpointing.BestCheckpointer``), the run may stop early
+(``config.train.early_stopping``), and the hold-out is scored with the best step's weights, so the
+reported number never depends on a choice made by looking at the hold-out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -43,6 +50,9 @@ from onetrans_jax.optimizers import count_params, make_optimizer
 from onetrans_jax.schema import FeatureSchema, dummy_batch, label_weights
 
 EVAL_MODES = ('holdout', 'next_batch')
+PREDICTIONS_FILE = 'eval_predictions.npz'  # the hold-out's scored impressions, per task
+# The validation metrics a step can be chosen by, each with the direction that is better.
+SELECTION_METRICS = {'auc': 'max', 'uauc': 'max', 'logloss': 'min'}
 
 Batch = Any  # the batch contract (FeatureSchema.batch_spec): a nested dict of arrays
 Metrics = dict[str, jnp.ndarray]
@@ -105,6 +115,87 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
   if b < 1 or b % batch_shards:
     raise ConfigError(f'config.data.batch_size={b} (requests per step) must be a positive '
                       f'multiple of the batch shards, mesh data x fsdp = {batch_shards}')
+
+
+def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str]) -> str | None:
+  """Checks the validation and early-stopping fields; -> the metric that chooses the best step
+  ('valid/<task>/<metric>'; the first task's AUC without early stopping), None when off."""
+  every = int(config.train.get('eval_every', 0))
+  frac = float(config.data.get('valid_fraction', 0.0))
+  es = config.train.get('early_stopping', None)
+  es = ml_collections.ConfigDict() if es is None else es
+  metric = es.get('metric', None)
+  if every < 0:
+    raise ConfigError(f'config.train.eval_every must be >= 0 (0: no validation), got {every}')
+  if every and frac <= 0:
+    raise ConfigError(f'config.train.eval_every={every} scores the validation split, but '
+                      f'config.data.valid_fraction={frac}; set it > 0 (e.g. 0.05)')
+  if every and config.eval.mode != 'holdout':
+    raise ConfigError(f'config.train.eval_every={every} needs config.eval.mode=\'holdout\' (the '
+                      f'best step is scored on the hold-out), got {config.eval.mode!r}')
+  mode = es.get('mode', None)
+  if mode not in (None, 'max', 'min'):
+    raise ConfigError(f"config.train.early_stopping.mode={mode!r}: choose 'max' or 'min'")
+  if int(es.get('patience', 1)) < 1:
+    raise ConfigError(f'config.train.early_stopping.patience must be >= 1 (evaluations without '
+                      f'improvement before stopping), got {es.patience}')
+  if float(es.get('min_delta', 0.0)) < 0:
+    raise ConfigError(f'config.train.early_stopping.min_delta must be >= 0, got {es.min_delta}')
+  if metric is None:
+    return f'valid/{task_names[0]}/auc' if every else None
+  if not every or frac <= 0:
+    raise ConfigError(f'config.train.early_stopping.metric={metric!r} needs validation: '
+                      f'config.data.valid_fraction > 0 (got {frac}) and config.train.eval_every '
+                      f'> 0 (got {every})')
+  parts = str(metric).split('/')
+  if (len(parts) != 3 or parts[0] != 'valid' or parts[1] not in task_names
+      or parts[2] not in SELECTION_METRICS):
+    raise ConfigError(f'config.train.early_stopping.metric={metric!r}: name it '
+                      f'valid/<task>/<metric> with a task of {list(task_names)} and a metric of '
+                      f'{list(SELECTION_METRICS)}, e.g. valid/{task_names[0]}/auc')
+  if mode is not None and mode != SELECTION_METRICS[parts[2]]:
+    raise ConfigError(f'config.train.early_stopping.mode={mode!r} with metric {metric!r}: '
+                      f'a {"higher" if SELECTION_METRICS[parts[2]] == "max" else "lower"} '
+                      f'{parts[2]} is better; use mode={SELECTION_METRICS[parts[2]]!r} (or None: '
+                      'the metric\'s own direction)')
+  return str(metric)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """The stopping rule on one validation metric: a plain record, saved with every checkpoint.
+
+  An evaluation improves when it beats the best so far by more than ``min_delta`` (a NaN never
+  does); after ``patience`` evaluations in a row without improvement ``stop`` turns True.
+  ``patience=None`` only tracks the best (validation on, early stopping off).
+  """
+  mode: str = 'max'
+  patience: int | None = None
+  min_delta: float = 0.0
+  best: float | None = None
+  best_step: int | None = None
+  since_best: int = 0  # evaluations since the last improvement
+  stop: bool = False
+
+  def update(self, step: int, value: float) -> bool:
+    """Records the evaluation at ``step``; -> whether it is the new best."""
+    sign = 1.0 if self.mode == 'max' else -1.0
+    improved = not math.isnan(value) and (
+        self.best is None or sign * (value - self.best) > self.min_delta)
+    if improved:
+      self.best, self.best_step, self.since_best = float(value), int(step), 0
+    else:
+      self.since_best += 1
+    self.stop = self.patience is not None and self.since_best >= self.patience
+    return improved
+
+  def state(self) -> dict[str, Any]:
+    return {'best': self.best, 'best_step': self.best_step, 'since_best': self.since_best,
+            'stop': self.stop}
+
+  def load(self, state: Mapping[str, Any]) -> None:
+    self.best, self.best_step = state['best'], state['best_step']
+    self.since_best, self.stop = int(state['since_best']), bool(state['stop'])
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: FeatureSchema
@@ -283,21 +374,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ------------------------------------------------------------------ checkpoint restore
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     config.train.keep_checkpoints)
-  state, days = _restore(run, ckpt, state, abstract_state, state_shd, train_iter)
+  valid = _make_validation(run)  # None unless config.train.eval_every > 0
+  state, days = _restore(run, ckpt, state, abstract_state, state_shd, train_iter, valid)
 
   # ------------------------------------------------------------------ the loop
   writer = reporting.MetricWriter(workdir)
-  state, step = _train_loop(run, steps, ckpt, writer, train_iter, state, days, loss_variance)
+  state, step = _train_loop(run, steps, ckpt, writer, train_iter, state, days, loss_variance,
+                            valid)
   ckpt.wait()
   ckpt.close()
   # ``state``: the final TrainState (sharded device arrays) for callers that go on from it.
   result: dict[str, Any] = {'step': step, 'params': counts, 'state': state}
-  if step < run.total_steps:  # stopped early (stop_at_step): a later call resumes
+  if step < run.total_steps and not _stopped(valid):  # stop_at_step: a later call resumes
     writer.close()
+    if valid is not None:
+      valid.best_ckpt.close()
     return result
 
   # ------------------------------------------------------------------ final report
-  result.update(_final_report(run, steps, writer, state.params, step, counts, days))
+  params = state.params
+  if valid is not None:  # the hold-out is scored with the best-validating step's weights
+    params = _best_params(valid, checkpointing.abstract_with_sharding(abstract_state, state_shd),
+                          state)
+    valid.best_ckpt.close()
+  result.update(_final_report(run, steps, writer, params, step, counts, days, valid))
   return result
 
 
@@ -321,6 +421,8 @@ class _Run:
   end_step: int  # total_steps, or stop_at_step when that comes first
   global_batch: int
   diag_every: int  # config.train.diagnostics_every (0: no stability diagnostics)
+  valid_every: int  # config.train.eval_every (0: no validation)
+  valid_metric: str | None  # what chooses the best step, 'valid/<task>/<metric>' (check_validation)
 
   @property
   def schema(self) -> FeatureSchema:
@@ -337,6 +439,33 @@ class _Days:
   every checkpoint (empty in holdout mode), so a resumed run goes on with the same day."""
   daily: list[dict[str, dict[str, float]]]
   acc: metrics_lib.TaskMetricsAccumulator
+
+
+@dataclasses.dataclass
+class _Validation:
+  """Periodic validation's record: the stopping rule, the best step's validation metrics and its
+  checkpoint. The rule and metrics are saved with every checkpoint, so a resumed run makes the
+  same decisions as an uninterrupted one."""
+  metric: str  # 'valid/<task>/<metric>'
+  rule: EarlyStopping
+  best_ckpt: checkpointing.BestCheckpointer
+  best_valid: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+  def value(self, metrics: Mapping[str, Mapping[str, float]]) -> float:
+    _, task, name = self.metric.split('/')
+    return float(metrics[task][name])
+
+  def state(self) -> dict[str, Any]:
+    return {'rule': self.rule.state(), 'best_valid': self.best_valid}
+
+  def load(self, state: Mapping[str, Any]) -> None:
+    self.rule.load(state['rule'])
+    self.best_valid = dict(state['best_valid'])
+
+
+def _stopped(valid: _Validation | None) -> bool:
+  """Whether early stopping ended the run."""
+  return valid is not None and valid.rule.stop
 
 
 class _Steps(NamedTuple):
@@ -369,8 +498,18 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
              parents=schema.task_parents if conditional else (-1,) * schema.num_tasks,
              chain=None if conditional else schema.task_parents, total_steps=total_steps,
              end_step=total_steps if stop_at_step is None else min(stop_at_step, total_steps),
-             global_batch=global_batch, diag_every=diag_every)
-  n_train = dataset.train_range[1] - dataset.train_range[0]
+             global_batch=global_batch, diag_every=diag_every,
+             valid_every=int(config.train.get('eval_every', 0)),
+             valid_metric=check_validation(config, schema.task_names))
+  _check_ranges(run)
+  _write_config(config, workdir)
+  return run
+
+
+def _check_ranges(run: _Run) -> None:
+  """Enough training requests for next-batch evaluation; notes on epochs and on validation."""
+  total_steps, global_batch, ds = run.total_steps, run.global_batch, run.dataset
+  n_train = ds.train_range[1] - ds.train_range[0]
   if run.mode == 'next_batch' and total_steps * global_batch > n_train:
     raise ConfigError(
         f'next-batch evaluation needs unseen data every step: config.train.total_steps '
@@ -379,8 +518,13 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   if total_steps * global_batch > n_train:
     reporting.log(f'note: {total_steps} steps x {global_batch} requests is '
                   f'{total_steps * global_batch / n_train:.2f} epochs of the training range')
-  _write_config(config, workdir)
-  return run
+  if ds.valid_range is not None:
+    (a, b), (c, d) = ds.train_range, ds.valid_range
+    reporting.log(f'validation split: requests {c}..{d - 1}, the latest of the training period '
+                  f'(training on {a}..{b - 1})' + (
+                      f'; scored every {run.valid_every} steps, the best {run.valid_metric} '
+                      'chooses the step scored on the hold-out' if run.valid_every else
+                      '; never scored (config.train.eval_every=0)'))
 
 
 def _data_iter(run: _Run, index_range: tuple[int, int], repeat: bool) -> Any:
@@ -429,33 +573,54 @@ def _jit_steps(run: _Run, state_shd: TrainState) -> _Steps:
                 gradient_cosine=sharding.under_mesh(cosine, mesh, rules))
 
 
+def _make_validation(run: _Run) -> _Validation | None:
+  """The validation record and best-step checkpointer of a run that validates (None if not)."""
+  if not run.valid_every:
+    return None
+  es = run.config.train.get('early_stopping', None)
+  early = es is not None and es.get('metric', None) is not None
+  mode = SELECTION_METRICS[run.valid_metric.split('/')[2]]
+  rule = EarlyStopping(mode=mode, patience=int(es.patience) if early else None,
+                       min_delta=float(es.get('min_delta', 0.0)) if early else 0.0)
+  best_ckpt = checkpointing.BestCheckpointer(os.path.join(run.workdir, 'best_checkpoint'),
+                                             run.valid_metric, mode)
+  return _Validation(run.valid_metric, rule, best_ckpt)
+
+
 def _restore(run: _Run, ckpt: checkpointing.Checkpointer, state: TrainState,
-             abstract_state: TrainState, state_shd: TrainState, train_iter: Any
-             ) -> tuple[TrainState, _Days]:
-  """The latest checkpoint's state, data position and next-batch days, if there is one."""
+             abstract_state: TrainState, state_shd: TrainState, train_iter: Any,
+             valid: _Validation | None) -> tuple[TrainState, _Days]:
+  """The latest checkpoint's state, data position, next-batch days and validation record, if
+  there is one. Best-step checkpoints newer than it are dropped: the resumed run redoes them."""
   task_names = run.schema.task_names
   days = _Days(daily=[], acc=metrics_lib.TaskMetricsAccumulator(task_names))
   start = ckpt.latest_step()
+  if valid is not None:
+    valid.best_ckpt.drop_after(start or 0)
   if start is None:
     return state, days
   state, extra = ckpt.restore(
       start, checkpointing.abstract_with_sharding(abstract_state, state_shd), train_iter)
   days = _Days(daily=extra['daily'], acc=metrics_lib.TaskMetricsAccumulator.from_state(
       task_names, _arrays_from_json(extra['day_acc'])))
+  if valid is not None and 'validation' in extra:
+    valid.load(extra['validation'])
   reporting.log(f'resumed from {run.workdir}/checkpoints at step {start}')
   return state, days
 
 
 def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
                 writer: reporting.MetricWriter, train_iter: Any, state: TrainState, days: _Days,
-                loss_variance: diagnostics.LossVariance) -> tuple[TrainState, int]:
-  """From the state's step to ``run.end_step``: (score,) train, log, diagnose, evaluate, save."""
+                loss_variance: diagnostics.LossVariance, valid: _Validation | None
+                ) -> tuple[TrainState, int]:
+  """From the state's step to ``run.end_step`` or an early stop: (score,) train, log, diagnose,
+  evaluate, validate, save."""
   config, task_names, diag_every = run.config, run.schema.task_names, run.diag_every
   step = int(jax.device_get(state.step))
   progress = reporting.Progress(run.total_steps, step)
   ckpt_every = int(config.train.checkpoint_every)
   seen = 0.0
-  while step < run.end_step:
+  while step < run.end_step and not _stopped(valid):
     host = next(train_iter)
     seen += float(np.sum(host['cand']['mask']))
     batch = sharding.put_batch(host, run.mesh)
@@ -472,25 +637,65 @@ def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
       reporting.log(progress.line(step, float(out['loss']), stats))
       writer.write(step, 'train', {**out, **stats})
     if diag_every and (step % diag_every == 0 or step == run.end_step):
-      loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in task_names])
-      cos = np.asarray(jax.device_get(steps.gradient_cosine(state.params, batch)))
-      diag = loss_variance.summary(cos)
-      writer.write(step, 'diagnostics', diag)
-      reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
-                                                 if not k.startswith('loss_mean')))
+      _diagnose(run, steps, writer, loss_variance, state.params, batch, out, step)
     if run.mode == 'next_batch' and step % config.eval.day_steps == 0:
       _end_day(run, writer, days, step)
     if (run.mode == 'holdout' and config.eval.every_steps and step % config.eval.every_steps == 0
         and step < run.total_steps):
-      ev = _evaluate(run, steps.eval, state.params, config.eval.num_batches)
+      ev = _evaluate(run, steps.eval, state.params, config.eval.num_batches,
+                     run.dataset.eval_range)
       writer.write(step, 'eval', ev)
       reporting.log(f'eval at step {step}: ' + ', '.join(
           f'{t} AUC {ev[t]["auc"]:.4f}' for t in task_names))
-    if (ckpt_every and step % ckpt_every == 0) or step == run.end_step:
-      _check_finite(run, state)  # never write a poisoned checkpoint
-      extra = {'daily': days.daily, 'day_acc': _arrays_to_json(days.acc.state())}
-      ckpt.save(step, state, train_iter, extra)
+    if valid is not None and (step % run.valid_every == 0 or step == run.total_steps):
+      _validate(run, steps.eval, writer, valid, state, step)
+    if (ckpt_every and step % ckpt_every == 0) or step == run.end_step or _stopped(valid):
+      _save(run, ckpt, train_iter, state, days, valid, step)
   return state, step
+
+
+def _diagnose(run: _Run, steps: _Steps, writer: reporting.MetricWriter,
+              loss_variance: diagnostics.LossVariance, params: Any, batch: Batch,
+              out: Metrics, step: int) -> None:
+  """Stability diagnostics (SPEC C.6): the tasks' gradient cosine and loss variance, recorded."""
+  loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in run.schema.task_names])
+  cos = np.asarray(jax.device_get(steps.gradient_cosine(params, batch)))
+  diag = loss_variance.summary(cos)
+  writer.write(step, 'diagnostics', diag)
+  reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
+                                             if not k.startswith('loss_mean')))
+
+
+def _validate(run: _Run, eval_step: EvalStep, writer: reporting.MetricWriter,
+              valid: _Validation, state: TrainState, step: int) -> None:
+  """Score the validation split; keep the state if it is the best so far; decide on stopping."""
+  _check_finite(run, state)
+  ev = _evaluate(run, eval_step, state.params, run.config.eval.num_batches,
+                 run.dataset.valid_range)
+  writer.write(step, 'valid', ev)
+  value, rule = valid.value(ev), valid.rule
+  if rule.update(step, value):
+    valid.best_valid = ev
+    valid.best_ckpt.save(step, state, value)
+  best = 'none yet' if rule.best is None else f'{rule.best:.4f} at step {rule.best_step}'
+  wait = f', {rule.since_best}/{rule.patience} without improvement' if rule.patience else ''
+  reporting.log(f'valid at step {step}: ' + ', '.join(
+      f'{t} AUC {ev[t]["auc"]:.4f}' for t in run.schema.task_names) +
+      f' | {valid.metric} {value:.4f}, best {best}{wait}')
+  if rule.stop:
+    reporting.log(f'early stopping at step {step}: {valid.metric} has not improved by more than '
+                  f'{rule.min_delta} in {rule.patience} evaluations (best {best})')
+
+
+def _save(run: _Run, ckpt: checkpointing.Checkpointer, train_iter: Any, state: TrainState,
+          days: _Days, valid: _Validation | None, step: int) -> None:
+  """A resumable checkpoint: state, data position, next-batch days, validation record."""
+  _check_finite(run, state)  # never write a poisoned checkpoint
+  extra = {'daily': days.daily, 'day_acc': _arrays_to_json(days.acc.state())}
+  if valid is not None:
+    valid.best_ckpt.wait()  # the best step this checkpoint names is on disk before it
+    extra['validation'] = valid.state()
+  ckpt.save(step, state, train_iter, extra)
 
 
 def _end_day(run: _Run, writer: reporting.MetricWriter, days: _Days, step: int) -> None:
@@ -513,27 +718,61 @@ def _check_finite(run: _Run, state: TrainState) -> None:
         'config.optimizer.clip_global_norm, or check the input features for extreme values')
 
 
-def _evaluate(run: _Run, eval_step: EvalStep, params: Any, num_batches: int
+def _evaluate(run: _Run, eval_step: EvalStep, params: Any, num_batches: int,
+              index_range: tuple[int, int], save_to: str | None = None
               ) -> dict[str, dict[str, float]]:
-  """Hold-out metrics over the first ``num_batches`` evaluation batches (-1: all of them)."""
+  """Metrics over the first ``num_batches`` batches (-1: all) of ``index_range``: the hold-out
+  or the validation split, scored by the same code. ``save_to``: also keep the scored
+  impressions (per task: probabilities, labels, user ids, in evaluation order) as .npz, which
+  lets a single-seed comparison bootstrap over users (study_report.py)."""
   acc = metrics_lib.TaskMetricsAccumulator(run.schema.task_names)
   local_batch = run.global_batch // jax.process_count()
-  for i, host in enumerate(_data_iter(run, run.dataset.eval_range, repeat=False)):
+  for i, host in enumerate(_data_iter(run, index_range, repeat=False)):
     if 0 <= num_batches <= i:
       break
     batch = sharding.put_batch(pipeline.pad_requests(host, local_batch), run.mesh)
     acc.add(**_host_eval_arrays(eval_step(params, batch), run.parents, run.chain))
+  if save_to is not None and jax.process_index() == 0:
+    np.savez_compressed(save_to, **{k.replace('/', '.'): v for k, v in acc.state().items()})
   return acc.compute()
 
 
+def _best_params(valid: _Validation, abstract_state: TrainState, state: TrainState) -> Any:
+  """The best-validating step's parameters from its checkpoint (``abstract_state`` carries the
+  shardings); the final ones when no validation score was finite (no best step)."""
+  step = valid.rule.best_step
+  if step is None:
+    reporting.log(f'warning: no finite {valid.metric} in any evaluation; the hold-out is scored '
+                  'with the final weights')
+    return state.params
+  return valid.best_ckpt.restore(step, abstract_state).params
+
+
+def _selection(valid: _Validation, step: int) -> dict[str, Any]:
+  """What chose the weights the hold-out was scored with: for the log, the result and
+  final_metrics.json (keys present only when validation is on)."""
+  rule = valid.rule
+  return {'best_step': rule.best_step, 'best_valid': valid.best_valid, 'stopped_at': step,
+          'early_stopped': rule.stop,
+          'selected_by': {'metric': valid.metric, 'mode': rule.mode, 'value': rule.best}}
+
+
 def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, params: Any,
-                  step: int, counts: Mapping[str, int], days: _Days) -> dict[str, Any]:
+                  step: int, counts: Mapping[str, int], days: _Days,
+                  valid: _Validation | None) -> dict[str, Any]:
   """Final metrics (hold-out, or next-batch days macro-averaged): written, logged as a table and
-  saved as final_metrics.json. -> the result's 'final', 'daily' and 'table'."""
+  saved as final_metrics.json. -> the result's 'final', 'daily' and 'table' (and, with
+  validation, how the scored step was chosen: 'best_step', 'best_valid', 'stopped_at', ...)."""
+  chosen = {} if valid is None else _selection(valid, step)
   if run.mode == 'holdout':
-    final = _evaluate(run, steps.eval, params, run.config.eval.num_batches)
-    title = (f'hold-out evaluation after {step} steps '
-             f'(requests {run.dataset.eval_range[0]}..{run.dataset.eval_range[1] - 1})')
+    final = _evaluate(run, steps.eval, params, run.config.eval.num_batches,
+                      run.dataset.eval_range, os.path.join(run.workdir, PREDICTIONS_FILE))
+    requests = f'requests {run.dataset.eval_range[0]}..{run.dataset.eval_range[1] - 1}'
+    title = f'hold-out evaluation after {step} steps ({requests})'
+    if chosen and chosen['best_step'] is not None:
+      title = (f'hold-out evaluation of step {chosen["best_step"]}, the best {valid.metric} '
+               f'({valid.rule.best:.4f}) of training '
+               f'{"stopped early" if valid.rule.stop else "ended"} at step {step} ({requests})')
   else:
     if len(days.acc):
       days.daily.append(days.acc.compute())
@@ -545,9 +784,9 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
   reporting.log(table)
   if jax.process_index() == 0:
     with open(os.path.join(run.workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
-      json.dump({'step': step, 'mode': run.mode, 'params': counts, 'metrics': final}, f,
-                indent=1, default=float)
-  return {'final': final, 'daily': days.daily, 'table': table}
+      json.dump({'step': step, 'mode': run.mode, 'params': counts, 'metrics': final, **chosen},
+                f, indent=1, default=float)
+  return {'final': final, 'daily': days.daily, 'table': table, **chosen}
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

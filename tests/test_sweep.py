@@ -1,4 +1,5 @@
-"""Sweeps: variants x seeds on the same data, the paper-format table, resumable."""
+"""Sweeps: variants x seeds on the same data, the paper-format table with paired CIs, runs keyed
+by fingerprint (reused, redone or resumed), the dry-run plan, the report."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 
+from onetrans_jax import records, stats
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
 from tests.helpers import small_config
@@ -64,3 +67,108 @@ def test_relative_numbers():
          'x': {'runs': runs(0.804), 'params': 1e6, 'tflops': 0.5}}
   table = format_sweep_table(res, ['ref', 'x'], 'ref', (('click', 'CTR'), ('cart', 'CVR')))
   assert '0.80000' in table and '+0.50%' in table and '2.000' in table and '0.500' in table
+
+
+# ---------------------------------------------------------------------------------- fingerprints
+def _one_run_config(tmp_path, **model):
+  c = _sweep_config()
+  c.sweep.variants = (('base', ()),)
+  c.sweep.seeds = (0,)
+  c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
+  c.model.update(model)
+  return c
+
+
+def test_a_changed_config_is_redone_and_says_why(tmp_path):
+  work = str(tmp_path / 'work')
+  first = run_sweep(_one_run_config(tmp_path), work)
+  assert [r.action for r in first['plan']] == ['train']
+  rec = first['results']['base']['records'][0]
+  assert len(rec['fingerprint']) == 64 and rec['step'] == 3 and rec['wall_seconds'] > 0
+  assert rec['machine']['jax'] and rec['config']['model.hidden'] == [32]
+  # Logging more often computes the same thing: still reused.
+  same = _one_run_config(tmp_path)
+  same.train.log_every = 1
+  assert [r.action for r in run_sweep(same, work)['plan']] == ['reuse']
+  # A wider model is another run: redone, the reason names the field, nothing is deleted.
+  changed = run_sweep(_one_run_config(tmp_path, hidden=(40,)), work)
+  run = changed['plan'][0]
+  assert run.action == 'train' and 'model.hidden [32] -> [40]' in run.reason
+  assert (tmp_path / 'work' / 'base' / 'seed_0.stale' / 'final_metrics.json').exists()
+  assert changed['results']['base']['records'][0]['fingerprint'] != rec['fingerprint']
+  assert len(os.listdir(tmp_path / 'study' / 'runs' / 'base')) == 2   # both records kept
+
+
+def test_a_committed_record_is_reused_on_another_machine(tmp_path):
+  run_sweep(_one_run_config(tmp_path), str(tmp_path / 'first'))
+  # A fresh workdir (another machine) with the committed records: nothing is trained.
+  again = run_sweep(_one_run_config(tmp_path), str(tmp_path / 'second'))
+  assert [r.action for r in again['plan']] == ['reuse']
+  assert 'study/runs/base/seed_0-' in again['plan'][0].reason
+  assert not (tmp_path / 'second' / 'base' / 'seed_0' / 'checkpoints').exists()
+  assert (json.loads((tmp_path / 'second' / 'summary.json').read_text())['rows'][0]['variant']
+          == 'base')
+  # The study's committed copy of the report sits beside its run records.
+  for name in ('summary.json', 'report.md', 'sweep_table.txt'):
+    assert (tmp_path / 'study' / name).exists(), name
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+  c = _sweep_config()
+  c.sweep.dry_run = True
+  out = run_sweep(c, str(tmp_path))
+  assert len(out['plan']) == 4 and all(r.action == 'train' for r in out['plan'])
+  assert all(s > 0 for s in out['estimate_seconds'].values())
+  printed = capsys.readouterr().out + capsys.readouterr().err
+  assert 'sweep plan: 4 runs (0 reused, 0 resumed, 4 to train); estimated' in printed
+  assert not (tmp_path / 'base').exists()
+
+
+def test_data_files_are_part_of_the_fingerprint(tmp_path):
+  (tmp_path / 'u.data').write_bytes(b'1\t2\t3\t4\n' * 100)
+  data = ml_collections.ConfigDict({'name': 'movielens_100k', 'path': str(tmp_path)})
+  before = records.data_identity(data)
+  assert before['files'][0]['file'] == 'u.data' and before['files'][0]['bytes'] == 800
+  (tmp_path / 'u.data').write_bytes(b'1\t2\t3\t5\n' * 100)   # same size, other content
+  assert records.data_identity(data) != before
+  assert records.data_identity(ml_collections.ConfigDict({'name': 'synthetic'})) == {
+      'kind': 'config-defined'}
+
+
+def test_summary_cells_are_the_paired_statistics(tmp_path):
+  c = _sweep_config()
+  c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
+  out = run_sweep(c, str(tmp_path / 'w'))
+  summary = json.loads((tmp_path / 'w' / 'summary.json').read_text())
+  assert summary['reference'] == 'base' and summary['seeds'] == [0, 1]
+  assert summary['tasks'] == ['click', 'cart']
+  wide = next(r for r in summary['rows'] if r['variant'] == 'wide')
+  cell = wide['metrics']['click/auc']
+  runs = out['results']
+  a = [r['click']['auc'] for r in runs['wide']['runs']]
+  b = [r['click']['auc'] for r in runs['base']['runs']]
+  p = stats.paired_difference(a, b)
+  assert cell['n'] == 2 and cell['mean'] == pytest.approx(np.mean(a))
+  assert cell['delta_vs_ref'] == pytest.approx(np.mean(a) - np.mean(b))
+  assert cell['ci95'] == pytest.approx([p.ci_low, p.ci_high])
+  assert wide['params'] > 0 and wide['train_flops_per_example'] > 0
+  for name in ('report.md', 'learning_curves.png', 'deltas.png'):
+    assert (tmp_path / 'w' / name).stat().st_size > 0, name
+  assert 'CTR AUC 95% CI' in out['table']
+
+
+def test_one_seed_comparisons_bootstrap_over_users(tmp_path):
+  c = _one_run_config(tmp_path)
+  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
+  c.sweep.bootstrap = 50
+  run_sweep(c, str(tmp_path / 'w'))
+  with np.load(tmp_path / 'w' / 'wide' / 'seed_0' / 'eval_predictions.npz') as z:
+    labels, users = z['click.labels'], z['click.user_ids']
+    assert labels.shape == z['click.probs'].shape == users.shape and labels.size > 0
+  cell = json.loads((tmp_path / 'w' / 'summary.json').read_text())['rows'][1]['metrics'][
+      'click/auc']
+  assert cell['n'] == 1 and cell['ci_method'].startswith('bootstrap over ')
+  lo, hi = cell['ci95']
+  assert lo <= hi and np.isfinite([lo, hi]).all()
+  assert json.loads((tmp_path / 'w' / 'summary.json').read_text())['rows'][1]['metrics'][
+      'click/uauc']['ci95'] is None   # no interval where there is none to compute

@@ -49,10 +49,34 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
 
 
 def build_dataset(cfg: ml_collections.ConfigDict) -> Dataset:
+  """The named loader's dataset, with the validation split of ``valid_fraction`` carved out."""
   if cfg.name not in DATASETS:
     raise DataConfigError(f'config.data.name={cfg.name!r} is not a known dataset; '
                           f'choose one of {sorted(DATASETS)}')
-  return DATASETS[cfg.name](cfg)
+  return split_validation(DATASETS[cfg.name](cfg), float(cfg.get('valid_fraction', 0.0)))
+
+
+def split_validation(ds: Dataset, fraction: float) -> Dataset:
+  """The last ``fraction`` of the training range (its latest requests) becomes ``valid_range``.
+
+  Taken from the training period, never the hold-out, so choosing a step on it leaves the
+  hold-out unseen; chronological, so validation lies after every request trained on. Every
+  loader's requests are ordered by time, hence one implementation here for all of them.
+  """
+  if fraction == 0.0:
+    return ds
+  start, stop = ds.train_range
+  if not 0.0 < fraction < 1.0:
+    raise DataConfigError(f'config.data.valid_fraction must lie in [0, 1) (0: no validation '
+                          f'split), got {fraction}')
+  n_valid = int(round(fraction * (stop - start)))
+  if n_valid < 1 or n_valid >= stop - start:
+    raise DataConfigError(
+        f'config.data.valid_fraction={fraction} of the {stop - start} training requests leaves '
+        f'{n_valid} for validation and {stop - start - n_valid} for training; both need >= 1 '
+        '(0: no validation split)')
+  return Dataset(ds.schema, ds.source, (start, stop - n_valid), ds.eval_range, ds.has_true_prob,
+                 valid=(stop - n_valid, stop))
 
 
 def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batch_size: int,

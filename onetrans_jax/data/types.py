@@ -23,10 +23,15 @@ class DataConfigError(ConfigError):
 
 
 class Dataset:
-  """A schema, a random-access source and the chronological split as index ranges."""
+  """A schema, a random-access source and the chronological split as index ranges.
+
+  ``valid_range``: the latest requests of the training period, held out of training to choose a
+  step (``config.data.valid_fraction``, set by ``pipeline.build_dataset``); None when off.
+  """
 
   def __init__(self, schema: FeatureSchema, source: RequestSource, train: tuple[int, int],
-               eval: tuple[int, int], has_true_prob: bool):  # pylint: disable=redefined-builtin
+               eval: tuple[int, int], has_true_prob: bool,  # pylint: disable=redefined-builtin
+               valid: tuple[int, int] | None = None):
     self.schema, self.source = schema, source
-    self.train_range, self.eval_range = train, eval
+    self.train_range, self.eval_range, self.valid_range = train, eval, valid
     self.has_true_prob = has_true_prob

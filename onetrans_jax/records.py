@@ -1,0 +1,141 @@
+"""Run records: what a finished (variant, seed) run produced, keyed by what produced it.
+
+A sweep reuses a result only when the run that made it had the very same resolved config and the
+very same data: the *fingerprint* is a SHA-256 over both. A record is a small JSON file (metrics,
+fingerprint, best step, wall time, machine) meant to be committed under
+``results/<study>/runs/<variant>/seed_<s>.json``, so that a long study can be finished in pieces,
+on several machines, and every number in a README table can be traced to the run behind it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+RECORD_VERSION = 1
+# Fields that change how a run is logged or scheduled, never what it computes: left out of the
+# fingerprint so that, e.g., logging more often does not invalidate a finished result.
+NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                     'data.num_threads', 'data.worker_count', 'data.validate')
+_SAMPLE_BYTES = 1 << 20   # a data file is identified by its size and its first and last MiB
+
+
+def flat_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """{'model.width': 64, ...}: every leaf of the config (a sweep section is not part of a run)."""
+  tree = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  out: dict[str, Any] = {}
+
+  def walk(node: Any, prefix: str) -> None:
+    if isinstance(node, Mapping):
+      for k in sorted(node):
+        walk(node[k], f'{prefix}{k}.')
+    else:
+      out[prefix[:-1]] = list(node) if isinstance(node, tuple) else node
+  walk({k: v for k, v in tree.items() if k != 'sweep'}, '')
+  return out
+
+
+def canonical(value: Any) -> Any:
+  """JSON-stable form: tuples as lists (recursively), everything else as JSON sees it."""
+  if isinstance(value, (list, tuple)):
+    return [canonical(v) for v in value]
+  if isinstance(value, Mapping):
+    return {str(k): canonical(v) for k, v in sorted(value.items())}
+  return value
+
+
+def data_identity(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the data is, beyond its config: for a file dataset every file's name, size and a hash
+  of its first and last MiB (cheap on a multi-GB log, and any edit that changes the size or the
+  ends of a file changes it); for the synthetic world the config is the whole identity."""
+  path = data_cfg.get('path', None)
+  if not path:
+    return {'kind': 'config-defined'}
+  path = os.path.abspath(os.path.expanduser(str(path)))
+  files = ([path] if os.path.isfile(path) else
+           sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs))
+  entries = []
+  for f in files:
+    size = os.path.getsize(f)
+    h = hashlib.sha256()
+    with open(f, 'rb') as fh:
+      h.update(fh.read(_SAMPLE_BYTES))
+      if size > _SAMPLE_BYTES:
+        fh.seek(max(_SAMPLE_BYTES, size - _SAMPLE_BYTES))
+        h.update(fh.read(_SAMPLE_BYTES))
+    entries.append({'file': os.path.relpath(f, path) if f != path else os.path.basename(f),
+                    'bytes': size, 'sha256_ends': h.hexdigest()[:16]})
+  return {'kind': 'files', 'files': entries}
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """(hex digest, the flat config it was computed from): the run's identity, sweep section and
+  NON_RESULT_FIELDS left out, data identity in."""
+  flat = {k: v for k, v in flat_config(config).items() if k not in NON_RESULT_FIELDS}
+  payload = {'config': canonical(flat), 'data': data_identity(config.data)}
+  text = json.dumps(payload, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest(), flat
+
+
+def machine() -> dict[str, Any]:
+  """Where a run ran: processor, accelerator, device count, jax version (for the report)."""
+  import jax  # local: records are read and compared without starting a backend
+  devices = jax.devices()
+  return {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+          'cpu_count': os.cpu_count(), 'backend': jax.default_backend(),
+          'device_kind': devices[0].device_kind, 'device_count': len(devices),
+          'jax': jax.__version__}
+
+
+def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
+                final: Mapping[str, Any], wall_seconds: float) -> dict[str, Any]:
+  """The committed result of one run: ``final`` is train_and_evaluate's report."""
+  return {'version': RECORD_VERSION, 'variant': variant, 'seed': seed, 'fingerprint': fp,
+          'metrics': final['final'], 'step': final['step'], 'params': final['params'],
+          'best_step': final.get('best_step'), 'wall_seconds': wall_seconds,
+          'machine': machine(), 'finished': datetime.datetime.now(datetime.timezone.utc)
+          .isoformat(timespec='seconds'), 'config': canonical(dict(flat))}
+
+
+def write_record(path: str, record: Mapping[str, Any]) -> None:
+  """Atomic write (a partial file is never left to be read back as a result)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=1, sort_keys=True, default=float)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+  """The record at ``path``, or None when there is none; a malformed file is an error naming it
+  (a committed result must never be silently ignored)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path}: not a readable run record ({e}); delete or fix it') from None
+  for key in ('fingerprint', 'metrics', 'config'):
+    if key not in record:
+      raise ValueError(f'{path}: run record without {key!r}; delete or fix it')
+  return record
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 6) -> str:
+  """Why two flat configs differ, for the log: 'model.width 64 -> 128, ...'."""
+  keys = sorted(set(old) | set(new))
+  diffs = [f'{k} {old.get(k, "(absent)")!r} -> {new.get(k, "(absent)")!r}'
+           for k in keys if canonical(old.get(k)) != canonical(new.get(k))]
+  if not diffs:
+    return 'the data changed (same config)'
+  more = f' (+{len(diffs) - most} more)' if len(diffs) > most else ''
+  return ', '.join(diffs[:most]) + more

@@ -1,0 +1,245 @@
+"""What a finished sweep leaves for a reader: paired statistics, ``summary.json``, ``report.md``
+and plots (learning curves, relative differences with their confidence intervals).
+
+Every variant is compared with the reference row *paired by seed*: seed s of the variant against
+seed s of the reference (same data order, same initial randomness where the parameters agree), a
+t-interval over the seeds' differences (stats.paired_difference). A difference whose 95% interval
+excludes 0 is marked significant. With one seed there is no interval over seeds: the cells say so
+(``ci95`` null) rather than print a number that means nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from onetrans_jax import records, stats
+
+METRICS = ('auc', 'uauc', 'logloss')
+
+
+def _predictions(run_dir: str) -> dict[str, np.ndarray] | None:
+  """The hold-out impressions a run scored (train.PREDICTIONS_FILE), or None."""
+  path = os.path.join(run_dir, 'eval_predictions.npz')
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+def _bootstrap_auc(a_dir: str, ref_dir: str, task: str, n_boot: int, level: float
+                   ) -> stats.BootstrapResult | None:
+  """Paired bootstrap over users of one task's AUC difference on the same hold-out impressions
+  (None when either run kept no predictions or they scored different impressions)."""
+  a, b = _predictions(a_dir), _predictions(ref_dir)
+  if a is None or b is None or f'{task}.labels' not in a or f'{task}.labels' not in b:
+    return None
+  if (a[f'{task}.labels'].shape != b[f'{task}.labels'].shape or
+      not np.array_equal(a[f'{task}.labels'], b[f'{task}.labels']) or
+      not np.array_equal(a[f'{task}.user_ids'], b[f'{task}.user_ids'])):
+    return None
+  return stats.paired_bootstrap(b[f'{task}.labels'], a[f'{task}.probs'], b[f'{task}.probs'],
+                                b[f'{task}.user_ids'], n_boot=n_boot, seed=0, level=level)
+
+
+def compare(results: Mapping[str, Any], names: Sequence[str], reference: str,
+            tasks: Sequence[str], level: float = 0.95,
+            run_dirs: Mapping[str, Sequence[str]] | None = None,
+            n_boot: int = 200) -> dict[str, dict[str, dict[str, Any]]]:
+  """{variant: {'<task>/<metric>': {mean, std, n, delta_vs_ref, ci95, rel_pct, rel_ci95_pct,
+  significant, ci_method}}}: per-seed values paired with the reference's by seed order (a
+  t-interval over seeds); with one seed each, the AUC's interval comes from a paired bootstrap
+  over the hold-out's users (``n_boot`` resamples; 0: none) where both runs kept predictions."""
+  out: dict[str, dict[str, dict[str, Any]]] = {}
+  for name in names:
+    row = {}
+    for task in tasks:
+      for metric in METRICS:
+        vals = [r[task][metric] for r in results[name]['runs']]
+        ref = [r[task][metric] for r in results[reference]['runs']]
+        mean, std, n = stats.mean_std(vals)
+        cell = {'mean': mean, 'std': None if math.isnan(std) else std, 'n': n,
+                'delta_vs_ref': 0.0, 'ci95': [0.0, 0.0], 'rel_pct': 0.0,
+                'rel_ci95_pct': [0.0, 0.0], 'significant': False, 'ci_method': None}
+        if name != reference:
+          cell['delta_vs_ref'] = mean - float(np.mean(ref))
+          cell['rel_pct'] = 100.0 * cell['delta_vs_ref'] / float(np.mean(ref))
+          cell['ci95'] = cell['rel_ci95_pct'] = None
+          if len(vals) == len(ref) >= 2:
+            p = stats.paired_difference(vals, ref, level)
+            cell.update(delta_vs_ref=p.mean_diff, ci95=[p.ci_low, p.ci_high],
+                        rel_pct=p.rel_diff_pct,
+                        rel_ci95_pct=[p.rel_ci_low_pct, p.rel_ci_high_pct],
+                        significant=bool(p.significant), ci_method='t over seeds')
+          elif (len(vals) == len(ref) == 1 and metric == 'auc' and run_dirs and n_boot and
+                run_dirs.get(name) and run_dirs.get(reference)):
+            bs = _bootstrap_auc(run_dirs[name][0], run_dirs[reference][0], task, n_boot, level)
+            if bs is not None:
+              ref_mean = abs(float(np.mean(ref)))
+              cell.update(ci95=[bs.ci_low, bs.ci_high],
+                          rel_ci95_pct=[100 * bs.ci_low / ref_mean, 100 * bs.ci_high / ref_mean],
+                          significant=bool(bs.significant),
+                          ci_method=f'bootstrap over {bs.n_groups} users, {bs.n_boot} resamples')
+        row[f'{task}/{metric}'] = cell
+    out[name] = row
+  return out
+
+
+def summary(study: str, dataset: str, reference: str, seeds: Sequence[int],
+            tasks: Sequence[str], names: Sequence[str], results: Mapping[str, Any],
+            comparison: Mapping[str, Any]) -> dict[str, Any]:
+  """The study's machine-readable result (the schema README tables are generated from)."""
+  keep = ('mean', 'std', 'n', 'delta_vs_ref', 'ci95', 'ci_method')
+  return {'study': study, 'dataset': dataset, 'reference': reference, 'seeds': list(seeds),
+          'tasks': list(tasks),
+          'rows': [{'variant': name, 'params': float(results[name]['params']),
+                    'train_flops_per_example': float(results[name]['train_flops_per_example']),
+                    'metrics': {k: {f: v[f] for f in keep} for k, v in comparison[name].items()}}
+                   for name in names]}
+
+
+# ---------------------------------------------------------------------------------- plots
+def _curves(run_dir: str, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of ``key`` in ``split`` records of one run's metrics.jsonl; the hold-out's
+  periodic 'eval' curve ends with its 'final' evaluation."""
+  splits = (split, 'final') if split == 'eval' else (split,)
+  path = os.path.join(run_dir, 'metrics.jsonl')
+  steps, vals = [], []
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec.get('split') in splits and key in rec:
+          steps.append(rec['step'])
+          vals.append(rec[key])
+  return np.asarray(steps), np.asarray(vals, np.float64)
+
+
+def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
+                         tasks: Sequence[str]) -> bool:
+  """Train loss and the validation AUC of each task against step (the hold-out's periodic
+  evaluation where no validation split was kept): one line per variant, the mean over seeds,
+  with a band from the lowest to the highest seed. False when no run logged anything."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  panels = [('train', 'loss', 'train loss')]
+  split = 'valid' if any(_curves(d, 'valid', f'{tasks[0]}/auc')[0].size
+                         for ds in run_dirs.values() for d in ds) else 'eval'
+  panels += [(split, f'{t}/auc', f'{split} {t} AUC') for t in tasks]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  drew = False
+  for ax, (sp, key, title) in zip(axes[0], panels):
+    for name, dirs in run_dirs.items():
+      curves = [_curves(d, sp, key) for d in dirs]
+      curves = [c for c in curves if c[0].size]
+      if not curves:
+        continue
+      n = min(c[0].size for c in curves)
+      steps = curves[0][0][:n]
+      vals = np.stack([c[1][:n] for c in curves])
+      line, = ax.plot(steps, vals.mean(0), label=name, lw=1.4, marker='o', ms=3)
+      if len(curves) > 1:
+        ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
+      drew = True
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  if drew:
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return drew
+
+
+def plot_deltas(path: str, comparison: Mapping[str, Any], names: Sequence[str], reference: str,
+                tasks: Sequence[str], metric: str = 'auc') -> bool:
+  """Each variant's relative difference from the reference (%), one panel per task, with its
+  95% interval over seeds as an error bar (none with one seed). False with no other variant."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  others = [n for n in names if n != reference]
+  if not others:
+    return False
+  fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 0.5 * len(others) + 1.6),
+                           squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    cells = [comparison[n][f'{task}/{metric}'] for n in others]
+    rel = np.array([c['rel_pct'] for c in cells])
+    lo = np.array([c['rel_pct'] - c['rel_ci95_pct'][0] if c['rel_ci95_pct'] else 0.0
+                   for c in cells])
+    hi = np.array([c['rel_ci95_pct'][1] - c['rel_pct'] if c['rel_ci95_pct'] else 0.0
+                   for c in cells])
+    colors = ['tab:green' if c['significant'] and r > 0 else 'tab:red' if c['significant']
+              else 'tab:gray' for c, r in zip(cells, rel)]
+    y = np.arange(len(others))
+    ax.barh(y, rel, xerr=[lo, hi], color=colors, capsize=3)
+    ax.axvline(0, color='black', lw=0.8)
+    ax.set_yticks(y, others, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title(f'{task} {metric.upper()} vs {reference} (%)', fontsize=10)
+    ax.grid(axis='x', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+# ---------------------------------------------------------------------------------- report
+def write_report(workdir: str, config: Any, names: Sequence[str], results: Mapping[str, Any],
+                 table: str, run_dirs: Mapping[str, Sequence[str]], wall_seconds: float
+                 ) -> dict[str, Any]:
+  """summary.json, report.md and the plots in ``workdir``; returns the summary."""
+  sw = config.sweep
+  tasks = [t for t, _ in sw.tasks]
+  study = sw.get('study', None) or os.path.basename(os.path.abspath(workdir))
+  comparison = compare(results, names, sw.reference, tasks, run_dirs=run_dirs,
+                       n_boot=int(sw.get('bootstrap', 200)))
+  summ = summary(study, str(config.data.get('name', '?')), sw.reference, sw.seeds, tasks, names,
+                 results, comparison)
+  with open(os.path.join(workdir, 'summary.json'), 'w', encoding='utf-8') as f:
+    json.dump(summ, f, indent=1, default=float)
+    f.write('\n')
+  curves = plot_learning_curves(os.path.join(workdir, 'learning_curves.png'), run_dirs, tasks)
+  deltas = plot_deltas(os.path.join(workdir, 'deltas.png'), comparison, names, sw.reference,
+                       tasks)
+  fp, _ = records.fingerprint(config)
+  mach = records.machine()
+  lines = [f'# {study}', '',
+           '```', 'python launch.py ' + ' '.join(sys.argv[1:]), '```', '',
+           f'- config fingerprint (sweep base, data included): `{fp[:16]}`',
+           f'- machine: {mach["processor"]}, {mach["device_count"]} x {mach["device_kind"]} '
+           f'({mach["backend"]}), jax {mach["jax"]}, {mach["cpu_count"]} CPUs',
+           f'- seeds: {list(sw.seeds)}; wall time of this invocation: {wall_seconds:.0f} s '
+           '(reused runs cost nothing)', '',
+           '## Table', '', '```', table, '```', '',
+           'Paired differences: variant minus reference, seed by seed; the interval is a 95% '
+           't-interval over seeds (with one seed: a paired bootstrap over the hold-out\'s users), '
+           '`*` where it excludes 0.', '']
+  for name in names:
+    if name == sw.reference:
+      continue
+    cells = []
+    for t in tasks:
+      c = comparison[name][f'{t}/auc']
+      ci = ('n/a (one seed, no predictions to bootstrap)' if c['ci95'] is None else
+            f'[{c["rel_ci95_pct"][0]:+.2f}%, {c["rel_ci95_pct"][1]:+.2f}%]'
+            + (' *' if c['significant'] else '') + f' ({c["ci_method"]})')
+      cells.append(f'{t} AUC {c["rel_pct"]:+.2f}% {ci}')
+    lines.append(f'- {name}: ' + '; '.join(cells))
+  lines.append('')
+  if curves:
+    lines += ['## Learning curves', '', '![learning curves](learning_curves.png)', '']
+  if deltas:
+    lines += ['## Differences from the reference', '', '![differences](deltas.png)', '']
+  with open(os.path.join(workdir, 'report.md'), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines))
+  return summ
