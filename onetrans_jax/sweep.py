@@ -115,6 +115,16 @@ def _set_aside(run_dir: str, why: str) -> str:
   return target
 
 
+def _same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> bool:
+  """Whether ``run_dir`` holds a run of exactly ``cfg`` (train.py saves it as config.json);
+  True for a directory that holds no run yet."""
+  saved = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(saved):
+    return True
+  with open(saved, encoding='utf-8') as f:
+    return f.read() == cfg.to_json_best_effort(indent=1, sort_keys=True)
+
+
 def plan_run(config: ml_collections.ConfigDict, workdir: str, name: str,
              overrides: Sequence[tuple[str, Any]], seed: int) -> PlannedRun:
   """Decides reuse / resume / train for one run from its fingerprint (nothing is moved yet)."""
@@ -134,9 +144,7 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str, name: str,
       stale['config'], records.canonical(flat))
   saved = os.path.join(run_dir, 'config.json')
   if os.path.exists(saved):
-    with open(saved, encoding='utf-8') as f:
-      same = f.read() == cfg.to_json_best_effort(indent=1, sort_keys=True)
-    if same:
+    if _same_config(run_dir, cfg):
       return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'resume',
                         f'same config in {run_dir} (resumes from its checkpoint)', None)
     return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'train',
@@ -151,6 +159,8 @@ def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
   if run.action == 'reuse':
     reporting.log(f'[sweep] {run.variant} seed {run.seed}: reused ({run.reason})')
     record = run.record
+    if not _same_config(run.run_dir, run.config) and os.path.exists(run.run_dir):
+      _set_aside(run.run_dir, 'it holds a run of another config')
   else:
     if run.action == 'train' and os.path.exists(run.run_dir):
       _set_aside(run.run_dir, run.reason)

@@ -172,3 +172,13 @@ def test_one_seed_comparisons_bootstrap_over_users(tmp_path):
   assert lo <= hi and np.isfinite([lo, hi]).all()
   assert json.loads((tmp_path / 'w' / 'summary.json').read_text())['rows'][1]['metrics'][
       'click/uauc']['ci95'] is None   # no interval where there is none to compute
+
+
+def test_a_reused_record_never_sits_beside_another_configs_run(tmp_path):
+  run_sweep(_one_run_config(tmp_path), str(tmp_path / 'a'))                 # X, committed
+  run_sweep(_one_run_config(tmp_path, hidden=(40,)), str(tmp_path / 'b'))   # Y in workdir b
+  again = run_sweep(_one_run_config(tmp_path), str(tmp_path / 'b'))         # X in workdir b
+  assert [r.action for r in again['plan']] == ['reuse']
+  assert (tmp_path / 'b' / 'base' / 'seed_0.stale' / 'config.json').exists()
+  rec = json.loads((tmp_path / 'b' / 'base' / 'seed_0' / 'record.json').read_text())
+  assert rec['config']['model.hidden'] == [32]
