@@ -33,11 +33,11 @@ def _predictions(run_dir: str) -> dict[str, np.ndarray] | None:
     return {k: z[k] for k in z.files}
 
 
-def _bootstrap_auc(a_dir: str, ref_dir: str, task: str, n_boot: int, level: float
-                   ) -> stats.BootstrapResult | None:
-  """Paired bootstrap over users of one task's AUC difference on the same hold-out impressions
-  (None when either run kept no predictions or they scored different impressions)."""
-  a, b = _predictions(a_dir), _predictions(ref_dir)
+def _bootstrap_auc(a: Mapping[str, np.ndarray] | None, b: Mapping[str, np.ndarray] | None,
+                   task: str, n_boot: int, level: float) -> stats.BootstrapResult | None:
+  """Paired bootstrap over users of one task's AUC difference between two runs' predictions
+  (``_predictions``) on the same hold-out impressions (None when either run kept none or they
+  scored different impressions)."""
   if a is None or b is None or f'{task}.labels' not in a or f'{task}.labels' not in b:
     return None
   if (a[f'{task}.labels'].shape != b[f'{task}.labels'].shape or
@@ -51,19 +51,33 @@ def _bootstrap_auc(a_dir: str, ref_dir: str, task: str, n_boot: int, level: floa
 def compare(results: Mapping[str, Any], names: Sequence[str], reference: str,
             tasks: Sequence[str], level: float = 0.95,
             run_dirs: Mapping[str, Sequence[str]] | None = None,
-            n_boot: int = 200) -> dict[str, dict[str, dict[str, Any]]]:
+            n_boot: int = 200, metrics: Sequence[str] = METRICS
+            ) -> dict[str, dict[str, dict[str, Any]]]:
   """{variant: {'<task>/<metric>': {mean, std, n, delta_vs_ref, ci95, rel_pct, rel_ci95_pct,
   significant, ci_method}}}: per-seed values paired with the reference's by seed order (a
   t-interval over seeds); with one seed each, the AUC's interval comes from a paired bootstrap
   over the hold-out's users (``n_boot`` resamples; 0: none) where both runs kept predictions."""
   out: dict[str, dict[str, dict[str, Any]]] = {}
+  loaded: dict[str, Any] = {}   # run dir -> its predictions, each file read once
+
+  def predictions(name: str) -> dict[str, np.ndarray] | None:
+    run_dir = run_dirs[name][0]
+    if run_dir not in loaded:
+      loaded[run_dir] = _predictions(run_dir)
+    return loaded[run_dir]
+
   for name in names:
     row = {}
     for task in tasks:
-      for metric in METRICS:
-        vals = [r[task][metric] for r in results[name]['runs']]
-        ref = [r[task][metric] for r in results[reference]['runs']]
-        mean, std, n = stats.mean_std(vals)
+      for metric in metrics:
+        vals = np.asarray([r[task][metric] for r in results[name]['runs']], np.float64)
+        ref = np.asarray([r[task][metric] for r in results[reference]['runs']], np.float64)
+        # A metric can be NaN (a task without both classes in a tiny hold-out): its cell says so
+        # and gets no interval, rather than stopping the report of a finished study.
+        finite = bool(np.isfinite(vals).all() and np.isfinite(ref).all())
+        n = len(vals)
+        mean = float(np.mean(vals))
+        std = float(np.std(vals, ddof=1)) if n > 1 else float('nan')
         cell = {'mean': mean, 'std': None if math.isnan(std) else std, 'n': n,
                 'delta_vs_ref': 0.0, 'ci95': [0.0, 0.0], 'rel_pct': 0.0,
                 'rel_ci95_pct': [0.0, 0.0], 'significant': False, 'ci_method': None}
@@ -71,15 +85,15 @@ def compare(results: Mapping[str, Any], names: Sequence[str], reference: str,
           cell['delta_vs_ref'] = mean - float(np.mean(ref))
           cell['rel_pct'] = 100.0 * cell['delta_vs_ref'] / float(np.mean(ref))
           cell['ci95'] = cell['rel_ci95_pct'] = None
-          if len(vals) == len(ref) >= 2:
+          if finite and len(vals) == len(ref) >= 2:
             p = stats.paired_difference(vals, ref, level)
             cell.update(delta_vs_ref=p.mean_diff, ci95=[p.ci_low, p.ci_high],
                         rel_pct=p.rel_diff_pct,
                         rel_ci95_pct=[p.rel_ci_low_pct, p.rel_ci_high_pct],
                         significant=bool(p.significant), ci_method='t over seeds')
-          elif (len(vals) == len(ref) == 1 and metric == 'auc' and run_dirs and n_boot and
-                run_dirs.get(name) and run_dirs.get(reference)):
-            bs = _bootstrap_auc(run_dirs[name][0], run_dirs[reference][0], task, n_boot, level)
+          elif (finite and len(vals) == len(ref) == 1 and metric == 'auc' and run_dirs and
+                n_boot and run_dirs.get(name) and run_dirs.get(reference)):
+            bs = _bootstrap_auc(predictions(name), predictions(reference), task, n_boot, level)
             if bs is not None:
               ref_mean = abs(float(np.mean(ref)))
               cell.update(ci95=[bs.ci_low, bs.ci_high],
@@ -105,20 +119,23 @@ def summary(study: str, dataset: str, reference: str, seeds: Sequence[int],
 
 
 # ---------------------------------------------------------------------------------- plots
-def _curves(run_dir: str, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, values) of ``key`` in ``split`` records of one run's metrics.jsonl; the hold-out's
-  periodic 'eval' curve ends with its 'final' evaluation."""
-  splits = (split, 'final') if split == 'eval' else (split,)
+def _metric_records(run_dir: str) -> list[dict[str, Any]]:
+  """Every record of one run's metrics.jsonl (none when the run left no log, e.g. reused)."""
   path = os.path.join(run_dir, 'metrics.jsonl')
-  steps, vals = [], []
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        rec = json.loads(line)
-        if rec.get('split') in splits and key in rec:
-          steps.append(rec['step'])
-          vals.append(rec[key])
-  return np.asarray(steps), np.asarray(vals, np.float64)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+def _curves(recs: Sequence[Mapping[str, Any]], split: str, key: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of ``key`` in one run's ``split`` records; the hold-out's periodic 'eval'
+  curve ends with its 'final' evaluation."""
+  splits = (split, 'final') if split == 'eval' else (split,)
+  picked = [(r['step'], r[key]) for r in recs if r.get('split') in splits and key in r]
+  return (np.asarray([s for s, _ in picked]),
+          np.asarray([v for _, v in picked], np.float64))
 
 
 def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
@@ -129,15 +146,16 @@ def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  logs = {d: _metric_records(d) for dirs in run_dirs.values() for d in dirs}
   panels = [('train', 'loss', 'train loss')]
-  split = 'valid' if any(_curves(d, 'valid', f'{tasks[0]}/auc')[0].size
-                         for ds in run_dirs.values() for d in ds) else 'eval'
+  split = 'valid' if any(_curves(recs, 'valid', f'{tasks[0]}/auc')[0].size
+                         for recs in logs.values()) else 'eval'
   panels += [(split, f'{t}/auc', f'{split} {t} AUC') for t in tasks]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
   drew = False
   for ax, (sp, key, title) in zip(axes[0], panels):
     for name, dirs in run_dirs.items():
-      curves = [_curves(d, sp, key) for d in dirs]
+      curves = [_curves(logs[d], sp, key) for d in dirs]
       curves = [c for c in curves if c[0].size]
       if not curves:
         continue
@@ -195,14 +213,13 @@ def plot_deltas(path: str, comparison: Mapping[str, Any], names: Sequence[str], 
 
 # ---------------------------------------------------------------------------------- report
 def write_report(workdir: str, config: Any, names: Sequence[str], results: Mapping[str, Any],
-                 table: str, run_dirs: Mapping[str, Sequence[str]], wall_seconds: float
-                 ) -> dict[str, Any]:
-  """summary.json, report.md and the plots in ``workdir``; returns the summary."""
+                 comparison: Mapping[str, Any], table: str,
+                 run_dirs: Mapping[str, Sequence[str]], wall_seconds: float) -> dict[str, Any]:
+  """summary.json, report.md and the plots in ``workdir`` (``comparison``: ``compare``'s
+  result); returns the summary."""
   sw = config.sweep
   tasks = [t for t, _ in sw.tasks]
   study = sw.get('study', None) or os.path.basename(os.path.abspath(workdir))
-  comparison = compare(results, names, sw.reference, tasks, run_dirs=run_dirs,
-                       n_boot=int(sw.get('bootstrap', 200)))
   summ = summary(study, str(config.data.get('name', '?')), sw.reference, sw.seeds, tasks, names,
                  results, comparison)
   with open(os.path.join(workdir, 'summary.json'), 'w', encoding='utf-8') as f:

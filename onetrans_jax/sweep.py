@@ -39,7 +39,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, models, records, reporting, stats, study_report
+from onetrans_jax import accounting, models, records, reporting, study_report
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 
@@ -187,7 +187,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ConfigError('config.sweep.seeds is empty')
   plan = [plan_run(config, workdir, name, overrides, seed)
           for name, overrides in sw.variants for seed in sw.seeds]
-  estimate = estimate_seconds(plan)
+  schemas = _Schemas()
+  estimate = estimate_seconds(plan, schemas)
   reporting.log(format_plan(plan, estimate))
   if sw.get('dry_run', False):
     return {'plan': plan, 'estimate_seconds': estimate}
@@ -198,25 +199,29 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   results: dict[str, Any] = {}
   for name in names:
     cfg = next(r.config for r in plan if r.variant == name)
-    schema = pipeline.build_dataset(cfg.data).schema
+    schema = schemas(cfg.data)
     results[name] = {'runs': [r['metrics'] for r in by_variant[name]],
                      'records': by_variant[name],
                      'params': accounting.dense_params(cfg.model, schema)['dense'],
                      'tflops': accounting.batch_tflops(cfg.model, schema),
                      'train_flops_per_example':
                          models.training_flops_per_example(cfg.model, schema)}
+  run_dirs = {name: [r.run_dir for r in plan if r.variant == name] for name in names}
+  comparison = study_report.compare(results, names, sw.reference, [t for t, _ in sw.tasks],
+                                    run_dirs=run_dirs, n_boot=int(sw.get('bootstrap', 200)))
   table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks),
                              relative=sw.get('relative', True),
-                             metric_labels=tuple(sw.get('metric_labels', ('AUC', 'UAUC'))))
+                             metric_labels=tuple(sw.get('metric_labels', ('AUC', 'UAUC'))),
+                             comparison=comparison)
   reporting.log(table)
   with open(os.path.join(workdir, 'sweep_table.txt'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
   with open(os.path.join(workdir, 'sweep_results.json'), 'w', encoding='utf-8') as f:
     json.dump({k: {kk: vv for kk, vv in v.items() if kk != 'records'}
                for k, v in results.items()}, f, indent=1, default=float)
-  run_dirs = {name: [r.run_dir for r in plan if r.variant == name] for name in names}
   wall = time.time() - t0
-  summ = study_report.write_report(workdir, config, names, results, table, run_dirs, wall)
+  summ = study_report.write_report(workdir, config, names, results, comparison, table, run_dirs,
+                                   wall)
   reporting.log(f'[sweep] wrote {workdir}/report.md, summary.json and the plots')
   if sw.get('results_dir', None):  # the study's committed copy, beside its run records
     study_dir = os.path.dirname(os.path.normpath(sw.results_dir))
@@ -233,7 +238,22 @@ REPORT_FILES = ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves
 
 
 # ---------------------------------------------------------------------------------- the plan
-def estimate_seconds(plan: Sequence[PlannedRun]) -> dict[tuple[str, int], float]:
+class _Schemas:
+  """The schema of a data config, each distinct config built once (variants and seeds of a sweep
+  share their data; a file dataset is not parsed again for every run)."""
+
+  def __init__(self):
+    self._seen: dict[str, Any] = {}
+
+  def __call__(self, data_cfg: ml_collections.ConfigDict) -> Any:
+    key = data_cfg.to_json_best_effort(sort_keys=True)
+    if key not in self._seen:
+      self._seen[key] = pipeline.build_dataset(data_cfg).schema
+    return self._seen[key]
+
+
+def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
+                     ) -> dict[tuple[str, int], float]:
   """Seconds each run will take: 0 for a reuse; otherwise scaled from a finished record of the
   same variant (its measured wall time per step: measure one seed first, then plan the rest),
   else from the analytic training FLOPs of the reference per-candidate pass at the machine's
@@ -256,7 +276,7 @@ def estimate_seconds(plan: Sequence[PlannedRun]) -> dict[tuple[str, int], float]
       out[(run.variant, run.seed)] = measured[run.variant] * steps
     else:
       rate = rate or _matmul_rate()
-      schema = pipeline.build_dataset(run.config.data).schema
+      schema = (schemas or _Schemas())(run.config.data)
       per_step = (models.training_flops_per_example(run.config.model, schema) *
                   run.config.data.batch_size * schema.num_candidates)
       out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * per_step / (rate * ASSUMED_MFU)
@@ -296,18 +316,17 @@ def format_plan(plan: Sequence[PlannedRun], estimate: Mapping[tuple[str, int], f
   return '\n'.join(lines)
 
 
-def _stats(runs: Sequence[Mapping[str, Mapping[str, float]]], task: str,
-           metric: str) -> tuple[float, float]:
-  vals = np.array([r[task][metric] for r in runs], np.float64)
-  return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float('nan')
-
-
 def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], reference: str,
                        tasks: Sequence[tuple[str, str]], relative: bool = True,
-                       metric_labels: Sequence[str] = ('AUC', 'UAUC')) -> str:
+                       metric_labels: Sequence[str] = ('AUC', 'UAUC'),
+                       comparison: Mapping[str, Any] | None = None) -> str:
   """The paper's layout: the reference row absolute, the others relative % to it, +- seed std
   (``relative=False``: every row absolute), and per task the 95% t-interval of the AUC's paired
-  difference from the reference over seeds, in % of the reference ('*': excludes 0)."""
+  difference from the reference over seeds, in % of the reference ('*': excludes 0), read from
+  ``comparison`` (study_report.compare's result; computed here when not given)."""
+  if comparison is None:
+    comparison = study_report.compare(results, names, reference, [t for t, _ in tasks],
+                                      metrics=METRICS)
   n_seeds = len(results[reference]['runs'])
   header = ['variant'] + [f'{label} {m}' for _, label in tasks for m in metric_labels]
   header += [f'{label} {metric_labels[0]} 95% CI' for _, label in tasks]
@@ -318,8 +337,9 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
     row = [name]
     for task, _ in tasks:
       for m in METRICS:
-        mean, std = _stats(res['runs'], task, m)
-        ref, _ = _stats(results[reference]['runs'], task, m)
+        cell = comparison[name][f'{task}/{m}']
+        mean, ref = cell['mean'], comparison[reference][f'{task}/{m}']['mean']
+        std = float('nan') if cell['std'] is None else cell['std']
         if name == reference or not relative:
           cell = f'{mean:.5f}'
           if not math.isnan(std):
@@ -330,7 +350,7 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
             cell += f' ±{100 * std / ref:.2f}'
         row.append(cell)
     for task, _ in tasks:
-      row.append(_ci_cell(res['runs'], results[reference]['runs'], task, name == reference))
+      row.append(_ci_cell(comparison[name][f'{task}/auc']))
     tflops = '—' if math.isnan(res['tflops']) else f'{res["tflops"]:.3f}'
     row += [f'{res["params"] / 1e6:.3f}', tflops]
     rows.append(row)
@@ -349,11 +369,10 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
   return '\n'.join(lines)
 
 
-def _ci_cell(runs: Sequence[Mapping[str, Any]], ref_runs: Sequence[Mapping[str, Any]], task: str,
-             is_reference: bool) -> str:
-  """'[+0.12, +0.88]%*' for a variant with >= 2 seeds paired with the reference's, else '—'."""
-  if is_reference or len(runs) != len(ref_runs) or len(runs) < 2:
+def _ci_cell(cell: Mapping[str, Any]) -> str:
+  """'[+0.12, +0.88]%*' where the AUC's interval is a t-interval over seeds, else '—' (the
+  reference row; one seed, whose bootstrap interval report.md gives)."""
+  if cell['ci_method'] != 't over seeds':
     return '—'
-  p = stats.paired_difference([r[task]['auc'] for r in runs], [r[task]['auc'] for r in ref_runs])
-  return (f'[{p.rel_ci_low_pct:+.2f}, {p.rel_ci_high_pct:+.2f}]%' +
-          ('*' if p.significant else ''))
+  lo, hi = cell['rel_ci95_pct']
+  return f'[{lo:+.2f}, {hi:+.2f}]%' + ('*' if cell['significant'] else '')
