@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from onetrans_jax import records, stats
+from onetrans_jax import records, stats, study_report
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
 from tests.helpers import small_config
@@ -182,3 +182,13 @@ def test_a_reused_record_never_sits_beside_another_configs_run(tmp_path):
   assert (tmp_path / 'b' / 'base' / 'seed_0.stale' / 'config.json').exists()
   rec = json.loads((tmp_path / 'b' / 'base' / 'seed_0' / 'record.json').read_text())
   assert rec['config']['model.hidden'] == [32]
+
+
+def test_a_nan_metric_gets_no_interval_and_stops_nothing():
+  """A task without both classes in a tiny hold-out has a NaN AUC: the report of a finished
+  study still comes out, with that cell's mean NaN and no interval."""
+  runs = lambda *a: [{'click': {'auc': x, 'uauc': x, 'logloss': 0.5}} for x in a]
+  res = {'ref': {'runs': runs(0.70, 0.71)}, 'x': {'runs': runs(float('nan'), 0.72)}}
+  cmp = study_report.compare(res, ['ref', 'x'], 'ref', ['click'])
+  assert np.isnan(cmp['x']['click/auc']['mean']) and cmp['x']['click/auc']['ci95'] is None
+  assert cmp['x']['click/logloss']['ci95'] == [0.0, 0.0]   # finite metrics keep their interval
