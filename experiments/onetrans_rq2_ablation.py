@@ -7,6 +7,16 @@ Prints the table in the paper's layout: the OneTrans_S row absolute, every other
 to it (mean ± std over seeds), with dense params and analytic training TFLOPs per batch of 2048.
 CTR = click, CVR = cart given click (the synthetic funnel's conversion step).
 
+What each row changes, and only that (tests/test_faithful_rows.py pins them):
+  * group-wise tokenizer: L_NS group MLPs of width ``group_hidden`` (d) over contiguous feature
+    groups instead of the auto-split MLP, so, as in the paper, it has fewer parameters;
+  * timestamp-agnostic (with / without [SEP]): sequences concatenated by intent, and no time
+    signal at all: the time-gap buckets follow the merge and are off (shifting and permuting every
+    event timestamp leaves these rows' logits bit-identical);
+  * shared params: one weight set for every token, S and NS;
+  * full attention: the causal mask removed (the S side can no longer be shared per request);
+  * no pyramid: every layer keeps the whole token list.
+
 The default trains the CPU-sized OneTrans_S (experiments/onetrans_s.py:small) 7 variants x 3 seeds
 x 1000 steps. Measured on 2 CPU cores, a run of 1000 steps takes about 10 minutes with
 request-level sharing; the full-attention row cannot share the user side (S tokens read the
@@ -14,8 +24,10 @@ candidate's NS tokens) and runs ~6x slower, so the whole sweep is an estimated 6
 cores: an accelerator is the better place. ``:quick`` (16 requests a step, 100 steps, one seed)
 checks the whole pipeline in about 5 minutes on 2 CPU cores (measured); its numbers are too
 short-trained to read as ablation results.
-``:paper`` uses the paper's OneTrans_S shapes (an accelerator is needed). An interrupted sweep
-resumes where it stopped.
+``:paper`` uses the paper's OneTrans_S shapes and the readings chosen by its figures, ``:paper_spec``
+the SPEC's [D] readings (experiments/onetrans_s.py); ``python -m onetrans_jax.accounting --config
+experiments/onetrans_rq2_ablation.py:paper`` prints each row's params and TFLOPs beside the
+paper's. Both need an accelerator to train. An interrupted sweep resumes where it stopped.
 """
 
 import ml_collections
@@ -30,20 +42,35 @@ VARIANTS = (
                                       ('model.use_sep', False))),
     ('shared params for all tokens', (('model.param_sharing', 'shared'),)),
     ('full attention', (('model.attention', 'full'),)),
-    ('no pyramid', (('model.pyramid', False),)),
+    ('no pyramid', (('model.pyramid', False), ('model.pyramid_start', None))),
 )
 
 
+# SPEC A.10: each row's dense params (M) and training TFLOPs per batch of 2048 in the paper.
+PAPER = {
+    'OneTrans_S': (91, 2.64),
+    'group-wise tokenizer': (78, 2.35),
+    'timestamp-agnostic': (91, 2.64),
+    'timestamp-agnostic, no [SEP]': (91, 2.62),
+    'shared params for all tokens': (24, 2.64),
+    'full attention': (91, 2.64),
+    'no pyramid': (92, 8.08),
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = onetrans_s.get_config('paper' if arg == 'paper' else 'small')
+  paper = arg in ('paper', 'paper_spec')
+  c = onetrans_s.get_config(arg if paper else 'small')
   c.train.checkpoint_every = 0
-  c.sweep = common.sweep('onetrans_rq2_ablation' + ('_paper' if arg == 'paper' else ''),
+  c.sweep = common.sweep('onetrans_rq2_ablation' + (f'_{arg}' if paper else ''),
                          'OneTrans_S', VARIANTS, seeds=(0, 1, 2),
                          tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
   if arg == 'quick':
     common.quick(c)
     c.sweep.seeds = (0,)
-  elif arg not in (None, '', 'paper'):
+  elif arg not in (None, '', 'paper', 'paper_spec'):
     raise ValueError(f'experiments/onetrans_rq2_ablation.py: unknown variant {arg!r}; '
-                     'use :quick or :paper')
+                     'use :quick, :paper or :paper_spec')
+  if paper:
+    c.sweep.paper = tuple((name, *v) for name, v in PAPER.items())  # accounting's ratios
   return c

@@ -53,7 +53,7 @@ ONERANK = list(_model_variants(onerank_ablation.VARIANTS)) + [
     ('detach_kv_weights', dict(detach_kv_weights=True)),
     ('reference layout', dict(request_level=False)),
     ('no history time gaps', dict(time_gap_buckets=0)),
-    ('timestamp-agnostic history', dict(seq_merge='timestamp_agnostic')),
+    ('timestamp-agnostic history', dict(seq_merge='timestamp_agnostic', time_gap_buckets=0)),
 ]
 
 

@@ -50,7 +50,10 @@ def test_experiment_files_start_from_the_family_defaults():
   assert default.get_config().model.to_dict() == pooled_mlp_config.defaults().to_dict()
   small = onetrans_s.get_config('small').model.to_dict()
   assert small == onetrans_config.defaults(pyramid_multiple=8).to_dict()
-  assert onerank_main.get_config().model.time_gap_buckets == 16   # the family's default
+  onerank = onerank_main.get_config()
+  assert onerank.model.time_gap_buckets is None                   # the family's default:
+  schema = pipeline.build_dataset(onerank.data).schema
+  assert models.build_model(onerank.model, schema).time_gap_buckets == 16  # 16 when aware
 
 
 def test_a_missing_field_takes_the_family_default(schema):
@@ -61,9 +64,9 @@ def test_a_missing_field_takes_the_family_default(schema):
   with partial.unlocked():
     del partial['time_gap_buckets']
     del partial['predictor_levels']
-  assert onetrans_config.defaults().time_gap_buckets == 16
+  assert onetrans_config.defaults().time_gap_buckets is None   # 16 when timestamp-aware
   a, b = models.build_model(full, schema), models.build_model(partial, schema)
-  assert a.time_gap_buckets == b.time_gap_buckets == full.time_gap_buckets
+  assert a.time_gap_buckets == b.time_gap_buckets == 16
   assert a.predictor == b.predictor
 
 
@@ -78,6 +81,8 @@ def test_an_unknown_field_is_refused_with_the_known_ones(schema):
     ('width', 0, 'int', "config.model.width=0: must be a positive integer"),
     ('width', True, 'int', "config.model.width=True: must be a positive integer"),
     ('ns_hidden', -1, 'int0', "config.model.ns_hidden=-1: must be an integer >= 0"),
+    ('group_hidden', -1, 'int0', "config.model.group_hidden=-1: must be an integer >= 0"),
+    ('time_gap_buckets', 'x', 'int0', "config.model.time_gap_buckets='x': must be an integer"),
     ('hidden', (), 'ints', r"config.model.hidden=\(\): must be a non-empty tuple"),
     ('rank', 0, 'rank', "config.model.rank=0: must be None \\(full rank\\) or a positive"),
     ('detach', 1, 'bool', r"config.model.detach=1: choose one of \[True, False\]"),

@@ -88,6 +88,24 @@ def use_sep(cfg: Mapping[str, Any], merge: str) -> bool:
                 'concatenated sequences)')
 
 
+TIME_GAP_BUCKETS = 16  # [D] log2 time-gap buckets on timestamp-aware S tokens (SPEC A.2)
+
+
+def time_gap_buckets(cfg: Mapping[str, Any], merge: str) -> int:
+  """Time-gap buckets on the history tokens: None follows the merge (16 when timestamp-aware, 0
+  when agnostic). The timestamp-agnostic rows of the paper's ablation (SPEC A.10) carry no time
+  signal at all, so a positive value with the agnostic merge is refused rather than kept."""
+  value = cfg.get('time_gap_buckets', None)
+  if value is None:
+    return TIME_GAP_BUCKETS if merge == 'timestamp_aware' else 0
+  value = check('time_gap_buckets', value, 'int0')
+  if value and merge != 'timestamp_aware':
+    raise error('time_gap_buckets', value,
+                "must be 0 (or unset) under config.model.seq_merge='timestamp_agnostic': the "
+                'agnostic merge carries no time signal, and time-gap buckets are one')
+  return value
+
+
 def with_defaults(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
                   ) -> ml_collections.ConfigDict:
   """``cfg`` over its family's defaults: a missing field takes the default, an unknown one (a

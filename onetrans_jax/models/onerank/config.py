@@ -33,8 +33,9 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
   m.seq_merge = 'timestamp_aware'  # history merge (onetrans/tokenizer.py); or 'timestamp_agnostic'
   m.use_sep = placeholder(bool)   # agnostic: [SEP] between sequences (None: True); aware: unused
   m.agnostic_order = placeholder(tuple)  # agnostic: sequence order; None: schema order reversed
-  m.time_gap_buckets = 16         # [D] log2 time-gap buckets on history tokens, as OneTrans's
-                                  # default so both read the same history tokens; 0: off
+  m.time_gap_buckets = placeholder(int)  # [D] log2 time-gap buckets on history tokens, as
+                                  # OneTrans's default so both read the same history tokens: None
+                                  # is 16 when timestamp-aware, 0 when agnostic; 0: off
   m.s_position = 'from_recent'    # history position embedding counted from the most recent, or
                                   # 'none'
   m.task_tokens = 'per_task'      # K task tokens, or 'shared' (ablation: one token for all tasks)
@@ -61,8 +62,7 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
   for f in ('width', 'num_heads', 'num_layers', 'embed_dim', 'ffn_mult',
             'embedding_row_multiple'):
     fields.check(f, cfg[f], 'int')
-  for f in ('time_gap_buckets', 'head_hidden'):
-    fields.check(f, cfg[f], 'int0')
+  fields.check('head_hidden', cfg.head_hidden, 'int0')
   if cfg.width % cfg.num_heads:
     raise fields.error('num_heads', cfg.num_heads, f'must divide config.model.width={cfg.width}')
   task_tokens = fields.check('task_tokens', cfg.task_tokens, TASK_TOKENS)
@@ -92,7 +92,7 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
   return OneRank(
       schema, width=cfg.width, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
       ffn_mult=cfg.ffn_mult, embed_dim=cfg.embed_dim, seq_merge=merge, use_sep=use_sep,
-      seq_order=order, time_gap_buckets=int(cfg.time_gap_buckets),
+      seq_order=order, time_gap_buckets=fields.time_gap_buckets(cfg, merge),
       s_position=s_position, task_tokens=task_tokens, scoring=scoring, situation=situation,
       task_mask=mask, task_edges=edges, head_hidden=int(cfg.head_hidden),
       embedding_row_multiple=int(cfg.embedding_row_multiple), dtype=dtype, **flags)

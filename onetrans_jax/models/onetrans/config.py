@@ -42,11 +42,16 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
   m.activation = 'silu'           # or 'gelu', 'relu'
   m.ns_tokenizer = 'auto_split'   # or 'group_wise' (ablation)
   m.ns_groups = placeholder(tuple)  # group_wise: tuples of feature names; None: contiguous split
-  m.ns_hidden = 0                 # auto_split MLP hidden width / group MLP width; 0: default
+  m.ns_hidden = 0                 # auto_split MLP hidden width; 0: L_NS * d
+  m.group_hidden = 0              # group_wise: each group MLP's hidden width; 0: d. Its own
+                                  # field so the group-wise row is sized as the paper's (SPEC
+                                  # A.10: 78M against Auto-Split's 91M), not at ns_hidden
   m.seq_merge = 'timestamp_aware'  # or 'timestamp_agnostic' (ablation)
   m.use_sep = placeholder(bool)  # agnostic: [SEP] between sequences (None: True); aware: unused
   m.agnostic_order = placeholder(tuple)  # agnostic: sequence order; None: schema order reversed
-  m.time_gap_buckets = 16         # log2 time-gap buckets added to S tokens; 0: off
+  m.time_gap_buckets = placeholder(int)  # log2 time-gap buckets added to S tokens; 0: off;
+                                  # None: 16 when timestamp-aware, 0 when agnostic (the agnostic
+                                  # rows carry no time signal; a positive value there is refused)
   m.s_position = 'from_recent'    # S slot position embedding counted from the most recent event,
                                   # or 'none'; 'none' + time_gap_buckets=0: appendable user cache
   m.param_sharing = 'mixed'       # or 'shared' (ablation: one weight set for all tokens)
@@ -55,6 +60,9 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
                                        # A.6); None: on when causal. Exact either way
   m.pyramid = True                # False: no pyramid (ablation)
   m.pyramid_multiple = 32         # intermediate query counts rounded to this multiple
+  m.pyramid_start = placeholder(int)  # layer 0's query count; None: the whole token list. The
+                                  # paper's "1190 -> 12" read as 1190 layer-0 queries over a
+                                  # longer input (~1670 tokens) gives its 3.06x saving (SPEC A.10)
   m.pyramid_schedule = placeholder(tuple)  # query counts per layer; None: linear schedule
   m.attention_impl = 'auto'       # 'blocked' on CPU, 'xla' elsewhere; or 'blocked' (cache-blocked,
                                   # skips masked blocks), 'xla', 'cudnn' (GPU flash, bf16)
@@ -86,14 +94,22 @@ def layout(cfg: ml_collections.ConfigDict, schema: FeatureSchema
   l_ns = fields.check('num_ns_tokens', cfg.num_ns_tokens, 'int')
   total = l_s + l_ns
   layers = fields.check('num_layers', cfg.num_layers, 'int')
-  if cfg.pyramid_schedule is not None:
-    if not cfg.pyramid:
+  for f in ('pyramid_schedule', 'pyramid_start'):
+    if cfg[f] is not None and not cfg.pyramid:
       raise fields.ModelConfigError(
-          'config.model.pyramid_schedule is set but config.model.pyramid is False; drop the '
-          'schedule or enable the pyramid')
+          f'config.model.{f} is set but config.model.pyramid is False; drop it or enable the '
+          'pyramid')
+  if cfg.pyramid_schedule is not None:
+    if cfg.pyramid_start is not None:
+      raise fields.ModelConfigError(
+          'config.model.pyramid_start and config.model.pyramid_schedule are both set; the '
+          "schedule's first entry is layer 0's query count: drop one")
     sched = pyramid.check_schedule(cfg.pyramid_schedule, total, l_ns, layers)
   elif cfg.pyramid:
-    sched = pyramid.linear_schedule(total, l_ns, layers, int(cfg.pyramid_multiple))
+    start = cfg.pyramid_start
+    if start is not None:
+      start = fields.check('pyramid_start', start, 'int')
+    sched = pyramid.linear_schedule(total, l_ns, layers, int(cfg.pyramid_multiple), start)
   else:
     sched = (total,) * layers  # the paper's "no pyramid" row: every layer at full length
   return l_s, l_ns, sched
@@ -104,7 +120,7 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneTra
   cfg = fields.with_defaults(cfg, defaults())
   for f in ('width', 'num_heads', 'num_layers', 'num_ns_tokens', 'embed_dim', 'ffn_mult'):
     fields.check(f, cfg[f], 'int')
-  for f in ('ns_hidden', 'time_gap_buckets', 'pyramid_multiple'):
+  for f in ('ns_hidden', 'group_hidden', 'pyramid_multiple'):
     fields.check(f, cfg[f], 'int0')
   if cfg.width % cfg.num_heads:
     raise fields.error('num_heads', cfg.num_heads,
@@ -140,10 +156,10 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneTra
       schema, width=cfg.width, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
       num_ns_tokens=l_ns, schedule=sched, embed_dim=cfg.embed_dim, ffn_mult=cfg.ffn_mult,
       activation=cfg.activation, ns_tokenizer=ns_tok, ns_groups=groups,
-      ns_hidden=int(cfg.ns_hidden), seq_merge=cfg.seq_merge,
+      ns_hidden=int(cfg.ns_hidden), group_hidden=int(cfg.group_hidden), seq_merge=cfg.seq_merge,
       use_sep=fields.use_sep(cfg, cfg.seq_merge),
       seq_order=None if order is None else tuple(order),
-      time_gap_buckets=int(cfg.time_gap_buckets), s_position=s_position,
+      time_gap_buckets=fields.time_gap_buckets(cfg, cfg.seq_merge), s_position=s_position,
       shared_params=sharing == 'shared',
       causal=attention == 'causal', request_level=_request_level(cfg, attention),
       attention_impl=impl, remat=remat,
@@ -164,8 +180,9 @@ def history_params(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> int
     out += (n_seq - 1) * d                               # [SEP] tokens
   if cfg.s_position == 'from_recent':
     out += tokenizer.merged_length(schema, cfg.seq_merge, use_sep) * d
-  if cfg.time_gap_buckets:
-    out += (cfg.time_gap_buckets + 1) * d
+  buckets = fields.time_gap_buckets(cfg, cfg.seq_merge)
+  if buckets:
+    out += (buckets + 1) * d
   return out
 
 
@@ -188,7 +205,7 @@ def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[s
     dense += n_req * e * hidden + hidden + n_cand * e * hidden + hidden * l_ns * d + l_ns * d
   else:
     groups = cfg.ns_groups or tokenizer.default_groups(schema, l_ns)
-    width, hidden = max(len(g) for g in groups) * e, cfg.ns_hidden or d
+    width, hidden = max(len(g) for g in groups) * e, cfg.group_hidden or d
     dense += l_ns * (width * hidden + hidden + hidden * d + d)
   attention_side = d + 2 * d * d                         # first norm, K/V projection
   query_side = 2 * d * d + d + 2 * m * d * d             # Q, O, second norm, FFN
@@ -225,7 +242,7 @@ def forward_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict
   else:
     groups = cfg.ns_groups or tokenizer.default_groups(schema, l_ns)
     width = max(len(g) for g in groups) * e
-    hidden = cfg.ns_hidden or d
+    hidden = cfg.group_hidden or d
     out['tokenizer'] += 2.0 * l_ns * (width * hidden + hidden * d)
   keys = l_s + l_ns
   for queries in sched:

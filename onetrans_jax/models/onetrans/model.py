@@ -90,6 +90,7 @@ class OneTrans(nn.Module):
   ns_tokenizer: str = 'auto_split'
   ns_groups: tuple[tuple[str, ...], ...] | None = None
   ns_hidden: int = 0
+  group_hidden: int = 0
   seq_merge: str = 'timestamp_aware'
   use_sep: bool = False
   seq_order: tuple[str, ...] | None = None
@@ -118,6 +119,7 @@ class OneTrans(nn.Module):
     self.tokenizer = UnifiedTokenizer(
         self.schema, self.width, self.num_ns_tokens, embed_dim=self.embed_dim,
         ns_tokenizer=self.ns_tokenizer, ns_groups=self.ns_groups, ns_hidden=self.ns_hidden,
+        group_hidden=self.group_hidden,
         seq_merge=self.seq_merge, use_sep=self.use_sep, seq_order=self.seq_order,
         time_gap_buckets=self.time_gap_buckets, s_position=self.s_position, dtype=self.dtype,
         embedding_row_multiple=self.embedding_row_multiple)

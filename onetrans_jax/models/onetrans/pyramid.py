@@ -14,12 +14,16 @@ from onetrans_jax.errors import ConfigError
 
 
 def linear_schedule(total_tokens: int, num_ns_tokens: int, num_layers: int,
-                    multiple: int = 32) -> tuple[int, ...]:
-  """Linear from ``total_tokens`` (layer 0, no pruning) down to ``num_ns_tokens`` (last layer).
+                    multiple: int = 32, start: int | None = None) -> tuple[int, ...]:
+  """Linear from ``start`` queries in layer 0 (None: ``total_tokens``, no pruning there) down to
+  ``num_ns_tokens`` (last layer).
 
   Intermediate counts are rounded to the nearest multiple of ``multiple`` and clipped into
   [num_ns_tokens, previous count]. linear_schedule(1190, 12, 6) == (1190, 960, 704, 480, 256, 12),
-  OneTrans_S's schedule; linear_schedule(1500, 16, 8) gives OneTrans_L's.
+  OneTrans_S's schedule; linear_schedule(1500, 16, 8) gives OneTrans_L's. With ``start`` below the
+  token count, layer 0 already keeps only the latest ``start`` tokens' outputs (its keys are still
+  every token): linear_schedule(1670, 12, 6, start=1190) is OneTrans_S's schedule over a
+  1670-token input, the reading that gives the paper's 3.06x pyramid saving (SPEC A.10).
   """
   if num_layers < 1:
     raise ConfigError(f'config.model.num_layers must be >= 1, got {num_layers}')
@@ -27,12 +31,18 @@ def linear_schedule(total_tokens: int, num_ns_tokens: int, num_layers: int,
     raise ConfigError(f'config.model.pyramid_multiple must be >= 1, got {multiple}')
   if total_tokens < num_ns_tokens:
     raise ConfigError(f'total token count {total_tokens} is below num_ns_tokens {num_ns_tokens}')
+  first = total_tokens if start is None else int(start)
+  if not num_ns_tokens <= first <= total_tokens:
+    raise ConfigError(
+        f'config.model.pyramid_start={first}: must lie in [config.model.num_ns_tokens='
+        f'{num_ns_tokens}, {total_tokens}] (the S + NS token count); lengthen the sequences or '
+        'lower it')
   if num_layers == 1:
-    return (num_ns_tokens,) if total_tokens == num_ns_tokens else (total_tokens,)
-  out = [total_tokens]
-  step = (total_tokens - num_ns_tokens) / (num_layers - 1)
+    return (num_ns_tokens,) if first == num_ns_tokens else (first,)
+  out = [first]
+  step = (first - num_ns_tokens) / (num_layers - 1)
   for i in range(1, num_layers - 1):
-    raw = total_tokens - i * step
+    raw = first - i * step
     rounded = int(round(raw / multiple)) * multiple
     out.append(max(num_ns_tokens, min(out[-1], rounded)))
   out.append(num_ns_tokens)
