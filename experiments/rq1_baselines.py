@@ -31,6 +31,19 @@ BASELINES = (
     ('RankMixer + Transformer', 'transformer', 'rankmixer'),
 )
 
+# SPEC A.10: each row's dense params (M) and training TFLOPs per batch of 2048 in the paper.
+PAPER = {
+    'DCNv2 + DIN': (10, 0.06),
+    'Wukong + DIN': (28, 0.54),
+    'HiFormer + DIN': (108, 1.35),
+    'RankMixer + DIN': (107, 1.31),
+    'RankMixer + StackDIN': (108, 1.43),
+    'RankMixer + LONGER': (109, 1.87),
+    'RankMixer + Transformer': (109, 2.51),
+    'OneTrans_S': (91, 2.64),
+    'OneTrans_L': (330, 8.62),
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick'):
@@ -47,4 +60,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep = common.sweep('rq1_baselines', 'DCNv2 + DIN', variants,
                          seeds=(0,) if arg == 'quick' else (0, 1, 2),
                          tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
+  c.sweep.paper = tuple((name, *v) for name, v in PAPER.items())  # accounting's ratios
   return c
