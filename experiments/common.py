@@ -38,6 +38,20 @@ def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   return d
 
 
+def mechanism_data(**overrides) -> ml_collections.ConfigDict:
+  """The mechanism world: the synthetic world with all five planted mechanisms, each meant for
+  one OneTrans component of the SPEC A.10 ablations (documented in onetrans_jax/data/synthetic.py).
+  Sized for a 2-CPU ablation study; ``python -m onetrans_jax.data.mechanisms`` prints its oracle
+  AUCs."""
+  d = synthetic_data(click_len=32, cart_len=12, order_len=8, num_candidates=8, min_candidates=4,
+                     num_train_requests=200_000, num_eval_requests=4096)
+  d.mechanisms = ('interplay', 'heterogeneous', 'cross_group', 'deep_match', 'recent_tail')
+  d.mechanism_strength = 1.0      # multiplies every planted term (0: none; the histories and
+                                  # candidates stay those of the mechanism world)
+  d.update(overrides)
+  return d
+
+
 def paper_optimizer() -> ml_collections.ConfigDict:
   """SPEC A.8: Adagrad for embeddings, RMSProp for dense weights, global-norm clipping."""
   o = ml_collections.ConfigDict()

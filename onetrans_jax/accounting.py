@@ -9,6 +9,9 @@ A.9): compare ratios and orderings, not absolute TFLOPs. ``xla_flops`` gives XLA
 compiled computation beside it.
 
   python -m onetrans_jax.accounting --config experiments/onetrans_s.py
+  python -m onetrans_jax.accounting --config experiments/onetrans_rq2_ablation.py:paper
+
+A sweep's experiment file gets a table of its rows, beside the paper's figures where it has them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from onetrans_jax import models
+from onetrans_jax import models, records
 from onetrans_jax.data import pipeline
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.onetrans import config as onetrans_config
@@ -30,7 +33,10 @@ PAPER_BATCH = 2048  # "TFLOPs = training compute for a batch of 2048" (SPEC A.8)
 
 
 def dense_params(model_cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[str, int]:
-  """Dense and embedding parameter counts from shapes alone (no memory is allocated)."""
+  """Dense and embedding parameter counts from shapes alone (no memory is allocated); a
+  classical floor row's (onetrans_jax/floors) from its config, as it has no Flax module."""
+  if models.is_floor(model_cfg):
+    return models.param_count(model_cfg, schema)
   model = models.build_model(model_cfg, schema)
   params = jax.eval_shape(lambda: partitioning.unbox(
       model.init(jax.random.key(0), dummy_batch(schema, 1))['params']))
@@ -75,9 +81,49 @@ def report(config: ml_collections.ConfigDict) -> str:
   return '\n'.join(lines)
 
 
+def sweep_report(config: ml_collections.ConfigDict) -> str:
+  """A markdown table of every sweep row's dense params and training TFLOPs per batch of
+  PAPER_BATCH, and, where the experiment gives the paper's figures (``config.sweep.paper``:
+  (row, params M, TFLOPs) triples, SPEC A.10), each row's ratio to them and the FLOP ratio to the
+  reference row beside the paper's: the paper's FLOP convention is unknown (SPEC A.9), so the
+  ratios within a table are what compare."""
+  sw = config.sweep
+  paper = {name: (float(p), float(t)) for name, p, t in (sw.get('paper', None) or ())}
+  schemas: dict[str, FeatureSchema] = {}
+  rows = []
+  for name, overrides in sw.variants:
+    cfg = records.variant_config(config, overrides, 0)
+    key = cfg.data.to_json_best_effort(sort_keys=True)
+    if key not in schemas:
+      schemas[key] = pipeline.build_dataset(cfg.data).schema
+    schema = schemas[key]
+    rows.append((name, dense_params(cfg.model, schema)['dense'] / 1e6,
+                 batch_tflops(cfg.model, schema)))
+  ref = dict((n, t) for n, _, t in rows)[sw.reference]
+  head = '| row | params (M) | TFLOPs | FLOPs / ref |'
+  rule = '|---|---|---|---|'
+  if paper:
+    head += ' paper params | paper TFLOPs | params / paper | paper FLOPs / ref |'
+    rule += '---|---|---|---|'
+  lines = [f'{sw.study}: dense params and training TFLOPs per batch of {PAPER_BATCH}', '',
+           head, rule]
+  for name, params_m, tflops in rows:
+    line = f'| {name} | {params_m:.2f} | {tflops:.2f} | {tflops / ref:.2f}x |'
+    if paper:
+      if name in paper:
+        p_m, p_t = paper[name]
+        line += (f' {p_m:g} | {p_t:g} | {params_m / p_m:.2f} | '
+                 f'{p_t / paper[sw.reference][1]:.2f}x |')
+      else:
+        line += ' | | | |'
+    lines.append(line)
+  return '\n'.join(lines)
+
+
 def main(argv: list[str]) -> None:
   del argv
-  print(report(_CONFIG.value))
+  config = _CONFIG.value
+  print(sweep_report(config) if 'sweep' in config else report(config))
 
 
 if __name__ == '__main__':

@@ -9,15 +9,18 @@ on several machines, and every number in a README table can be traced to the run
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+
+from onetrans_jax.errors import ConfigError
 
 RECORD_VERSION = 1
 # Fields that change how a run is logged or scheduled, never what it computes: left out of the
@@ -139,3 +142,24 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 6
     return 'the data changed (same config)'
   more = f' (+{len(diffs) - most} more)' if len(diffs) > most else ''
   return ', '.join(diffs[:most]) + more
+
+
+def variant_config(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, Any]],
+                   seed: int) -> ml_collections.ConfigDict:
+  """The resolved config of one (variant, seed) run of a sweep: the sweep section dropped, each
+  override applied (a path that names no field is refused), the seed set."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    del cfg['sweep']
+    for path, value in overrides:
+      node = cfg
+      *parents, leaf = path.split('.')
+      for p in parents:
+        if p not in node:
+          raise ConfigError(f'config.sweep.variants: override {path!r} names no config field')
+        node = node[p]
+      if leaf not in node:
+        raise ConfigError(f'config.sweep.variants: override {path!r} names no config field')
+      node[leaf] = value
+    cfg.seed = seed
+  return cfg

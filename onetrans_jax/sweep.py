@@ -17,6 +17,8 @@ An experiment file opts in with ``config.sweep``:
                    (study_report.py; 0: none)
   sweep.dry_run    optional, default False: print the plan (reuse / resume / train, why, and an
                    estimate of the time) and stop
+A variant whose ``model`` is a classical floor (onetrans_jax/floors: item_rate, logistic,
+lightgbm) is fitted by ``floors.fit.fit_and_evaluate`` instead of trained, on the same hold-out.
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
 with its exact fingerprint (the resolved config and the data's identity) exists; a run directory
 left by another config is moved aside (``.stale``) and the run redone, and the plan says which
@@ -25,7 +27,6 @@ fields changed; an interrupted run with the same config resumes from its checkpo
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -40,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, models, records, reporting, study_report
+from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 
@@ -48,25 +50,6 @@ METRICS = ('auc', 'uauc')
 
 def _slug(name: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')
-
-
-def variant_config(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, Any]],
-                   seed: int) -> ml_collections.ConfigDict:
-  cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    del cfg['sweep']
-    for path, value in overrides:
-      node = cfg
-      *parents, leaf = path.split('.')
-      for p in parents:
-        if p not in node:
-          raise ConfigError(f'config.sweep.variants: override {path!r} names no config field')
-        node = node[p]
-      if leaf not in node:
-        raise ConfigError(f'config.sweep.variants: override {path!r} names no config field')
-      node[leaf] = value
-    cfg.seed = seed
-  return cfg
 
 
 @dataclasses.dataclass
@@ -167,7 +150,11 @@ def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
     reporting.log(f'[sweep] {run.variant} seed {run.seed}: {run.action} in {run.run_dir} '
                   f'({run.reason})')
     t0 = time.time()
-    final = train_and_evaluate(run.config, run.run_dir)
+    if models.is_floor(run.config.model):  # a classical floor row: fitted, not trained
+      from onetrans_jax.floors.fit import fit_and_evaluate  # local: scikit-learn, LightGBM
+      final = fit_and_evaluate(run.config, run.run_dir)
+    else:
+      final = train_and_evaluate(run.config, run.run_dir)
     record = records.make_record(run.variant, run.seed, run.fingerprint, run.flat, final,
                                  time.time() - t0)
   for path in _record_paths(sw, run.run_dir, run.variant, run.seed, run.fingerprint):
@@ -202,7 +189,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     schema = schemas(cfg.data)
     results[name] = {'runs': [r['metrics'] for r in by_variant[name]],
                      'records': by_variant[name],
-                     'params': accounting.dense_params(cfg.model, schema)['dense'],
+                     'params': _dense_params(cfg.model, schema, by_variant[name]),
                      'tflops': accounting.batch_tflops(cfg.model, schema),
                      'train_flops_per_example':
                          models.training_flops_per_example(cfg.model, schema)}
@@ -237,6 +224,16 @@ REPORT_FILES = ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves
                 'deltas.png')
 
 
+def _dense_params(model_cfg: ml_collections.ConfigDict, schema: Any,
+                  recs: Sequence[Mapping[str, Any]]) -> float:
+  """The table's parameter count: the analytic one; for a floor row the mean over its seeds of
+  what the fit produced (LightGBM's leaves are known only after fitting), from its records."""
+  fitted = [r['params']['dense'] for r in recs if isinstance(r.get('params'), Mapping)]
+  if models.is_floor(model_cfg) and fitted:
+    return float(np.mean(fitted))
+  return accounting.dense_params(model_cfg, schema)['dense']
+
+
 # ---------------------------------------------------------------------------------- the plan
 class _Schemas:
   """The schema of a data config, each distinct config built once (variants and seeds of a sweep
@@ -260,7 +257,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   measured matmul rate x ASSUMED_MFU, plus a fixed start-up cost (compile, evaluation). The
   analytic figure overestimates models that share the user side across candidates (OneTrans
   with request-level sharing, OneRank): onerank_main's OneTrans rows are estimated at 24 min a
-  run on 2 cores against the ~10 min its docstring reports.
+  run on 2 cores against the ~10 min its docstring reports. A classical floor row
+  (onetrans_jax/floors) takes FLOOR_SECONDS.
   """
   measured: dict[str, float] = {}
   for run in plan:
@@ -272,6 +270,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
     steps = int(run.config.train.total_steps)
     if run.action == 'reuse':
       out[(run.variant, run.seed)] = 0.0
+    elif models.is_floor(run.config.model):  # no steps; reading the data dominates
+      out[(run.variant, run.seed)] = FLOOR_SECONDS
     elif run.variant in measured:
       out[(run.variant, run.seed)] = measured[run.variant] * steps
     else:
@@ -286,6 +286,7 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
 # The CPU bench step's measured MFU (README, Speed: 27.8%), rounded down: the estimate's basis.
 ASSUMED_MFU = 0.25
 STARTUP_SECONDS = 60.0           # compile + final evaluation of a CPU-sized run (measured ~1 min)
+FLOOR_SECONDS = 30.0             # a classical floor row (MovieLens-100K: 3-5 s measured, 2 cores)
 
 
 def _matmul_rate() -> float:

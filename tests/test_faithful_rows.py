@@ -146,3 +146,10 @@ def test_pyramid_start_runs_and_counts(schema_small, data):
   assert np.isfinite(_logits(cfg, schema_small, batch)).all()
   assert (onetrans_config.param_count(cfg, schema_small)['dense'] ==
           accounting.dense_params(cfg, schema_small)['dense'])
+
+
+def test_accounting_prints_every_row_beside_the_paper():
+  text = accounting.sweep_report(onetrans_rq2_ablation.get_config('paper'))
+  assert '| no pyramid | 91.76 | 220.82 | 3.04x | 92 | 8.08 | 1.00 | 3.06x |' in text
+  assert '| group-wise tokenizer | 78.00 | 72.56 | 1.00x | 78 | 2.35 | 1.00 | 0.89x |' in text
+  assert len([line for line in text.splitlines() if line.startswith('| ')]) == 1 + 7

@@ -41,8 +41,24 @@ def family(cfg: ml_collections.ConfigDict) -> types.ModuleType:
   """The config module of ``cfg.name``; an unknown name is refused with the known ones."""
   name = cfg.get('name', None)
   if name not in FAMILIES:
+    if _floor(cfg) is not None:
+      raise fields.error('name', name, 'a classical floor row (onetrans_jax/floors), fitted by '
+                         'onetrans_jax.floors.fit.fit_and_evaluate (a sweep dispatches it), not '
+                         f'a model to train; models: {sorted(FAMILIES)}')
     raise fields.error('name', name, f'not a known model; choose one of {sorted(FAMILIES)}')
   return FAMILIES[name]
+
+
+def _floor(cfg: ml_collections.ConfigDict) -> types.ModuleType | None:
+  """The floors' config module when ``cfg`` names a floor (onetrans_jax/floors), else None.
+  Imported here, not at the top: the floors' config imports ``models.fields``."""
+  from onetrans_jax.floors import config as floors_config
+  return floors_config if cfg.get('name', None) in floors_config.NAMES else None
+
+
+def is_floor(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether ``config.model`` is a classical floor row, fitted rather than trained."""
+  return _floor(cfg) is not None
 
 
 def build_model(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Module:
@@ -51,10 +67,11 @@ def build_model(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> nn.Mod
 
 
 def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[str, int]:
-  """Analytic {'dense', 'sparse'} parameter counts of ``config.model``."""
-  return family(cfg).param_count(cfg, schema)
+  """Analytic {'dense', 'sparse'} parameter counts of ``config.model`` (a floor: its fitted
+  parameters, see onetrans_jax/floors/config.py)."""
+  return (_floor(cfg) or family(cfg)).param_count(cfg, schema)
 
 
 def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
-  """Analytic training FLOPs per impression (3 x forward) of ``config.model``."""
-  return family(cfg).training_flops_per_example(cfg, schema)
+  """Analytic training FLOPs per impression (3 x forward) of ``config.model``; 0 for a floor."""
+  return (_floor(cfg) or family(cfg)).training_flops_per_example(cfg, schema)

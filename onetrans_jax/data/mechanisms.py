@@ -1,0 +1,139 @@
+"""Oracle analysis of the mechanism world: how much label signal each planted mechanism carries.
+
+The mechanisms themselves (what each plants, which OneTrans component it tests and why a model
+without that component is at a disadvantage) are documented and generated in ``synthetic.py``
+(``SyntheticConfig.mechanisms``). Measured here without training: the oracle AUC of the true
+probabilities against the "ablated oracle" whose score drops one mechanism's term (replaced by
+its global mean, a constant): the most an ablated component can cost if the rest of the truth
+were learned exactly. AUCs are expectations over the label draws (each impression counts as a
+positive with weight p and as a negative with weight 1 - p; the cart AUC over clicked
+impressions weights each impression by its true click probability), so they carry no
+label-sampling noise.
+
+  python -m onetrans_jax.data.mechanisms --out results/mechanism_world/oracle.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from onetrans_jax import metrics
+from onetrans_jax.data.synthetic import MECHANISMS, SyntheticConfig, SyntheticWorld
+
+
+def soft_auc(scores: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
+  """AUC expected over the label draws: impression i is a positive with probability p_i.
+
+  Each impression enters as a positive with weight w p and as a negative with weight w (1 - p);
+  its pair with itself (impossible) is taken back out, so this is the ratio of the expected
+  numbers of correctly ordered and of all positive-negative pairs.
+  """
+  w = np.ones_like(p, np.float64) if weights is None else weights.astype(np.float64)
+  p = p.astype(np.float64)
+  wp, wn = w * p, w * (1 - p)
+  a = metrics.auc(np.concatenate([scores, scores]), np.concatenate([np.ones_like(p), 0 * p]),
+                  np.concatenate([wp, wn]))
+  den = wp.sum() * wn.sum()
+  self_pairs = float((wp * wn).sum())
+  return (a * den - 0.5 * self_pairs) / (den - self_pairs)
+
+
+def collect(cfg: SyntheticConfig, num_requests: int, start: int = 0) -> dict[str, Any]:
+  """Logits, true probabilities and mechanism terms of requests ``start..start+n`` (valid
+  candidates only)."""
+  world = SyntheticWorld(cfg)
+  probs, terms = [], {m: [] for m in cfg.mechanisms}
+  for i in range(start, start + num_requests):
+    r, t = world.request_with_terms(i)
+    m = r['cand']['mask']
+    probs.append(r['true_prob'][m])
+    for name in t:
+      terms[name].append(t[name])
+  p = np.concatenate(probs).astype(np.float64)
+  p = np.clip(p, 1e-7, 1 - 1e-7)
+  return {'prob': p, 'logit': np.log(p / (1 - p)),
+          'terms': {k: np.concatenate(v) for k, v in terms.items()}}
+
+
+def oracle_row(cfg: SyntheticConfig, num_requests: int, start: int = 0) -> dict[str, Any]:
+  """Oracle AUCs, positive rates and, per active mechanism, the oracle-AUC drop when its term is
+  replaced by its global mean (click over all impressions; cart over clicked impressions)."""
+  d = collect(cfg, num_requests, start)
+  p, logit = d['prob'], d['logit'][:, :2]
+
+  def aucs(score: np.ndarray) -> tuple[float, float]:
+    return soft_auc(score[:, 0], p[:, 0]), soft_auc(score[:, 1], p[:, 1], p[:, 0])
+
+  click_auc, cart_auc = aucs(logit)
+  drops = {}
+  for name, term in d['terms'].items():
+    a = aucs(logit - cfg.mechanism_strength * term)
+    drops[name] = (click_auc - a[0], cart_auc - a[1])
+  return {'mechanisms': list(cfg.mechanisms), 'click_auc': click_auc, 'cart_auc': cart_auc,
+          'drop': drops, 'click_rate': float(p[:, 0].mean()),
+          'cart_given_click_rate': float((p[:, 0] * p[:, 1]).sum() / p[:, 0].sum()),
+          'impressions': int(len(p))}
+
+
+def oracle_report(base: SyntheticConfig, num_requests: int = 4000, start: int = 0
+                  ) -> tuple[list[dict[str, Any]], str]:
+  """Rows for no mechanisms, each alone and all five, and their markdown table."""
+  settings = [()] + [(m,) for m in MECHANISMS] + [MECHANISMS]
+  rows = [oracle_row(dataclasses.replace(base, mechanisms=s), num_requests, start)
+          for s in settings]
+  head = (['mechanisms', 'click AUC', 'cart AUC'] + [f'drop {m} (click / cart)' for m in MECHANISMS]
+          + ['click rate', 'cart / click rate'])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    name = ('none' if not r['mechanisms'] else
+            'all five' if len(r['mechanisms']) == len(MECHANISMS) else r['mechanisms'][0])
+    cells = [name, f"{r['click_auc']:.4f}", f"{r['cart_auc']:.4f}"]
+    cells += [f"{r['drop'][m][0]:+.4f} / {r['drop'][m][1]:+.4f}" if m in r['drop'] else ''
+              for m in MECHANISMS]
+    cells += [f"{r['click_rate']:.3f}", f"{r['cart_given_click_rate']:.3f}"]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return rows, '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--num_requests', type=int, default=4000)
+  ap.add_argument('--start', type=int, default=0, help='first request index')
+  ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--strength', type=float, default=1.0)
+  # Defaults: the sizes of experiments/common.py::mechanism_data.
+  ap.add_argument('--click_len', type=int, default=32)
+  ap.add_argument('--cart_len', type=int, default=12)
+  ap.add_argument('--order_len', type=int, default=8)
+  ap.add_argument('--num_candidates', type=int, default=8)
+  ap.add_argument('--min_candidates', type=int, default=4)
+  ap.add_argument('--out', default='', help='write the table here (.md) and the rows beside it '
+                  '(.json)')
+  a = ap.parse_args(argv)
+  cfg = SyntheticConfig(seed=a.seed, mechanism_strength=a.strength, click_len=a.click_len,
+                        cart_len=a.cart_len, order_len=a.order_len,
+                        num_candidates=a.num_candidates, min_candidates=a.min_candidates)
+  rows, table = oracle_report(cfg, a.num_requests, a.start)
+  title = (f'Oracle AUC of the mechanism world ({a.num_requests} requests from index {a.start}, '
+           f'seed {a.seed}, strength {a.strength}, click/cart/order lengths '
+           f'{a.click_len}/{a.cart_len}/{a.order_len}, {a.min_candidates}-{a.num_candidates} '
+           'candidates). Drop: oracle AUC minus that of the oracle whose score replaces the '
+           "mechanism's term by a constant; AUCs are expectations over the label draws.")
+  print(title + '\n\n' + table)
+  if a.out:
+    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
+    with open(a.out, 'w') as f:
+      f.write(title + '\n\n' + table + '\n')
+    with open(os.path.splitext(a.out)[0] + '.json', 'w') as f:
+      json.dump({'args': vars(a), 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
