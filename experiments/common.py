@@ -152,6 +152,34 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
   return s
 
 
+def study_protocol(c: ml_collections.ConfigDict, *, valid_fraction: float, max_steps: int,
+                   eval_every: int, patience: int = 4,
+                   metric: str = 'valid/click/auc') -> ml_collections.ConfigDict:
+  """Train to convergence, the same way for every row of a study: the latest ``valid_fraction`` of
+  the training period is a validation split scored every ``eval_every`` steps, training stops
+  after ``patience`` evaluations without a better ``metric`` (or at ``max_steps``), and the
+  hold-out is scored with the best step's weights (onetrans_jax/train.py). The hold-out is never
+  used to choose anything."""
+  c.data.valid_fraction = valid_fraction
+  c.train.total_steps = max_steps
+  c.train.eval_every = eval_every
+  c.train.log_every = eval_every
+  c.train.checkpoint_every = 0
+  c.train.early_stopping.metric = metric
+  c.train.early_stopping.mode = 'max'
+  c.train.early_stopping.patience = patience
+  return c
+
+
+def mechanism_study(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The mechanism world's study protocol (RQ1 and RQ2 on it): the world of ``mechanism_data``,
+  a 4096-request validation split (2% of the 200K training requests) scored every 250 steps of
+  64 requests, early stopping on validation click AUC with patience 4, at most 3000 steps (just
+  under one epoch: every training request is new to the model)."""
+  c.data = mechanism_data(batch_size=c.data.batch_size)
+  return study_protocol(c, valid_fraction=0.02048, max_steps=3000, eval_every=250, patience=4)
+
+
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The ``:quick`` variant of a sweep: 100 steps of 16 requests, a 512-request hold-out; it checks
   every row end to end, too short-trained to compare models."""

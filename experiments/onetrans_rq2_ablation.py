@@ -24,6 +24,10 @@ candidate's NS tokens) and runs ~6x slower, so the whole sweep is an estimated 6
 cores: an accelerator is the better place. ``:quick`` (16 requests a step, 100 steps, one seed)
 checks the whole pipeline in about 5 minutes on 2 CPU cores (measured); its numbers are too
 short-trained to read as ablation results.
+``:mechanisms`` is the study: the mechanism world (onetrans_jax/data/synthetic.py, each planted
+mechanism documented there; experiments/common.mechanism_study), 5 seeds, each run trained to
+convergence by early stopping on validation click AUC; its per-run records are committed under
+results/rq2_mechanisms/runs/ and the report beside them.
 ``:paper`` uses the paper's OneTrans_S shapes and the readings chosen by its figures, ``:paper_spec``
 the SPEC's [D] readings (experiments/onetrans_s.py); ``python -m onetrans_jax.accounting --config
 experiments/onetrans_rq2_ablation.py:paper`` prints each row's params and TFLOPs beside the
@@ -62,6 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   paper = arg in ('paper', 'paper_spec')
   c = onetrans_s.get_config(arg if paper else 'small')
   c.train.checkpoint_every = 0
+  if arg == 'mechanisms':
+    common.mechanism_study(c)
+    c.sweep = common.sweep('rq2_mechanisms', 'OneTrans_S', VARIANTS, seeds=(0, 1, 2, 3, 4),
+                           tasks=(('click', 'CTR'), ('cart', 'CVR')))
+    return c
   c.sweep = common.sweep('onetrans_rq2_ablation' + (f'_{arg}' if paper else ''),
                          'OneTrans_S', VARIANTS, seeds=(0, 1, 2),
                          tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
@@ -70,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.seeds = (0,)
   elif arg not in (None, '', 'paper', 'paper_spec'):
     raise ValueError(f'experiments/onetrans_rq2_ablation.py: unknown variant {arg!r}; '
-                     'use :quick, :paper or :paper_spec')
+                     'use :quick, :mechanisms, :paper or :paper_spec')
   if paper:
     c.sweep.paper = tuple((name, *v) for name, v in PAPER.items())  # accounting's ratios
   return c

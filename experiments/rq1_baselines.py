@@ -14,6 +14,8 @@ The default is 9 models x 3 seeds x 1000 steps of 64 requests; on 2 CPU cores a 
 minutes (the baselines are the quick ones), so the whole table is hours: an accelerator is the
 better place. ``:quick`` (100 steps of 16 requests, one seed) checks every row end to end; its
 numbers are too short-trained to compare models. An interrupted sweep resumes where it stopped.
+``:mechanisms`` is the study on the mechanism world (experiments/common.mechanism_study: early
+stopping on validation click AUC, 3 seeds), records committed under results/rq1_mechanisms/runs/.
 """
 
 import ml_collections
@@ -46,18 +48,22 @@ PAPER = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, '', 'quick'):
-    raise ValueError(f'experiments/rq1_baselines.py: unknown variant {arg!r}; use :quick')
+  if arg not in (None, '', 'quick', 'mechanisms'):
+    raise ValueError(f'experiments/rq1_baselines.py: unknown variant {arg!r}; use :quick or '
+                     ':mechanisms')
   c = onetrans_s.get_config('small')        # data, optimizer, steps: shared by every row
   c.model = baselines_config.defaults('din', 'dcnv2')
   c.train.checkpoint_every = 0
   if arg == 'quick':
     common.quick(c)
+  elif arg == 'mechanisms':
+    common.mechanism_study(c)
   variants = tuple(
       (name, (('model', baselines_config.defaults(seq, inter)),)) for name, seq, inter in BASELINES
   ) + (('OneTrans_S', (('model', onetrans_s.get_config('small').model),)),
        ('OneTrans_L', (('model', onetrans_l.get_config('small').model),)))
-  c.sweep = common.sweep('rq1_baselines', 'DCNv2 + DIN', variants,
+  c.sweep = common.sweep('rq1_mechanisms' if arg == 'mechanisms' else 'rq1_baselines',
+                         'DCNv2 + DIN', variants,
                          seeds=(0,) if arg == 'quick' else (0, 1, 2),
                          tasks=(('click', 'CTR'), ('cart', 'CVR')), commit=arg != 'quick')
   c.sweep.paper = tuple((name, *v) for name, v in PAPER.items())  # accounting's ratios

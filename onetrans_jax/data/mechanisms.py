@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   if a.out:
     os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
     with open(a.out, 'w') as f:
-      f.write(title + '\n\n' + table + '\n')
+      command = 'python -m onetrans_jax.data.mechanisms ' + ' '.join(sys.argv[1:])
+      f.write(f'Regenerate: `{command.strip()}`\n\n{title}\n\n{table}\n')
     with open(os.path.splitext(a.out)[0] + '.json', 'w') as f:
       json.dump({'args': vars(a), 'rows': rows}, f, indent=1)
 
