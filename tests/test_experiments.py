@@ -12,13 +12,14 @@ from onetrans_jax.sweep import run_sweep
 from tests.helpers import ROOT
 
 SWEEPS = ('onerank_main', 'onerank_ablation', 'rq1_baselines', 'onetrans_rq2_ablation',
-          'movielens_100k')
+          'movielens_100k', 'movielens_study')
 ML100K = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
+ML1M = os.path.join(ROOT, '..', 'shared', 'data', 'ml-1m-users1-2998')
 
 
 def _quick(name: str):
   c = importlib.import_module(f'experiments.{name}').get_config('quick')
-  if name == 'movielens_100k':
+  if name.startswith('movielens'):
     if not os.path.isdir(ML100K):
       pytest.skip(f'MovieLens 100K not found at {ML100K}')
     c.data.path = ML100K
@@ -50,3 +51,27 @@ def test_quick_sweeps_run(name, tmp_path):
       assert 0.0 < row['metrics'][f'{task}/auc']['mean'] < 1.0, (row['variant'], task)
   for f in ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves.png', 'deltas.png'):
     assert (tmp_path / f).stat().st_size > 0, f
+
+
+@pytest.mark.parametrize('name, arg', [('onetrans_rq2_ablation', 'mechanisms'),
+                                       ('rq1_baselines', 'mechanisms'),
+                                       ('movielens_study', '100k'), ('movielens_study', '1m'),
+                                       ('movielens_study', '100k_rq2'),
+                                       ('movielens_study', '1m_rq2')])
+def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
+  """Each study of issue 20 plans every (row, seed), commits its records under results/<study>/
+  and trains to convergence: a validation split, early stopping on it, the hold-out never used."""
+  c = importlib.import_module(f'experiments.{name}').get_config(arg)
+  if name == 'movielens_study':
+    path = ML100K if arg.startswith('100k') else ML1M
+    if not os.path.isdir(path):
+      pytest.skip(f'MovieLens data not found at {path}')
+    c.data.path = path
+  assert c.sweep.results_dir == f'results/{c.sweep.study}/runs'
+  assert c.data.valid_fraction > 0 and c.train.eval_every > 0
+  assert c.train.early_stopping.metric.startswith('valid/')
+  assert len(c.sweep.seeds) >= (5 if c.sweep.study == 'rq2_mechanisms' else 3)
+  c.sweep.dry_run = True
+  c.sweep.results_dir = str(tmp_path / 'runs')
+  out = run_sweep(c, str(tmp_path / 'work'))
+  assert len({r.fingerprint for r in out['plan']}) == len(out['plan'])

@@ -1,0 +1,69 @@
+r"""RQ1 and RQ2 on real ratings: MovieLens-100K and the MovieLens-1M subset of users 1-2998.
+
+  python launch.py --config experiments/movielens_study.py:100k --workdir runs/ml100k_rq1 \
+      --config.data.path=../shared/data/ml-100k
+  python launch.py --config experiments/movielens_study.py:1m --workdir runs/ml1m_rq1 \
+      --config.data.path=../shared/data/ml-1m-users1-2998
+  python launch.py --config experiments/movielens_study.py:100k_rq2 --workdir runs/ml100k_rq2 \
+      --config.data.path=../shared/data/ml-100k
+  python launch.py --config experiments/movielens_study.py:1m_rq2 --workdir runs/ml1m_rq2 \
+      --config.data.path=../shared/data/ml-1m-users1-2998
+  python launch.py --config experiments/movielens_study.py:quick --workdir runs/ml_quick \
+      --config.data.path=../shared/data/ml-100k
+
+The data (onetrans_jax/data/movielens.py): each rating is an impression, a request is one user's
+ratings within an hour-gap session (up to 16), tasks ``like`` (rating >= 4) and ``love``
+(rating 5), trained and scored unconditionally on every impression (``loss.mode='joint'``), so
+every row is scored on the same impressions; histories ``rated`` and ``liked`` hold strictly
+earlier ratings. The latest 10% of requests by time are the hold-out; the latest 10% of the rest
+the validation split (experiments/common.study_protocol): each run stops early on validation
+like AUC and is scored at its best step.
+
+RQ1 (``:100k``, ``:1m``): the paper's nine rows (experiments/rq1_baselines.py: seven
+encode-then-interact baselines, OneTrans_S and OneTrans_L at CPU size) and three classical floors
+(onetrans_jax/floors: the item positive rate, a logistic regression and LightGBM on ids, side
+features and leak-free history statistics), DCNv2 + DIN the reference row, 3 seeds.
+RQ2 (``:100k_rq2``, ``:1m_rq2``): the seven rows of experiments/onetrans_rq2_ablation.py, 3 seeds.
+Per-run records are committed under results/<study>/runs/ (study: ml100k_rq1, ml1m_rq1,
+ml100k_rq2, ml1m_rq2) and a sweep reuses those whose fingerprint (config + data files) matches.
+"""
+
+import ml_collections
+
+from experiments import common, onetrans_rq2_ablation, rq1_baselines
+from onetrans_jax.data.movielens import movielens_data
+from onetrans_jax.floors import config as floors_config
+
+TASKS = (('like', 'like'), ('love', 'love'))
+FLOORS = (('item positive rate', 'item_rate'), ('logistic regression', 'logistic'),
+          ('LightGBM', 'lightgbm'))
+ARGS = ('100k', '1m', '100k_rq2', '1m_rq2', 'quick')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in ARGS:
+    raise ValueError(f'experiments/movielens_study.py: unknown variant {arg!r}; use one of '
+                     f'{", ".join(":" + a for a in ARGS)}')
+  variant = '1m' if arg.startswith('1m') else '100k'
+  rq2 = arg.endswith('rq2')
+  c = (onetrans_rq2_ablation if rq2 else rq1_baselines).get_config()
+  c.data = movielens_data(variant)
+  c.loss.mode = 'joint'
+  # ML-100K: ~6,400 training requests, 100 steps an epoch; 1M subset: ~31,500, 490 an epoch.
+  steps = (2000, 50) if variant == '100k' else (6000, 150)
+  common.study_protocol(c, valid_fraction=0.1, max_steps=steps[0], eval_every=steps[1],
+                        patience=6, metric='valid/like/auc')
+  variants = tuple(c.sweep.variants)
+  if not rq2:
+    floors = tuple((name, (('model', floors_config.defaults(floor)),)) for name, floor in FLOORS)
+    variants = variants[:1] + floors + variants[1:]
+  seeds = (0, 1, 2)
+  if arg == 'quick':
+    c.data.batch_size = 16
+    c.train.total_steps, c.train.eval_every, c.train.log_every = 60, 20, 20
+    variants = variants[:1] + variants[1:4] + variants[-2:-1]   # reference, floors, OneTrans_S
+    seeds = (0,)
+  study = 'ml_quick' if arg == 'quick' else f'ml{variant}_{"rq2" if rq2 else "rq1"}'
+  c.sweep = common.sweep(study, c.sweep.reference, variants, seeds=seeds, tasks=TASKS,
+                         commit=arg != 'quick')
+  return c
