@@ -451,6 +451,8 @@ class RequestConfig:
   time_context: bool = True         # hour of day and weekday of the request as features
   utc_offset: int = 0               # seconds added to the UTC request time before taking hour /
                                     # weekday: the log's local time (8 * 3600 = Beijing)
+  history_stats: bool = False       # leak-free counters as numeric features (history_statistics)
+  stats_prior: float = 10.0         # pseudo-impressions of the smoothed rates (at the global rate)
 
   def check(self, log: EventLog, prefix: str = 'config.data') -> None:
     """Raise ConfigError naming the ``config.data`` field that cannot work with ``log``."""
@@ -468,6 +470,8 @@ class RequestConfig:
     for name, n in self.max_len.items():
       if n < 1:
         raise ConfigError(f'the max length of sequence {name!r} must be >= 1, got {n}')
+    if self.stats_prior <= 0:
+      raise ConfigError(f'{prefix}.stats_prior must be > 0, got {self.stats_prior}')
     for f in self.seq_side_features:
       if f not in log.item_cat:
         raise ConfigError(f'sequence side feature {f!r} is not an item categorical feature of '
@@ -494,14 +498,19 @@ def event_schema(log: EventLog, cfg: RequestConfig) -> FeatureSchema:
     req_cat += [CategoricalFeature('hour', 'hour', 'context'),
                 CategoricalFeature('weekday', 'weekday', 'context')]
   side = tuple((f, log.vocab_of(f)) for f in cfg.seq_side_features)
+  req_num = [NumericFeature(f, 'user') for f in log.user_num]
+  cand_num = [NumericFeature(f, 'item') for f in log.item_num]
+  if cfg.history_stats:
+    req_num += [NumericFeature(f, 'user') for f in stat_names('user', log.tasks)]
+    cand_num += [NumericFeature(f, 'item') for f in stat_names('item', log.tasks)]
   return FeatureSchema(
       vocabularies=tuple(Vocabulary(v, max(s, 2)) for v, s in sizes.items()),
       request_categorical=tuple(req_cat),
-      request_numeric=tuple(NumericFeature(f, 'user') for f in log.user_num),
+      request_numeric=tuple(req_num),
       sequences=tuple(SequenceFeature(s, cfg.max_len[s], 'item', side) for s in log.in_sequence),
       candidate_categorical=(CategoricalFeature('item_id', 'item', 'item'),) + tuple(
           CategoricalFeature(f, log.vocab_of(f), 'item') for f in log.item_cat),
-      candidate_numeric=tuple(NumericFeature(f, 'item') for f in log.item_num),
+      candidate_numeric=tuple(cand_num),
       tasks=tuple(log.tasks),
       num_candidates=cfg.num_candidates,
   )
@@ -572,6 +581,56 @@ def build_requests(log: EventLog, cfg: RequestConfig) -> RequestIndex:
 
 
 
+def stat_names(side: str, tasks: Sequence[Task]) -> list[str]:
+  """Feature names of ``history_statistics``: the side's log count, then a rate per task."""
+  return [f'{side}_prior_log_count'] + [f'{side}_prior_{t.name}_rate' for t in tasks]
+
+
+def history_statistics(log: EventLog, index: RequestIndex, prior: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Leak-free counters, the features an industrial ranker reads beside its ids: for every
+  request its user's, and for every impression its item's, number of impressions strictly before
+  the request's time (log1p) and per task their positive rate, smoothed toward the global rate
+  before that time with ``prior`` pseudo-impressions. The request's own labels, and every later
+  one, never enter: the same information the behaviour sequences carry.
+
+  -> (per request [R, 1 + T], per impression [len(index.impressions), 1 + T]) float32, the
+  second aligned with ``index.impressions``. Vectorised: sorted keys and cumulative sums.
+  """
+  imp = index.impressions
+  labels = log.labels[imp].astype(np.float64)                      # [I, T]
+  t_min = int(log.time.min())
+  # Requests tile ``imp`` in contiguous chunks: in start order, each position's request time.
+  order = np.argsort(index.start, kind='stable')
+  t_req_imp = np.repeat(index.time[order], index.size[order]).astype(np.int64)
+
+  def counts(keys: np.ndarray, queries: np.ndarray, group_start: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(count, positives [., T]) of the sorted ``keys`` in [group_start, first key >= query)."""
+    srt = np.argsort(keys, kind='stable')
+    cum = np.concatenate([np.zeros((1, labels.shape[1])), np.cumsum(labels[srt], 0)])
+    end = np.searchsorted(keys[srt], queries, side='left')
+    first = np.searchsorted(keys[srt], group_start, side='left')
+    return (end - first).astype(np.float64), cum[end] - cum[first]
+
+  def global_rate(t: np.ndarray) -> np.ndarray:
+    n, pos = counts(log.time[imp] - t_min, t - t_min, np.zeros_like(t))
+    return (pos + 1.0) / (n[:, None] + 2.0)                        # Laplace: defined at t_min
+
+  def features(n: np.ndarray, pos: np.ndarray, t: np.ndarray) -> np.ndarray:
+    rate = (pos + prior * global_rate(t)) / (n[:, None] + prior)
+    return np.concatenate([np.log1p(n)[:, None], rate], 1).astype(np.float32)
+
+  user_key = _user_time_key(log.user[imp], log.time[imp], t_min)
+  n_u, pos_u = counts(user_key, _user_time_key(index.user, index.time, t_min),
+                      index.user.astype(np.int64) << 32)
+  item = log.item[imp]
+  item_key = _user_time_key(item, log.time[imp], t_min)
+  n_i, pos_i = counts(item_key, _user_time_key(item, t_req_imp, t_min),
+                      item.astype(np.int64) << 32)
+  return features(n_u, pos_u, index.time), features(n_i, pos_i, t_req_imp)
+
+
 def add_pipeline_fields(d: ml_collections.ConfigDict, batch_size: int) -> None:
   """The ``config.data`` fields every real dataset shares (read by pipeline.make_iterator)."""
   d.batch_size = batch_size       # requests per step (x up to C candidates each)
@@ -618,6 +677,9 @@ class EventLogSource:
     self._seq_ids = table(log.num_items, [log.item_cat[f] for f in cfg.seq_side_features],
                           np.int32, True)
     self._labels = log.labels
+    self._req_stats = self._imp_stats = None
+    if cfg.history_stats:
+      self._req_stats, self._imp_stats = history_statistics(log, self.index, cfg.stats_prior)
 
   def __len__(self) -> int:
     return len(self.index)
@@ -660,9 +722,15 @@ class EventLogSource:
     cand_mask[:n] = True
     labels = np.zeros((c, self._labels.shape[1]), np.float32)
     labels[:n] = self._labels[ev]
+    num = self._user_num[u].copy()
+    if self._req_stats is not None:
+      num = np.concatenate([num, self._req_stats[i]])
+      cand_num = np.concatenate([cand_num, np.zeros((c, self._imp_stats.shape[1]), np.float32)],
+                                1)
+      cand_num[:n, cand_num.shape[1] - self._imp_stats.shape[1]:] = self._imp_stats[a:a + n]
     return {
         'request': {'user_id': np.int32(u), 'time': np.int32(t_req), 'cat': cat,
-                    'num': self._user_num[u].copy()},
+                    'num': num},
         'seq': seqs,
         'cand': {'cat': cand_cat, 'num': cand_num, 'mask': cand_mask},
         'labels': labels,

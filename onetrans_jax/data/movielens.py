@@ -89,6 +89,9 @@ def movielens_data(variant: str = '100k', path: str | None = None,
   d.rated_len = 50                # [D] the median 100K request has 65 earlier ratings (p25: 20)
   d.liked_len = 30                # [D] and 38 earlier likes: 55% of ratings are >= 4
   d.eval_fraction = 0.1           # [D] the latest 10% of requests (by start time) evaluate
+  d.history_stats = False         # True: leak-free user / item counts and smoothed positive rates
+                                  # before each request as numeric features (event_log.py)
+  d.stats_prior = 10.0            # pseudo-impressions of those rates
   add_pipeline_fields(d, batch_size=64)
   d.update(overrides)
   return d
@@ -104,6 +107,8 @@ def _request_config(cfg: ml_collections.ConfigDict) -> RequestConfig:
       max_len={'rated': int(cfg.get('rated_len', 50)), 'liked': int(cfg.get('liked_len', 30))},
       eval_fraction=float(cfg.get('eval_fraction', 0.1)),
       seq_side_features=('item_genre',),
+      history_stats=bool(cfg.get('history_stats', False)),
+      stats_prior=float(cfg.get('stats_prior', 10.0)),
   )
 
 
