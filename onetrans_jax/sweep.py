@@ -41,9 +41,9 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, models, records, reporting, study_report
-from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
 
 METRICS = ('auc', 'uauc')
 
