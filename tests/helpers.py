@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 
 import ml_collections
+import numpy as np
 
+from onetrans_jax.data.synthetic import SyntheticConfig
 from onetrans_jax.models.baselines import config as baselines_config
 
 # The repository root: scripts and subprocesses run from here and put it on sys.path.
@@ -93,3 +95,25 @@ def tiny_baseline(sequence: str, interaction: str, **overrides):
   m[interaction].update(TINY[interaction])
   m.update(overrides)
   return m
+
+
+# A small synthetic world that generates in milliseconds: the generator's and the mechanism
+# world's tests read it.
+SMALL_WORLD = SyntheticConfig(num_users=200, num_items=500, num_categories=10, num_brands=20,
+                              num_candidates=8, min_candidates=4, click_len=16, cart_len=8,
+                              order_len=4, num_requests=100_000)
+
+
+def leaves(tree, prefix=''):
+  """(path, array) of every leaf of a nested request dict, keys sorted."""
+  if isinstance(tree, dict):
+    for k in sorted(tree):
+      yield from leaves(tree[k], f'{prefix}/{k}')
+  else:
+    yield prefix, np.asarray(tree)
+
+
+def same_tree(a, b) -> bool:
+  """Whether two nested request dicts have the same keys and bit-identical arrays."""
+  return all(ka == kb and np.array_equal(va, vb)
+             for (ka, va), (kb, vb) in zip(leaves(a), leaves(b), strict=True))

@@ -17,64 +17,50 @@ from onetrans_jax.data.synthetic import (MECHANISMS, TRIPLES, SyntheticConfig, S
                                          synthetic_schema)
 from onetrans_jax.data.types import DataConfigError
 from onetrans_jax.models.onetrans import tokenizer
+from tests.helpers import SMALL_WORLD, leaves, same_tree
 
-CFG = SyntheticConfig(num_users=200, num_items=500, num_categories=10, num_brands=20,
-                      num_candidates=8, min_candidates=4, click_len=16, cart_len=8, order_len=4,
-                      num_requests=100_000)
 STUDY = SyntheticConfig(click_len=32, cart_len=12, order_len=8, num_candidates=8,
                         min_candidates=4)  # the sizes of experiments/common.py::mechanism_data
 SEQS = ('click', 'cart', 'order')
 
 
-def _leaves(tree, prefix=''):
-  if isinstance(tree, dict):
-    for k in sorted(tree):
-      yield from _leaves(tree[k], f'{prefix}/{k}')
-  else:
-    yield prefix, np.asarray(tree)
-
-
 def _digest(src: SyntheticSource, indices) -> str:
   h = hashlib.sha256()
   for i in indices:
-    for name, v in _leaves(src[i]):
+    for name, v in leaves(src[i]):
       h.update(f'{name}{v.dtype}{v.shape}'.encode())
       h.update(np.ascontiguousarray(v).tobytes())
   return h.hexdigest()
 
 
-def _equal(a, b) -> bool:
-  return all(ka == kb and np.array_equal(va, vb)
-             for (ka, va), (kb, vb) in zip(_leaves(a), _leaves(b), strict=True))
-
 
 def test_no_mechanisms_is_the_base_world_bit_for_bit():
   # sha256 of every array (name, dtype, shape, bytes) of these requests, computed with the
   # generator as it was before the mechanisms were added: mechanisms=() must stay that world.
-  assert _digest(SyntheticSource(CFG), range(21)) == (
+  assert _digest(SyntheticSource(SMALL_WORLD), range(21)) == (
       '90df8c24251c05ecbbb4de6247ce3e531e0e61f83acc83ac47ab8c90f3ede5d8')
   assert _digest(SyntheticSource(SyntheticConfig()), [0, 1, 2, 3, 4, 123_456, 9_999_999]) == (
       'a627874e183957a3ec76af697e6187472a085b4c585f3533e323d1b9472190a3')
 
 
 def test_each_mechanism_changes_the_truth_deterministically():
-  base = SyntheticSource(CFG)
+  base = SyntheticSource(SMALL_WORLD)
   for m in MECHANISMS:
-    cfg = dataclasses.replace(CFG, mechanisms=(m,))
+    cfg = dataclasses.replace(SMALL_WORLD, mechanisms=(m,))
     a, b = SyntheticSource(cfg).world, SyntheticSource(cfg).world
     changed = 0
     for i in (3, 0, 7, 1, 2, 4, 5, 6, 8, 9, 10, 11):  # out of order: random access
       (ra, ta), (rb, tb) = a.request_with_terms(i), b.request_with_terms(i)
-      assert _equal(ra, rb) and set(ta) == {m} and np.array_equal(ta[m], tb[m]), (m, i)
+      assert same_tree(ra, rb) and set(ta) == {m} and np.array_equal(ta[m], tb[m]), (m, i)
       assert ta[m].shape == (int(ra['cand']['mask'].sum()), 2)
       changed += not np.allclose(ra['true_prob'], base[i]['true_prob'])
     assert changed >= 10, m
     assert not np.array_equal(a.request_with_terms(1)[1][m], a.request_with_terms(2)[1][m])
   # The base world's draws are left alone: users, contexts and click histories are the same.
-  every = SyntheticSource(dataclasses.replace(CFG, mechanisms=MECHANISMS))
+  every = SyntheticSource(dataclasses.replace(SMALL_WORLD, mechanisms=MECHANISMS))
   for i in range(10):
-    assert _equal(every[i]['request'], base[i]['request'])
-    assert _equal(every[i]['seq']['click'], base[i]['seq']['click'])
+    assert same_tree(every[i]['request'], base[i]['request'])
+    assert same_tree(every[i]['seq']['click'], base[i]['seq']['click'])
 
 
 def test_config_names_order_and_strength():
@@ -85,9 +71,9 @@ def test_config_names_order_and_strength():
   with pytest.raises(ValueError, match='mechanism_strength'):
     SyntheticConfig(mechanisms=MECHANISMS, mechanism_strength=-1.0)
   # Strength 0: no planted terms (histories and candidates are still the mechanism world's).
-  zero = SyntheticSource(dataclasses.replace(CFG, mechanisms=('heterogeneous',),
+  zero = SyntheticSource(dataclasses.replace(SMALL_WORLD, mechanisms=('heterogeneous',),
                                              mechanism_strength=0.0))
-  assert _equal(zero[3], SyntheticSource(CFG)[3])
+  assert same_tree(zero[3], SyntheticSource(SMALL_WORLD)[3])
 
 
 def test_unknown_mechanism_is_a_config_error_through_the_pipeline():
@@ -142,7 +128,7 @@ def test_cross_group_triples_straddle_the_default_groups():
     for triple in TRIPLES:
       assert len({group[f] for f in triple}) == 3, (num_tokens, triple)
   # The term is the named features' tables, which have no main effects or 2-way margins.
-  w = SyntheticSource(dataclasses.replace(CFG, mechanisms=('cross_group',))).world
+  w = SyntheticSource(dataclasses.replace(SMALL_WORLD, mechanisms=('cross_group',))).world
   req = [f.name for f in schema.request_categorical]
   cand = [f.name for f in schema.candidate_categorical]
   for table in (c[-1] for c in w.mech.cross):

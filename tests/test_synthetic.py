@@ -6,38 +6,25 @@ import numpy as np
 import pytest
 
 from onetrans_jax.data.synthetic import SyntheticConfig, SyntheticSource
-
-CFG = SyntheticConfig(num_users=200, num_items=500, num_categories=10, num_brands=20,
-                      num_candidates=8, min_candidates=4, click_len=16, cart_len=8, order_len=4,
-                      num_requests=100_000)
+from tests.helpers import SMALL_WORLD, same_tree
 
 
-def _leaves(tree, prefix=''):
-  if isinstance(tree, dict):
-    for k in sorted(tree):
-      yield from _leaves(tree[k], f'{prefix}/{k}')
-  else:
-    yield prefix, np.asarray(tree)
 
-
-def _equal(a, b) -> bool:
-  return all(ka == kb and np.array_equal(va, vb)
-             for (ka, va), (kb, vb) in zip(_leaves(a), _leaves(b), strict=True))
 
 
 def test_same_seed_same_data_other_seed_other_data():
-  a, b = SyntheticSource(CFG), SyntheticSource(CFG)
-  c = SyntheticSource(SyntheticConfig(**{**CFG.__dict__, 'seed': 1}))
+  a, b = SyntheticSource(SMALL_WORLD), SyntheticSource(SMALL_WORLD)
+  c = SyntheticSource(SyntheticConfig(**{**SMALL_WORLD.__dict__, 'seed': 1}))
   for i in (0, 7, 99_999):
-    assert _equal(a[i], b[i])
-  assert not _equal(a[7], c[7])
-  assert not _equal(a[7], a[8])
+    assert same_tree(a[i], b[i])
+  assert not same_tree(a[7], c[7])
+  assert not same_tree(a[7], a[8])
   # Random access: the order of reads does not matter.
-  assert _equal(SyntheticSource(CFG)[5], a[5])
+  assert same_tree(SyntheticSource(SMALL_WORLD)[5], a[5])
 
 
 def test_funnel_and_probabilities():
-  src = SyntheticSource(CFG)
+  src = SyntheticSource(SMALL_WORLD)
   reqs = [src[i] for i in range(1500)]
   mask = np.concatenate([r['cand']['mask'] for r in reqs])
   labels = np.concatenate([r['labels'] for r in reqs])
@@ -56,7 +43,7 @@ def test_funnel_and_probabilities():
 
 
 def test_batch_contract_and_chronology():
-  src = SyntheticSource(CFG)
+  src = SyntheticSource(SMALL_WORLD)
   reqs = [src[i] for i in range(200)]
   times = [int(r['request']['time']) for r in reqs]
   assert times == sorted(times), 'request time must grow with the index (chronological split)'
@@ -71,12 +58,12 @@ def test_batch_contract_and_chronology():
       assert np.all(np.diff(t) >= 0) and np.all(t < r['request']['time']), name
       assert np.all(s['ids'][~m] == 0) and np.all(s['ids'][m, 0] > 0)
   lens = np.array([r['seq']['click']['mask'].sum() for r in reqs])
-  assert lens.max() <= CFG.click_len and (lens > 0).mean() > 0.9
+  assert lens.max() <= SMALL_WORLD.click_len and (lens > 0).mean() > 0.9
 
 
 def test_sequence_carries_the_signal():
   """Candidates from the recent click intent are clicked more: the sequence x candidate signal."""
-  src = SyntheticSource(CFG)
+  src = SyntheticSource(SMALL_WORLD)
   hit, miss = [], []
   for i in range(1500):
     r = src[i]
@@ -90,9 +77,9 @@ def test_sequence_carries_the_signal():
 
 
 def test_out_of_range_index_and_bad_config():
-  src = SyntheticSource(CFG)
+  src = SyntheticSource(SMALL_WORLD)
   with pytest.raises(IndexError, match='outside'):
-    src[CFG.num_requests]
+    src[SMALL_WORLD.num_requests]
   with pytest.raises(ValueError, match='config.data.min_candidates'):
     SyntheticConfig(num_candidates=4, min_candidates=8)
 

@@ -613,9 +613,14 @@ def history_statistics(log: EventLog, index: RequestIndex, prior: float
     first = np.searchsorted(keys[srt], group_start, side='left')
     return (end - first).astype(np.float64), cum[end] - cum[first]
 
+  # Every impression by time, once: the global rate before a time is a prefix of it.
+  by_time = np.argsort(log.time[imp], kind='stable')
+  times = log.time[imp][by_time]
+  cum_time = np.concatenate([np.zeros((1, labels.shape[1])), np.cumsum(labels[by_time], 0)])
+
   def global_rate(t: np.ndarray) -> np.ndarray:
-    n, pos = counts(log.time[imp] - t_min, t - t_min, np.zeros_like(t))
-    return (pos + 1.0) / (n[:, None] + 2.0)                        # Laplace: defined at t_min
+    n = np.searchsorted(times, t, side='left')
+    return (cum_time[n] + 1.0) / (n[:, None] + 2.0)                # Laplace: defined at t_min
 
   def features(n: np.ndarray, pos: np.ndarray, t: np.ndarray) -> np.ndarray:
     rate = (pos + prior * global_rate(t)) / (n[:, None] + prior)
