@@ -102,7 +102,8 @@ def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
   """The committed result of one run: ``final`` is train_and_evaluate's report."""
   return {'version': RECORD_VERSION, 'variant': variant, 'seed': seed, 'fingerprint': fp,
           'metrics': final['final'], 'step': final['step'], 'params': final['params'],
-          'best_step': final.get('best_step'), 'wall_seconds': wall_seconds,
+          'best_step': final.get('best_step'), 'valid_curve': final.get('valid_curve'),
+          'wall_seconds': wall_seconds,
           'machine': machine(), 'finished': datetime.datetime.now(datetime.timezone.utc)
           .isoformat(timespec='seconds'), 'config': canonical(dict(flat))}
 

@@ -128,6 +128,15 @@ def _metric_records(run_dir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f]
 
 
+def _curve_records(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+  """A run record's validation curve in metrics.jsonl's form ('valid' records with 'task/metric'
+  keys): what a reused, committed run contributes to the learning curves (no train loss)."""
+  curve = (record or {}).get('valid_curve') or []
+  return [{'split': 'valid', 'step': p['step'],
+           **{f'{t}/{k}': v for t, m in p.items() if t != 'step' for k, v in m.items()}}
+          for p in curve]
+
+
 def _curves(recs: Sequence[Mapping[str, Any]], split: str, key: str
             ) -> tuple[np.ndarray, np.ndarray]:
   """(steps, values) of ``key`` in one run's ``split`` records; the hold-out's periodic 'eval'
@@ -139,14 +148,21 @@ def _curves(recs: Sequence[Mapping[str, Any]], split: str, key: str
 
 
 def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
-                         tasks: Sequence[str]) -> bool:
+                         tasks: Sequence[str],
+                         run_records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+                         ) -> bool:
   """Train loss and the validation AUC of each task against step (the hold-out's periodic
   evaluation where no validation split was kept): one line per variant, the mean over seeds,
-  with a band from the lowest to the highest seed. False when no run logged anything."""
+  with a band from the lowest to the highest seed. A run without a local log (reused from a
+  committed record) contributes its record's validation curve. False when nothing was logged."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  logs = {d: _metric_records(d) for dirs in run_dirs.values() for d in dirs}
+  logs = {}
+  for name, dirs in run_dirs.items():
+    recs = list((run_records or {}).get(name, ())) + [None] * len(dirs)
+    for d, rec in zip(dirs, recs):
+      logs[d] = _metric_records(d) or _curve_records(rec)
   panels = [('train', 'loss', 'train loss')]
   split = 'valid' if any(_curves(recs, 'valid', f'{tasks[0]}/auc')[0].size
                          for recs in logs.values()) else 'eval'
@@ -169,8 +185,8 @@ def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
     ax.set_title(title, fontsize=10)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
-  if drew:
-    axes[0][0].legend(fontsize=7)
+  if drew:  # the legend on the first panel with lines (committed records have no train loss)
+    next(ax for ax in axes[0] if ax.get_legend_handles_labels()[0]).legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -225,7 +241,8 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
   with open(os.path.join(workdir, 'summary.json'), 'w', encoding='utf-8') as f:
     json.dump(summ, f, indent=1, default=float)
     f.write('\n')
-  curves = plot_learning_curves(os.path.join(workdir, 'learning_curves.png'), run_dirs, tasks)
+  curves = plot_learning_curves(os.path.join(workdir, 'learning_curves.png'), run_dirs, tasks,
+                                {n: results[n].get('records', ()) for n in names})
   deltas = plot_deltas(os.path.join(workdir, 'deltas.png'), comparison, names, sw.reference,
                        tasks)
   fp, _ = records.fingerprint(config)

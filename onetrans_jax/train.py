@@ -53,6 +53,7 @@ EVAL_MODES = ('holdout', 'next_batch')
 PREDICTIONS_FILE = 'eval_predictions.npz'  # the hold-out's scored impressions, per task
 # The validation metrics a step can be chosen by, each with the direction that is better.
 SELECTION_METRICS = {'auc': 'max', 'uauc': 'max', 'logloss': 'min'}
+CURVE_METRICS = tuple(SELECTION_METRICS)  # what the validation curve keeps of each evaluation
 
 Batch = Any  # the batch contract (FeatureSchema.batch_spec): a nested dict of arrays
 Metrics = dict[str, jnp.ndarray]
@@ -450,17 +451,25 @@ class _Validation:
   rule: EarlyStopping
   best_ckpt: checkpointing.BestCheckpointer
   best_valid: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  # Every evaluation's AUC / UAUC / logloss per task: the learning curve, carried into the run's
+  # record so that a committed study can draw it on a machine that never had the run's log.
+  curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   def value(self, metrics: Mapping[str, Mapping[str, float]]) -> float:
     _, task, name = self.metric.split('/')
     return float(metrics[task][name])
 
   def state(self) -> dict[str, Any]:
-    return {'rule': self.rule.state(), 'best_valid': self.best_valid}
+    return {'rule': self.rule.state(), 'best_valid': self.best_valid, 'curve': self.curve}
 
   def load(self, state: Mapping[str, Any]) -> None:
     self.rule.load(state['rule'])
     self.best_valid = dict(state['best_valid'])
+    self.curve = list(state.get('curve', []))  # checkpoints written before the curve was kept
+
+  def add_point(self, step: int, metrics: Mapping[str, Mapping[str, float]]) -> None:
+    self.curve.append({'step': step, **{t: {k: float(m[k]) for k in CURVE_METRICS if k in m}
+                                        for t, m in metrics.items()}})
 
 
 def _stopped(valid: _Validation | None) -> bool:
@@ -673,6 +682,7 @@ def _validate(run: _Run, eval_step: EvalStep, writer: reporting.MetricWriter,
   ev = _evaluate(run, eval_step, state.params, run.config.eval.num_batches,
                  run.dataset.valid_range)
   writer.write(step, 'valid', ev)
+  valid.add_point(step, ev)
   value, rule = valid.value(ev), valid.rule
   if rule.update(step, value):
     valid.best_valid = ev
@@ -753,7 +763,7 @@ def _selection(valid: _Validation, step: int) -> dict[str, Any]:
   final_metrics.json (keys present only when validation is on)."""
   rule = valid.rule
   return {'best_step': rule.best_step, 'best_valid': valid.best_valid, 'stopped_at': step,
-          'early_stopped': rule.stop,
+          'early_stopped': rule.stop, 'valid_curve': valid.curve,
           'selected_by': {'metric': valid.metric, 'mode': rule.mode, 'value': rule.best}}
 
 

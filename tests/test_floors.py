@@ -349,6 +349,21 @@ def test_learning_curves_tolerate_runs_without_a_log(tmp_path):
   assert not (tmp_path / 'curves.png').exists()
 
 
+def test_learning_curves_draw_a_committed_records_validation_curve(tmp_path):
+  """A run reused from a committed record has no local log: its record's curve is drawn."""
+  (tmp_path / 'run').mkdir()
+  record = {'valid_curve': [{'step': s, 'like': {'auc': a, 'uauc': a - 0.05}}
+                            for s, a in ((50, 0.61), (100, 0.66))]}
+  assert study_report._curve_records(record) == [
+      {'split': 'valid', 'step': 50, 'like/auc': 0.61, 'like/uauc': 0.61 - 0.05},
+      {'split': 'valid', 'step': 100, 'like/auc': 0.66, 'like/uauc': 0.66 - 0.05}]
+  assert study_report._curve_records({'valid_curve': None}) == []
+  assert study_report.plot_learning_curves(str(tmp_path / 'curves.png'),
+                                           {'row': [str(tmp_path / 'run')]}, ['like'],
+                                           {'row': [record]})
+  assert (tmp_path / 'curves.png').stat().st_size > 0
+
+
 # ---------------------------------------------------------------------------------- real data
 @pytest.mark.slow  # ~1 min: the three floors on MovieLens-100K
 def test_floors_on_real_movielens_100k(tmp_path):

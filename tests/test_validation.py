@@ -199,13 +199,17 @@ def test_best_checkpoint_is_the_best_steps_state_and_resume_is_exact(tmp_path):
   first = train_and_evaluate(c, str(tmp_path / 'resumed'), stop_at_step=5)
   assert first['step'] == 5 and 'final' not in first
   resumed = train_and_evaluate(c, str(tmp_path / 'resumed'))
-  for key in ('step', 'best_step', 'stopped_at', 'early_stopped', 'best_valid', 'final'):
+  for key in ('step', 'best_step', 'stopped_at', 'early_stopped', 'best_valid', 'final',
+              'valid_curve'):
     assert straight[key] == resumed[key], key
   assert not straight['early_stopped'] and straight['stopped_at'] == 12
 
   valid = _records(str(tmp_path / 'straight'), 'valid')
   assert [r['step'] for r in valid] == [3, 6, 9, 12]
   aucs = [r['click/auc'] for r in valid]
+  # The curve the run's record carries is the logged one (the resumed run's included).
+  assert [p['step'] for p in resumed['valid_curve']] == [3, 6, 9, 12]
+  assert [p['click']['auc'] for p in resumed['valid_curve']] == pytest.approx(aucs)
   assert straight['best_step'] == valid[int(np.argmax(aucs))]['step']
   best = straight['best_step']
   best_params = _params(str(tmp_path / 'straight' / 'best_checkpoint'), best)
