@@ -31,7 +31,14 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _unknown_field(e: Exception) -> None:
   msg = str(e).strip('\'"').replace('\\n', ' ').replace("\\'", "'")
+  if "has no attribute 'get_config" in msg:  # the experiment file, not an override
+    _fail('the experiment file given by --config defines no get_config(); it must define '
+          'get_config(arg=None) returning an ml_collections.ConfigDict (see experiments/default.py)')
   _fail(f'unknown config field in an override: {msg}')
+
+
+def _syntax_error(e: SyntaxError) -> None:
+  _fail(f'{e.filename}, line {e.lineno}: {e.msg} (in the experiment file given by --config)')
 
 
 try:
@@ -44,6 +51,8 @@ try:
       '--config.section.field=value.', lock_config=True)
 except (AttributeError, KeyError) as err:
   _unknown_field(err)
+except SyntaxError as err:
+  _syntax_error(err)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir',
                                'Run directory: checkpoints, metrics.jsonl, tensorboard/, '
                                'final_metrics.json. An existing one is resumed.')
@@ -67,6 +76,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(f'{e}\n(pass --helpfull for the list of flags)')
   except (AttributeError, KeyError) as e:  # unknown --config.x field: ml_collections suggests one
     _unknown_field(e)
+  except SyntaxError as e:
+    _syntax_error(e)
   except (ValueError, TypeError) as e:
     _fail(f'bad config override: {e}')
   return []
@@ -96,7 +107,7 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   if where != 'single process':
     print(f'distributed: {where}', flush=True)
-  from onetrans_jax.errors import ConfigError, NonFiniteLossError
+  from onetrans_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
   from onetrans_jax.schema import SchemaError
   from onetrans_jax.sweep import run_sweep
   from onetrans_jax.train import train_and_evaluate
@@ -109,6 +120,8 @@ def main(argv: list[str]) -> None:
     _fail(f'config: {e}')
   except SchemaError as e:
     _fail(f'data: {e}')
+  except WorkdirError as e:
+    _fail(f'workdir: {e}')
   except NonFiniteLossError as e:
     _fail(str(e), code=3)
 

@@ -147,6 +147,8 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
   s.metric_labels = ('AUC', 'UAUC')
   s.results_dir = f'results/{study}/runs' if commit else ''
   s.dry_run = False               # True: print the plan and its time estimate, train nothing
+  s.select = ''                   # tuning sweep: 'valid/<task>/<metric>' each family is chosen on
+  s.only = ()                     # variant names: run only these, write records, no report
   s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
   s.update(options)
   return s

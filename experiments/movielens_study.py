@@ -8,6 +8,8 @@ r"""RQ1 and RQ2 on real ratings: MovieLens-100K and the MovieLens-1M subset of u
       --config.data.path=../shared/data/ml-100k
   python launch.py --config experiments/movielens_study.py:1m_rq2 --workdir runs/ml1m_rq2 \
       --config.data.path=../shared/data/ml-1m-users1-2998
+  python launch.py --config experiments/movielens_study.py:100k_tune --workdir runs/ml100k_tune \
+      --config.data.path=../shared/data/ml-100k
   python launch.py --config experiments/movielens_study.py:quick --workdir runs/ml_quick \
       --config.data.path=../shared/data/ml-100k
 
@@ -25,6 +27,9 @@ encode-then-interact baselines, OneTrans_S and OneTrans_L at CPU size) and three
 (onetrans_jax/floors: the item positive rate, a logistic regression and LightGBM on ids, side
 features and leak-free history statistics), DCNv2 + DIN the reference row, 3 seeds.
 RQ2 (``:100k_rq2``, ``:1m_rq2``): the seven rows of experiments/onetrans_rq2_ablation.py, 3 seeds.
+Tuning (``:100k_tune``, ``:1m_tune``, run first): every neural family at each SPARSE_LRS value,
+seed 0, the setting chosen on validation like AUC (onetrans_jax/tuning.py); the RQ1 rows then use
+their family's choice (TUNED_SPARSE_LR), the RQ2 rows OneTrans_S's; the floors are not tuned.
 Per-run records are committed under results/<study>/runs/ (study: ml100k_rq1, ml1m_rq1,
 ml100k_rq2, ml1m_rq2) and a sweep reuses those whose fingerprint (config + data files) matches.
 """
@@ -38,7 +43,15 @@ from onetrans_jax.floors import config as floors_config
 TASKS = (('like', 'like'), ('love', 'love'))
 FLOORS = (('item positive rate', 'item_rate'), ('logistic regression', 'logistic'),
           ('LightGBM', 'lightgbm'))
-ARGS = ('100k', '1m', '100k_rq2', '1m_rq2', 'quick')
+ARGS = ('100k', '1m', '100k_rq2', '1m_rq2', '100k_tune', '1m_tune', 'quick')
+# The light tuning budget every neural family gets, the same for all (``:100k_tune``, seed 0,
+# chosen on validation like AUC, never on the hold-out): the sparse (id-embedding) learning rate.
+# Why this knob: on ML-100K every neural row peaks within 2-3 epochs and then overfits its id
+# embeddings (best steps 150-300 of 2000), so how fast the embeddings move is what matters most.
+SPARSE_LRS = (0.1, 0.02)
+# Each family's choice, copied from the tuning sweep's committed results/ml<set>_tune/selection.json
+# (``:100k_tune`` writes it); tests/test_tuning.py checks the copy against that file.
+TUNED_SPARSE_LR: dict[str, dict[str, float]] = {'100k': {}, '1m': {}}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f'{", ".join(":" + a for a in ARGS)}')
   variant = '1m' if arg.startswith('1m') else '100k'
   rq2 = arg.endswith('rq2')
+  tune = arg.endswith('tune')
   c = (onetrans_rq2_ablation if rq2 else rq1_baselines).get_config()
   # Leak-free user / item counts and positive rates before each request as features: the neural
   # rows otherwise lack what the floors read (the item's earlier feedback from other users).
@@ -59,16 +73,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.study_protocol(c, valid_fraction=0.1, max_steps=steps[0], eval_every=steps[1],
                         patience=6, metric='valid/like/auc')
   variants = tuple(c.sweep.variants)
-  if not rq2:
+  reference = c.sweep.reference
+  if tune:   # every neural family at each SPARSE_LRS value, one seed, selection on validation
+    variants = tuple((f'{name} @ sparse lr {lr}',
+                      tuple(overrides) + (('optimizer.sparse.learning_rate', lr),))
+                     for name, overrides in variants for lr in SPARSE_LRS)
+    reference = f'{reference} @ sparse lr {SPARSE_LRS[0]}'
+  else:      # the tuned rate of each family (RQ2's OneTrans rows: OneTrans_S's)
+    tuned = TUNED_SPARSE_LR[variant]
+    variants = tuple((name, tuple(overrides) + (
+        (('optimizer.sparse.learning_rate', tuned[key]),) if key in tuned else ()))
+        for name, overrides in variants
+        for key in [('OneTrans_S' if rq2 else name)])
+  if not rq2 and not tune:
     floors = tuple((name, (('model', floors_config.defaults(floor)),)) for name, floor in FLOORS)
     variants = variants[:1] + floors + variants[1:]
-  seeds = (0, 1, 2)
+  seeds = (0,) if tune else (0, 1, 2)
   if arg == 'quick':
     c.data.batch_size = 16
     c.train.total_steps, c.train.eval_every, c.train.log_every = 60, 20, 20
     variants = variants[:1] + variants[1:4] + variants[-2:-1]   # reference, floors, OneTrans_S
     seeds = (0,)
-  study = 'ml_quick' if arg == 'quick' else f'ml{variant}_{"rq2" if rq2 else "rq1"}'
-  c.sweep = common.sweep(study, c.sweep.reference, variants, seeds=seeds, tasks=TASKS,
-                         commit=arg != 'quick')
+  kind = 'rq2' if rq2 else 'tune' if tune else 'rq1'
+  study = 'ml_quick' if arg == 'quick' else f'ml{variant}_{kind}'
+  c.sweep = common.sweep(study, reference, variants, seeds=seeds, tasks=TASKS,
+                         commit=arg != 'quick', select='valid/like/auc' if tune else '')
   return c

@@ -19,6 +19,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from onetrans_jax.errors import WorkdirError
+
 
 class Checkpointer:
 
@@ -49,11 +51,67 @@ class Checkpointer:
         extra=ocp.args.JsonRestore()))
     return out['state'], out['extra']
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def set_aside(self, step: int) -> str:
+    """Move an unreadable step out of the manager's directory (kept for inspection, never read
+    again: the resumed run writes that step anew)."""
+    src = os.path.join(self.manager.directory, str(step))
+    dst_dir = f'{os.path.normpath(self.manager.directory)}.corrupt'
+    os.makedirs(dst_dir, exist_ok=True)
+    dst, k = os.path.join(dst_dir, str(step)), 0
+    while os.path.exists(dst):
+      k += 1
+      dst = os.path.join(dst_dir, f'{step}.{k}')
+    os.replace(src, dst)
+    self.manager.reload()
+    return dst
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def restore_latest_intact(ckpt: Checkpointer, abstract_state: Any, data_iter: Any,
+                          config_changes: str, log: Callable[[str], None]
+                          ) -> tuple[int, Any, dict[str, Any]] | None:
+  """(step, state, extra) of the newest checkpoint that reads back, or None when there is none.
+
+  A step that fails to restore while the config is unchanged is corrupt (a disk fault, a copy cut
+  short): it is set aside with a warning naming it and the previous kept step is tried. When the
+  config changed, the failure is the change (a shape that no longer fits): the error names the
+  changed fields and the two ways out, and nothing in the workdir is touched.
+  """
+  steps = ckpt.all_steps()
+  bad: list[str] = []
+  for step in reversed(steps):
+    try:
+      state, extra = ckpt.restore(step, abstract_state, data_iter)
+    except Exception as e:  # orbax / tensorstore / grain raise many types for one bad file
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      if config_changes:
+        raise WorkdirError(
+            f'cannot resume {ckpt.manager.directory} (step {step}) with this config: it changes '
+            f'{config_changes}, and the checkpoint does not fit it ({reason}). Use a new '
+            '--workdir for the new config, or resume with the config saved in its config.json'
+        ) from None
+      where = ckpt.set_aside(step)
+      bad.append(f'{step} ({reason}; moved to {where})')
+      log(f'warning: checkpoint step {step} in {ckpt.manager.directory} cannot be read '
+          f'({reason}); moved to {where}, trying the previous kept step')
+      continue
+    if bad:
+      log(f'resuming from step {step}, the newest intact checkpoint (unreadable: '
+          f'{", ".join(bad)})')
+    return step, state, extra
+  if bad:
+    raise WorkdirError(
+        f'no intact checkpoint in {ckpt.manager.directory}: every kept step failed to read '
+        f'({"; ".join(bad)}); start over with a new --workdir (or delete this one)')
+  return None
 
 
 class BestCheckpointer:

@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss; the message names the first step where it happened."""
+
+
+class WorkdirError(RuntimeError):
+  """The run directory cannot be used as asked: in use by another run, not writable, or holding
+  a run this config cannot resume. The message names the directory and the fix."""

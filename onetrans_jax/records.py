@@ -80,9 +80,13 @@ def data_identity(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def fingerprint(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
   """(hex digest, the flat config it was computed from): the run's identity, sweep section and
-  NON_RESULT_FIELDS left out, data identity in."""
+  NON_RESULT_FIELDS left out, data identity in (and, for file data, the path out)."""
   flat = {k: v for k, v in flat_config(config).items() if k not in NON_RESULT_FIELDS}
-  payload = {'config': canonical(flat), 'data': data_identity(config.data)}
+  identity = data_identity(config.data)
+  # A file dataset is identified by its files' content, not by where they sit: the same data
+  # read from another directory (another machine's checkout) is the same run.
+  keyed = {k: v for k, v in flat.items() if not (k == 'data.path' and identity['kind'] == 'files')}
+  payload = {'config': canonical(keyed), 'data': identity}
   text = json.dumps(payload, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest(), flat
 

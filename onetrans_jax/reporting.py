@@ -29,16 +29,24 @@ def flatten(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
 
 
 class MetricWriter:
-  """JSONL + TensorBoard (tensorboardX) under the workdir, appended across resumes."""
+  """JSONL + TensorBoard (tensorboardX) under the workdir, continued across resumes.
 
-  def __init__(self, workdir: str):
+  ``start_step``: the step the run (re)starts from. Records a killed run wrote past it are redone
+  by the resumed run, so they are dropped (metrics.jsonl rewritten atomically; TensorBoard told to
+  purge them), as is an earlier 'final' record: every step appears once.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self.enabled:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _truncate_after(path, start_step)
+      self._jsonl = open(path, 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter  # local: only process 0 pays the import
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                               purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -56,6 +64,29 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keep the records of ``path`` up to ``step`` (no 'final' one), dropping a torn last line."""
+  if not os.path.exists(path):
+    return
+  kept, dropped = [], 0
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except ValueError:   # a line cut short by a kill
+        dropped += 1
+        continue
+      if rec.get('step', 0) <= step and rec.get('split') != 'final':
+        kept.append(line if line.endswith('\n') else line + '\n')
+      else:
+        dropped += 1
+  if dropped:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def hms(seconds: float) -> str:

@@ -17,6 +17,13 @@ An experiment file opts in with ``config.sweep``:
                    (study_report.py; 0: none)
   sweep.dry_run    optional, default False: print the plan (reuse / resume / train, why, and an
                    estimate of the time) and stop
+  sweep.select     optional, default '': a tuning sweep (rows '<family> @ <setting>'): the
+                   validation metric ('valid/<task>/<metric>', maximised) each family's setting is
+                   chosen on; writes selection.json / selection.md (onetrans_jax/tuning.py)
+  sweep.only       optional, default (): names of the variants to run, the rest left out; such a
+                   partial sweep writes its records and no report (a study split over processes
+                   or machines, e.g. ``--config.sweep.only='("OneTrans_S",)'``; a final sweep
+                   without it reuses every record and writes the report)
 A variant whose ``model`` is a classical floor (onetrans_jax/floors: item_rate, logistic,
 lightgbm) is fitted by ``floors.fit.fit_and_evaluate`` instead of trained, on the same hold-out.
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
@@ -40,7 +47,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, models, records, reporting, study_report
+from onetrans_jax import accounting, models, records, reporting, study_report, tuning
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
@@ -172,8 +179,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ConfigError(f'config.sweep.reference={sw.reference!r} is not one of the variants {names}')
   if not sw.seeds:
     raise ConfigError('config.sweep.seeds is empty')
+  only = tuple(sw.get('only', ()) or ())
+  unknown = [n for n in only if n not in names]
+  if unknown:
+    raise ConfigError(f'config.sweep.only names {unknown}, not variants of this sweep; use some of '
+                      f'{names}')
+  select = sw.get('select', '') or ''
+  if select:
+    if not re.fullmatch(r'valid/[^/]+/(auc|uauc|logloss)', select):
+      raise ConfigError(f'config.sweep.select={select!r}: use valid/<task>/<auc|uauc|logloss>')
+    for name in names:
+      tuning.split_name(name)
   plan = [plan_run(config, workdir, name, overrides, seed)
-          for name, overrides in sw.variants for seed in sw.seeds]
+          for name, overrides in sw.variants for seed in sw.seeds if not only or name in only]
   schemas = _Schemas()
   estimate = estimate_seconds(plan, schemas)
   reporting.log(format_plan(plan, estimate))
@@ -183,6 +201,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
   for run in plan:
     by_variant[run.variant].append(execute(run, sw))
+  if only:
+    reporting.log(f'[sweep] ran {len(plan)} runs of {list(only)} (sweep.only): records written, '
+                  'no report; run the sweep without sweep.only to write it')
+    return {'plan': plan, 'records': by_variant, 'wall_seconds': time.time() - t0}
   results: dict[str, Any] = {}
   for name in names:
     cfg = next(r.config for r in plan if r.variant == name)
@@ -210,6 +232,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   summ = study_report.write_report(workdir, config, names, results, comparison, table, run_dirs,
                                    wall)
   reporting.log(f'[sweep] wrote {workdir}/report.md, summary.json and the plots')
+  if select:
+    sel = tuning.write_selection(workdir, {n: results[n]['records'] for n in names}, select,
+                                 'min' if select.endswith('logloss') else 'max')
+    reporting.log('[sweep] tuning selection (selection.md):\n' + tuning.format_selection(sel))
   if sw.get('results_dir', None):  # the study's committed copy, beside its run records
     study_dir = os.path.dirname(os.path.normpath(sw.results_dir))
     for f in REPORT_FILES:
@@ -221,7 +247,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 REPORT_FILES = ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves.png',
-                'deltas.png')
+                'deltas.png', 'selection.json', 'selection.md')
 
 
 def _dense_params(model_cfg: ml_collections.ConfigDict, schema: Any,

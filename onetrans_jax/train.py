@@ -38,7 +38,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from onetrans_jax import accounting, checkpointing, diagnostics, reporting, sharding, xla_options
+from onetrans_jax import accounting, checkpointing, diagnostics, records, reporting, sharding
+from onetrans_jax import workdir as workdir_lib
+from onetrans_jax import xla_options
 from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.data.types import Dataset
@@ -274,7 +276,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
     (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    first_bad = jnp.where((state.nonfinite_step < 0) & ~jnp.isfinite(loss), state.step,
+    # Steps are numbered from 1 as in the logs: the step computed from state.step = 0 is step 1.
+    first_bad = jnp.where((state.nonfinite_step < 0) & ~jnp.isfinite(loss), state.step + 1,
                           state.nonfinite_step)
     out = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
     out.update({f'loss_{t}': per_task[i] for i, t in enumerate(task_names)})
@@ -357,6 +360,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   same call without it then resumes and finishes the identical run. ``devices``: the devices the
   mesh spans (default: every device of every process).
   """
+  cleanup = workdir_lib.prepare(workdir)
+  lock = workdir_lib.WorkdirLock(workdir, reporting.log)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train_and_evaluate(config, workdir, stop_at_step, devices)
+  except BaseException:
+    lock.release()
+    cleanup()  # a start refused before writing anything leaves no empty workdir behind
+    raise
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop_at_step: int | None, devices: Sequence[Any] | None
+                        ) -> dict[str, Any]:
+  """train_and_evaluate's body, run while holding the workdir's lock."""
   # ------------------------------------------------------------------ setup
   run = _setup(config, workdir, stop_at_step, devices)
 
@@ -377,9 +398,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     config.train.keep_checkpoints)
   valid = _make_validation(run)  # None unless config.train.eval_every > 0
   state, days = _restore(run, ckpt, state, abstract_state, state_shd, train_iter, valid)
+  _write_config(config, workdir)  # only once the checkpoint (if any) was found compatible
 
   # ------------------------------------------------------------------ the loop
-  writer = reporting.MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir, start_step=int(jax.device_get(state.step)))
   state, step = _train_loop(run, steps, ckpt, writer, train_iter, state, days, loss_variance,
                             valid)
   ckpt.wait()
@@ -492,7 +514,6 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.mesh)
   check_config(config, sharding.batch_shards(mesh))
-  os.makedirs(workdir, exist_ok=True)
   dataset = pipeline.build_dataset(config.data)
   schema = dataset.schema
   model = build_model(config.model, schema)
@@ -511,7 +532,6 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
              valid_every=int(config.train.get('eval_every', 0)),
              valid_metric=check_validation(config, schema.task_names))
   _check_ranges(run)
-  _write_config(config, workdir)
   return run
 
 
@@ -603,18 +623,22 @@ def _restore(run: _Run, ckpt: checkpointing.Checkpointer, state: TrainState,
   there is one. Best-step checkpoints newer than it are dropped: the resumed run redoes them."""
   task_names = run.schema.task_names
   days = _Days(daily=[], acc=metrics_lib.TaskMetricsAccumulator(task_names))
-  start = ckpt.latest_step()
+  target = checkpointing.abstract_with_sharding(abstract_state, state_shd)
+  found = checkpointing.restore_latest_intact(
+      ckpt, target, train_iter, _config_changes(run.config, run.workdir), reporting.log)
+  start = None if found is None else found[0]
   if valid is not None:
     valid.best_ckpt.drop_after(start or 0)
-  if start is None:
+  if found is None:
     return state, days
-  state, extra = ckpt.restore(
-      start, checkpointing.abstract_with_sharding(abstract_state, state_shd), train_iter)
+  _, state, extra = found
   days = _Days(daily=extra['daily'], acc=metrics_lib.TaskMetricsAccumulator.from_state(
       task_names, _arrays_from_json(extra['day_acc'])))
   if valid is not None and 'validation' in extra:
     valid.load(extra['validation'])
   reporting.log(f'resumed from {run.workdir}/checkpoints at step {start}')
+  # ``start`` may be older than the run got (a corrupt newer step was set aside): its
+  # metrics.jsonl / TensorBoard records past ``start`` are redone, so they go (MetricWriter).
   return state, days
 
 
@@ -792,11 +816,28 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
   writer.close()
   table = reporting.format_table(final, run.schema.task_names, title)
   reporting.log(table)
-  if jax.process_index() == 0:
-    with open(os.path.join(run.workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
-      json.dump({'step': step, 'mode': run.mode, 'params': counts, 'metrics': final, **chosen},
-                f, indent=1, default=float)
+  if jax.process_index() == 0:  # atomic, and strict JSON even when a metric is NaN
+    workdir_lib.write_json(os.path.join(run.workdir, 'final_metrics.json'),
+                           {'step': step, 'mode': run.mode, 'params': counts, 'metrics': final,
+                            **chosen})
   return {'final': final, 'daily': days.daily, 'table': table, **chosen}
+
+
+def _config_changes(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """How ``config`` differs from the one saved in ``workdir`` ('' when the same or none saved)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return ''
+  try:
+    with open(path, encoding='utf-8') as f:
+      old = records.flat_config(json.load(f))
+  except (OSError, ValueError):
+    return ''
+  new = records.canonical(records.flat_config(json.loads(
+      config.to_json_best_effort(sort_keys=True))))
+  if records.canonical(old) == new:
+    return ''
+  return records.config_changes(records.canonical(old), new)
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

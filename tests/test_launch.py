@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,22 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   import re
   assert re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_bad_experiment_files_and_workdirs_are_one_clear_line(tmp_path):
+  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
+  (tmp_path / 'empty.py').write_text('x = 1\n')
+  (tmp_path / 'a_file').write_text('x')
+  cases = [([f'--config={tmp_path}/syntax.py'], rf'{tmp_path}/syntax.py, line 1: .*syntax',
+            str(tmp_path / 'w')),
+           ([f'--config={tmp_path}/empty.py'], r'defines no get_config\(\); it must define',
+            str(tmp_path / 'w')),
+           ([], r'workdir: cannot create --workdir .*a_file/run', str(tmp_path / 'a_file' / 'run'))]
+  for args, message, workdir in cases:
+    proc = _launch(*args, workdir=workdir)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+  assert not (tmp_path / 'w').exists()
 
 
 def test_good_run_prints_table_and_resumes(tmp_path):

@@ -135,6 +135,21 @@ def test_data_files_are_part_of_the_fingerprint(tmp_path):
       'kind': 'config-defined'}
 
 
+def test_the_same_data_elsewhere_is_the_same_run(tmp_path):
+  """Another machine's checkout keeps the data at another path: the fingerprint follows the
+  files' content, so its committed records are reused there."""
+  for d in ('a', 'b'):
+    (tmp_path / d).mkdir()
+    (tmp_path / d / 'u.data').write_bytes(b'1\t2\t3\t4\n' * 100)
+  cfg = lambda d: ml_collections.ConfigDict({'data': {'name': 'movielens_100k',
+                                                      'path': str(tmp_path / d)}})
+  fp_a, flat_a = records.fingerprint(cfg('a'))
+  assert records.fingerprint(cfg('b'))[0] == fp_a
+  assert flat_a['data.path'] == str(tmp_path / 'a')    # still in the record's config
+  (tmp_path / 'b' / 'u.data').write_bytes(b'1\t2\t3\t5\n' * 100)
+  assert records.fingerprint(cfg('b'))[0] != fp_a
+
+
 def test_summary_cells_are_the_paired_statistics(tmp_path):
   c = _sweep_config()
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')

@@ -1,0 +1,176 @@
+"""Faults a user meets (issue 23): a busy workdir, a refused start or resume, a corrupt latest
+checkpoint, records duplicated by a resume, NaN in the final metrics, step numbering."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from onetrans_jax import workdir as workdir_lib
+from onetrans_jax.errors import ConfigError, WorkdirError
+from onetrans_jax.train import TrainState, make_train_step, train_and_evaluate
+
+
+def _lock(tmp_path, **holder):
+  (tmp_path / workdir_lib.LOCK_FILE).write_text(json.dumps(holder))
+
+
+# ------------------------------------------------------------------------------- the workdir lock
+def test_a_second_run_on_a_busy_workdir_refuses(config, tmp_path):
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    _lock(tmp_path, pid=sleeper.pid, host=socket.gethostname(), started='2026-01-01T00:00:00')
+    with pytest.raises(WorkdirError, match=rf'in use by another run \(pid {sleeper.pid}, since '
+                                           r'2026-01-01T00:00:00\); wait for it'):
+      train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / 'config.json').exists()    # refused before writing anything
+    assert json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text())['pid'] == sleeper.pid
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_lock_of_another_host_refuses_and_says_how_to_clear_it(config, tmp_path):
+  _lock(tmp_path, pid=1, host='elsewhere-node-7', started='2026-01-01T00:00:00')
+  with pytest.raises(WorkdirError, match='in use by pid 1 on host elsewhere-node-7.*delete '
+                                         f'{tmp_path}/{workdir_lib.LOCK_FILE}'):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_stale_lock_is_taken_over_and_released(config, tmp_path, capsys):
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  _lock(tmp_path, pid=dead.pid, host=socket.gethostname(), started='2026-01-01T00:00:00')
+  out = train_and_evaluate(config, str(tmp_path))
+  assert out['step'] == config.train.total_steps
+  assert f'taking over the stale lock {tmp_path}/{workdir_lib.LOCK_FILE} (pid {dead.pid} no ' \
+         'longer runs)' in capsys.readouterr().out
+  assert not (tmp_path / workdir_lib.LOCK_FILE).exists()   # released at the end
+
+
+def test_the_lock_is_held_while_training(config, tmp_path):
+  seen = []
+  lock = workdir_lib.WorkdirLock(str(tmp_path))
+  with lock:
+    seen.append(json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text()))
+    with pytest.raises(WorkdirError, match='in use by another run'):
+      workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  assert seen[0]['pid'] == os.getpid() and seen[0]['host'] == socket.gethostname()
+  assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------------- refused starts
+def test_a_refused_start_leaves_no_empty_workdir(config, tmp_path):
+  config.data.batch_size = 0
+  target = tmp_path / 'new' / 'run'
+  with pytest.raises(ConfigError, match='config.data.batch_size=0'):
+    train_and_evaluate(config, str(target))
+  assert not (tmp_path / 'new').exists()
+
+
+def test_an_impossible_workdir_is_one_clear_error(config, tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(WorkdirError, match=r'--workdir .*file is a file, not a directory'):
+    train_and_evaluate(config, str(tmp_path / 'file'))
+  with pytest.raises(WorkdirError, match=r'cannot create --workdir .*file/run: Not a directory'):
+    train_and_evaluate(config, str(tmp_path / 'file' / 'run'))
+  if os.geteuid() != 0:  # root writes anywhere
+    ro = tmp_path / 'ro'
+    ro.mkdir(mode=0o500)
+    with pytest.raises(WorkdirError, match='is not writable'):
+      train_and_evaluate(config, str(ro))
+
+
+def test_a_refused_resume_names_the_change_and_writes_nothing(config, tmp_path):
+  train_and_evaluate(config, str(tmp_path))
+  saved = (tmp_path / 'config.json').read_text()
+  listing = sorted(os.listdir(tmp_path / 'checkpoints'))
+  config.model.hidden = (48,)
+  config.train.total_steps = 12
+  with pytest.raises(WorkdirError, match=r'cannot resume .*checkpoints \(step 8\) with this '
+                                         r'config: it changes model.hidden \[32\] -> \[48\].*'
+                                         r'Use a new --workdir'):
+    train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == saved
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == listing
+  assert not (tmp_path / 'config.previous.json').exists()
+
+
+# ---------------------------------------------------------------------- a corrupt checkpoint
+def _corrupt(step_dir):
+  for root, _, files in os.walk(step_dir / 'state'):
+    for f in files:
+      with open(os.path.join(root, f), 'wb') as fh:
+        fh.write(b'\x00garbage')
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_step(config, tmp_path, capsys):
+  config.train.total_steps = 12
+  straight = train_and_evaluate(config, str(tmp_path / 'straight'))
+  work = tmp_path / 'run'
+  train_and_evaluate(config, str(work), stop_at_step=8)          # saves steps 4 and 8
+  _corrupt(work / 'checkpoints' / '8')
+  resumed = train_and_evaluate(config, str(work))
+  out = capsys.readouterr().out
+  assert 'warning: checkpoint step 8 in' in out and 'resuming from step 4' in out
+  assert (work / 'checkpoints.corrupt' / '8').is_dir()          # set aside, not deleted
+  assert resumed['final'] == straight['final']                  # the same run, replayed from 4
+  steps = [(r['step'], r['split']) for r in map(json.loads, open(work / 'metrics.jsonl'))]
+  assert len(steps) == len(set(steps)), 'a step logged twice after the resume'
+
+
+def test_no_intact_checkpoint_is_a_clear_error(config, tmp_path):
+  train_and_evaluate(config, str(tmp_path), stop_at_step=8)
+  for step in ('4', '8'):
+    _corrupt(tmp_path / 'checkpoints' / step)
+  with pytest.raises(WorkdirError, match='no intact checkpoint in .*every kept step failed'):
+    train_and_evaluate(config, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------- records
+def test_a_resume_logs_every_step_once(config, tmp_path):
+  config.train.total_steps = 12
+  config.train.log_every = 2
+  config.train.checkpoint_every = 4
+  train_and_evaluate(config, str(tmp_path), stop_at_step=10)      # last save at step 10
+  # A kill after step 10's save but past more logging: fake the records a killed run leaves.
+  with open(tmp_path / 'metrics.jsonl', 'a', encoding='utf-8') as f:
+    f.write(json.dumps({'step': 12, 'split': 'train', 'loss': 1.0}) + '\n')
+    f.write('{"step": 13, "spl')                                  # torn by the kill
+  train_and_evaluate(config, str(tmp_path))
+  recs = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_steps = [r['step'] for r in recs if r['split'] == 'train']
+  assert train_steps == [2, 4, 6, 8, 10, 12]
+  assert [r['split'] for r in recs].count('final') == 1
+  again = train_and_evaluate(config, str(tmp_path))               # a finished run re-invoked
+  recs = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['split'] for r in recs].count('final') == 1 and again['step'] == 12
+
+
+def test_final_metrics_is_strict_json_with_nan(tmp_path):
+  workdir_lib.write_json(str(tmp_path / 'm.json'), {'a': {'auc': float('nan'), 'n': 3},
+                                                    'b': [float('inf'), np.float32(0.5)]})
+  text = (tmp_path / 'm.json').read_text()
+  assert json.loads(text) == {'a': {'auc': None, 'n': 3}, 'b': [None, 0.5]}
+  assert 'NaN' not in text and not (tmp_path / 'm.json.tmp').exists()
+
+
+def test_the_first_step_is_step_one_in_a_nan_error():
+  """The logs count steps from 1; so does the NaN record (the step from state.step = 0 is 1)."""
+  loss_fn = lambda p, b: (p['w'] * jnp.nan, jnp.zeros((1,)))
+  tx = optax.sgd(0.1)
+  params = {'w': jnp.ones(())}
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))
+  state, _ = make_train_step(loss_fn, tx, ('click',))(state, None)
+  assert int(state.step) == 1 and int(state.nonfinite_step) == 1
+  state, _ = make_train_step(loss_fn, tx, ('click',))(state, None)
+  assert int(jax.device_get(state.nonfinite_step)) == 1        # the first bad step is kept
