@@ -27,6 +27,10 @@ RECORD_VERSION = 1
 # fingerprint so that, e.g., logging more often does not invalidate a finished result.
 NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'data.num_threads', 'data.worker_count', 'data.validate')
+# Fields added after results were committed, at the value that computes what the code computed
+# before they existed: left out of the fingerprint at that value, so adding an option does not
+# invalidate every earlier record (any other value is part of it as usual).
+NEUTRAL_DEFAULTS = {'data.duplicate_rows': 'error'}
 _SAMPLE_BYTES = 1 << 20   # a data file is identified by its size and its first and last MiB
 
 
@@ -85,7 +89,9 @@ def fingerprint(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
   identity = data_identity(config.data)
   # A file dataset is identified by its files' content, not by where they sit: the same data
   # read from another directory (another machine's checkout) is the same run.
-  keyed = {k: v for k, v in flat.items() if not (k == 'data.path' and identity['kind'] == 'files')}
+  keyed = {k: v for k, v in flat.items()
+           if not (k == 'data.path' and identity['kind'] == 'files')
+           and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
   payload = {'config': canonical(keyed), 'data': identity}
   text = json.dumps(payload, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest(), flat

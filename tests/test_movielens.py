@@ -253,6 +253,57 @@ def test_duplicate_ids_and_bad_values(tmp_path):
     _build(path, '1m')
 
 
+def test_a_file_cut_short_is_caught_by_its_last_timestamp(tmp_path):
+  """The last line of a file without a final newline still has 4 fields when its timestamp lost
+  digits: refused, naming the line; the same line with a newline, or an intact last line
+  without one, loads."""
+  path = write_100k(tmp_path)
+  lines = _lines(path, 'u.data')
+  with open(os.path.join(path, 'u.data'), 'wb') as f:
+    f.write(('\n'.join(lines[:-1] + [lines[-1][:-4]])).encode())    # '...\t88000'
+  with pytest.raises(DataFileError, match=r'u\.data, line 11: timestamp 88000 is outside the '
+                                          r'range of the other lines \(880000000\.\.880020000\) '
+                                          'and the file ends without a newline'):
+    _build(path)
+  with open(os.path.join(path, 'u.data'), 'wb') as f:
+    f.write(('\n'.join(lines)).encode())                             # intact, no newline
+  assert movielens.load_100k(path).num_events == 11
+
+
+def test_duplicated_rating_lines_are_named_or_dropped(tmp_path):
+  path = write_100k(tmp_path, RATINGS + [RATINGS[3], RATINGS[3], RATINGS[0]])
+  with pytest.raises(DataFileError, match=r"u\.data: 3 line\(s\) repeat an earlier line exactly "
+                                          r"\(line 12 repeats line 4, line 13 repeats line 4, "
+                                          r"line 14 repeats line 1\).*duplicate_rows='drop'"):
+    _build(path)
+  dropped = movielens.load_100k(path, duplicate_rows='drop')
+  clean = movielens.load_100k(write_100k(tmp_path / 'clean'))
+  for field in ('user', 'item', 'time', 'labels'):
+    np.testing.assert_array_equal(getattr(dropped, field), getattr(clean, field))
+  pipeline.build_dataset(_data('100k', path, duplicate_rows='drop'))   # the config reaches it
+  with pytest.raises(ConfigError, match=r"config\.data\.duplicate_rows='keep': use one of"):
+    pipeline.build_dataset(_data('100k', path, duplicate_rows='keep'))
+
+
+def test_huge_fields_and_lines_are_named_not_allocated(tmp_path):
+  path = write_100k(tmp_path)
+  lines = _lines(path, 'u.data')
+  lines[2] = '1\t99999999999999999999\t3\t880000000'                # beyond int64
+  _write(path, 'u.data', lines)
+  with pytest.raises(DataFileError, match=r'u\.data, line 3: movie id \(field 2\) is '
+                                          '99999999999999999999, beyond the 64-bit'):
+    _build(path)
+  lines[2] = '1\t' + '7' * 5000 + '\t3\t880000000'                   # a long field
+  _write(path, 'u.data', lines)
+  with pytest.raises(DataFileError, match=r"line 3: movie id \(field 2\) is 5,000 characters"):
+    _build(path)
+  lines[2] = '1\t2\t3\t' + '8' * (1 << 20)                             # a 1 MiB line
+  _write(path, 'u.data', lines)
+  with pytest.raises(DataFileError, match=r'u\.data, line 3: 1,048,582 bytes long, over the '
+                                          '65,536-byte limit'):
+    _build(path)
+
+
 def test_config_errors(tmp_path):
   with pytest.raises(pipeline.DataConfigError, match=r'config\.data\.path is not set'):
     pipeline.build_dataset(movielens.movielens_data('100k'))

@@ -52,6 +52,9 @@ class Table:
   path: str
   rows: list[list[str]]
   lines: np.ndarray  # [N] int64
+  # The file's last line has no newline: a copy cut short ends like this, so its last row gets
+  # extra checks (e.g. movielens._ratings_log: a timestamp missing digits).
+  unterminated: bool = False
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -65,6 +68,13 @@ class Table:
   def ints(self, col: int, name: str) -> np.ndarray:
     """Column ``col`` as int64; a non-integer names its line. Vectorised unless it fails."""
     values = self.column(col)
+    # An int64 has at most 20 characters: a longer field is refused before numpy sizes a string
+    # array by it (one 50 MB field would otherwise cost 50 MB per row).
+    long = next((k for k, v in enumerate(values) if len(v) > MAX_INT_CHARS), None)
+    if long is not None:
+      raise self.error(long, f'{name} (field {col + 1}) is {len(values[long]):,} characters '
+                             f'long ({values[long][:20]!r}...), not an integer; fix or delete '
+                             'this line')
     try:
       return np.asarray(values, dtype=np.str_).astype(np.int64) if values else np.zeros(0, np.int64)
     except (ValueError, OverflowError):
@@ -76,6 +86,9 @@ class Table:
       except ValueError:
         raise self.error(k, f'{name} (field {col + 1}) is {v!r}, not an integer; fix or delete '
                             'this line') from None
+      except OverflowError:
+        raise self.error(k, f'{name} (field {col + 1}) is {v}, beyond the 64-bit integer range; '
+                            'fix or delete this line') from None
     return out
 
 
@@ -103,6 +116,7 @@ def read_table(path: str, *, sep: str, num_fields: int | None, encoding: str,
         f'{path}, line {line}: byte {raw[e.start:e.start + 1]!r} at column {col} is not valid '
         f'{encoding}; this file must be {encoding} as GroupLens ships it: re-download it or '
         f're-encode it (e.g. iconv -t {encoding})') from None
+  _check_line_lengths(raw, path)
   rows, lines = [], []
   for n, line in enumerate(text.split('\n'), start=1):
     line = line.rstrip('\r')
@@ -115,7 +129,27 @@ def read_table(path: str, *, sep: str, num_fields: int | None, encoding: str,
           f'{num_fields}; fix or delete this line (is it the right file, or a different format?)')
     rows.append(fields)
     lines.append(n)
-  return Table(path, rows, np.asarray(lines, np.int64))
+  unterminated = bool(raw) and not raw.rstrip(b'\r').endswith(b'\n') and bool(
+      text.rsplit('\n', 1)[-1].strip())
+  return Table(path, rows, np.asarray(lines, np.int64), unterminated)
+
+
+MAX_INT_CHARS = 20                 # '-9223372036854775808'
+MAX_LINE_BYTES = 1 << 16           # no line of a supported text format comes near 64 KiB
+
+
+def _check_line_lengths(raw: bytes, path: str, first_line: int = 1) -> None:
+  """Refuse a line longer than MAX_LINE_BYTES, naming it (vectorised over the newlines)."""
+  if len(raw) <= MAX_LINE_BYTES:
+    return
+  ends = np.flatnonzero(np.frombuffer(raw, np.uint8) == 10)
+  bounds = np.concatenate([[-1], ends, [len(raw)]])
+  lengths = np.diff(bounds) - 1
+  k = np.flatnonzero(lengths > MAX_LINE_BYTES)
+  if k.size:
+    raise DataFileError(f'{path}, line {first_line + int(k[0])}: {int(lengths[k[0]]):,} bytes '
+                        f'long, over the {MAX_LINE_BYTES:,}-byte limit of a line; is this the '
+                        'right file? fix or delete this line')
 
 
 # ================================================================================ streamed tables
@@ -250,11 +284,14 @@ class TextStream:
         if block:
           cut = data.rfind(b'\n') + 1
           if cut == 0:  # a line longer than a chunk: read on until it ends
+            if len(data) > MAX_LINE_BYTES:
+              _check_line_lengths(data + b'\n', self.path, line)
             rest = data
             continue
           data, rest = data[:cut], data[cut:]
         if not data:
           return
+        _check_line_lengths(data, self.path, line)
         if b'\r' in data:
           data = data.replace(b'\r\n', b'\n')  # line numbers unchanged
         if remaining is not None:

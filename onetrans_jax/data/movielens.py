@@ -27,6 +27,7 @@ import re
 
 import ml_collections
 import numpy as np
+from absl import logging
 from ml_collections.config_dict import placeholder
 
 from onetrans_jax.data.event_log import (add_pipeline_fields, DataFileError, EventLog,
@@ -37,6 +38,7 @@ from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import Task
 
 VARIANTS = ('100k', '1m')
+DUPLICATE_MODES = ('error', 'drop')
 TASKS = (Task('like'), Task('love', parent='like'))
 SEQUENCES = ('rated', 'liked')
 LIKE_RATING, LOVE_RATING = 4, 5
@@ -92,6 +94,8 @@ def movielens_data(variant: str = '100k', path: str | None = None,
   d.history_stats = False         # True: leak-free user / item counts and smoothed positive rates
                                   # before each request as numeric features (event_log.py)
   d.stats_prior = 10.0            # pseudo-impressions of those rates
+  d.duplicate_rows = 'error'      # a rating line repeating an earlier one exactly: 'error' (names
+                                  # them) or 'drop' (keeps the first, says how many went)
   add_pipeline_fields(d, batch_size=64)
   d.update(overrides)
   return d
@@ -123,16 +127,23 @@ def _data_dir(cfg: ml_collections.ConfigDict, variant: str) -> str:
   return path
 
 
+def _duplicates(cfg: ml_collections.ConfigDict) -> str:
+  mode = str(cfg.get('duplicate_rows', 'error'))
+  if mode not in DUPLICATE_MODES:
+    raise ConfigError(f'config.data.duplicate_rows={mode!r}: use one of {DUPLICATE_MODES}')
+  return mode
+
+
 def build_100k(cfg: ml_collections.ConfigDict):
   """pipeline.DATASETS builder of ``movielens_100k``."""
   rcfg = _request_config(cfg)
-  return make_dataset(load_100k(_data_dir(cfg, '100k')), rcfg)
+  return make_dataset(load_100k(_data_dir(cfg, '100k'), _duplicates(cfg)), rcfg)
 
 
 def build_1m(cfg: ml_collections.ConfigDict):
   """pipeline.DATASETS builder of ``movielens_1m``."""
   rcfg = _request_config(cfg)
-  return make_dataset(load_1m(_data_dir(cfg, '1m')), rcfg)
+  return make_dataset(load_1m(_data_dir(cfg, '1m'), _duplicates(cfg)), rcfg)
 
 
 # ================================================================================ shared parts
@@ -145,10 +156,15 @@ def _first_bad(table: Table, bad: np.ndarray, what: str) -> None:
 
 def _ratings_log(ratings: Table, users: np.ndarray, items: np.ndarray, user_file: str,
                  item_file: str, user_cat: dict[str, np.ndarray],
-                 item_cat: dict[str, np.ndarray]) -> EventLog:
+                 item_cat: dict[str, np.ndarray], duplicate_rows: str = 'error') -> EventLog:
   """Ratings (user, item, rating, unix time columns) -> the EventLog, both variants."""
   raw_user, raw_item = ratings.ints(0, 'user id'), ratings.ints(1, 'movie id')
   rating, ts = ratings.ints(2, 'rating'), ratings.ints(3, 'timestamp')
+  _check_cut_short(ratings, ts)
+  keep = _unique_rows(ratings, np.stack([raw_user, raw_item, rating, ts], -1), duplicate_rows)
+  if keep is not None:
+    raw_user, raw_item, rating, ts = raw_user[keep], raw_item[keep], rating[keep], ts[keep]
+    ratings = Table(ratings.path, [ratings.rows[k] for k in keep], ratings.lines[keep])
   out = (rating < 1) | (rating > 5)
   if out.any():
     k = int(np.flatnonzero(out)[0])
@@ -177,6 +193,43 @@ def _ratings_log(ratings: Table, users: np.ndarray, items: np.ndarray, user_file
              'occupation': 'occupation', 'zip_region': 'zip_region'},
       vocab_sizes=dict(VOCAB_SIZES),
   )
+
+
+def _check_cut_short(ratings: Table, ts: np.ndarray) -> None:
+  """A file whose last line has no newline may have been cut short; its last field, the
+  timestamp, would then miss digits and still parse. Refuse a last timestamp outside the other
+  lines' range widened by that range's span (a real last rating lies within it)."""
+  if not ratings.unterminated or len(ratings) < 2:
+    return
+  lo, hi = int(ts[:-1].min()), int(ts[:-1].max())
+  span = max(hi - lo, 86_400)
+  if not lo - span <= int(ts[-1]) <= hi + span:
+    raise ratings.error(
+        len(ratings) - 1, f'timestamp {int(ts[-1])} is outside the range of the other lines '
+        f'({lo}..{hi}) and the file ends without a newline: it looks cut short; re-download it, '
+        'or delete this line')
+
+
+def _unique_rows(ratings: Table, rows: np.ndarray, mode: str) -> np.ndarray | None:
+  """Lines repeating an earlier line exactly: an error naming them ('error'), or the indices of
+  the rows to keep, first occurrences (``mode='drop'``); None when there are none."""
+  if not len(rows):
+    return None
+  _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  dup = np.flatnonzero(first[inverse] != np.arange(len(rows)))
+  if not dup.size:
+    return None
+  pairs = ', '.join(f'line {int(ratings.lines[k])} repeats line {int(ratings.lines[first[inverse[k]]])}'
+                    for k in dup[:3])
+  if mode == 'error':
+    raise DataFileError(
+        f'{ratings.path}: {dup.size:,} line(s) repeat an earlier line exactly ({pairs}'
+        f'{", ..." if dup.size > 3 else ""}); de-duplicate the file, or set '
+        "config.data.duplicate_rows='drop' to keep each first occurrence")
+  logging.warning('%s: dropped %d line(s) repeating an earlier line exactly (%s%s)',
+                  ratings.path, dup.size, pairs, ', ...' if dup.size > 3 else '')
+  return np.setdiff1d(np.arange(len(rows)), dup)
 
 
 def _padded(values: np.ndarray) -> np.ndarray:
@@ -219,7 +272,7 @@ def _what(variant: str) -> str:
 
 
 # ================================================================================ 100K
-def load_100k(path: str) -> EventLog:
+def load_100k(path: str, duplicate_rows: str = 'error') -> EventLog:
   """Read u.genre, u.item, u.user and u.data of MovieLens 100K from directory ``path``."""
   what = _what('100k')
   genre = read_table(os.path.join(path, 'u.genre'), sep='|', num_fields=2, encoding='ascii',
@@ -266,11 +319,12 @@ def load_100k(path: str) -> EventLog:
 
   ratings = read_table(os.path.join(path, 'u.data'), sep='\t', num_fields=4, encoding='ascii',
                        what=what)
-  return _ratings_log(ratings, users, items, user.path, item.path, user_cat, item_cat)
+  return _ratings_log(ratings, users, items, user.path, item.path, user_cat, item_cat,
+                      duplicate_rows)
 
 
 # ================================================================================ 1M
-def load_1m(path: str) -> EventLog:
+def load_1m(path: str, duplicate_rows: str = 'error') -> EventLog:
   """Read movies.dat, users.dat and ratings.dat of MovieLens 1M from directory ``path``."""
   what = _what('1m')
   movie = read_table(os.path.join(path, 'movies.dat'), sep='::', num_fields=3,
@@ -311,4 +365,5 @@ def load_1m(path: str) -> EventLog:
 
   ratings = read_table(os.path.join(path, 'ratings.dat'), sep='::', num_fields=4,
                        encoding='ascii', what=what)
-  return _ratings_log(ratings, users, items, user.path, movie.path, user_cat, item_cat)
+  return _ratings_log(ratings, users, items, user.path, movie.path, user_cat, item_cat,
+                      duplicate_rows)
