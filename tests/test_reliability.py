@@ -174,3 +174,77 @@ def test_the_first_step_is_step_one_in_a_nan_error():
   assert int(state.step) == 1 and int(state.nonfinite_step) == 1
   state, _ = make_train_step(loss_fn, tx, ('click',))(state, None)
   assert int(jax.device_get(state.nonfinite_step)) == 1        # the first bad step is kept
+
+
+# ------------------------------------------------------------------------- grain workers
+_PARENT = r'''
+import os, sys, time
+sys.path.insert(0, {root!r})
+from absl import flags
+flags.FLAGS(sys.argv[:1])   # grain's workers read absl flags, as under launch.py
+from tests.helpers import small_config
+from onetrans_jax.data import pipeline
+if __name__ == '__main__':  # grain spawns its workers: they import this file again
+  c = small_config()
+  ds = pipeline.build_dataset(c.data)
+  it = pipeline.make_iterator(ds, ds.train_range, global_batch_size=4, shuffle=False, seed=0,
+                              repeat=True, num_threads=1, worker_count=2)
+  next(it)
+  print('ready', flush=True)
+  time.sleep(120)
+'''
+
+
+def _readline(stream, seconds: float) -> str:
+  """One line of ``stream``, or '' after ``seconds`` (a child holding the pipe never hangs us)."""
+  import select
+  ready, _, _ = select.select([stream], [], [], seconds)
+  return stream.readline() if ready else ''
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat', encoding='utf-8') as f:
+          fields = f.read().rsplit(')', 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid and fields[0] != 'Z':
+        out.append(int(entry))
+  return out
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='needs /proc (Linux)')
+def test_grain_workers_exit_when_their_parent_is_killed(tmp_path):
+  from tests.helpers import ROOT
+  import signal
+  import time
+  script = tmp_path / 'parent.py'
+  script.write_text(_PARENT.format(root=ROOT))
+  parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  try:
+    assert _readline(parent.stdout, 120).strip() == 'ready'
+    workers = _children(parent.pid)
+    assert workers, 'no grain worker processes found'
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f'/proc/{w}') and
+                                         _state(w) != 'Z' for w in workers):
+      time.sleep(0.2)
+    alive = [w for w in workers if os.path.exists(f'/proc/{w}') and _state(w) != 'Z']
+    assert not alive, f'grain workers {alive} outlived their SIGKILLed parent'
+  finally:
+    if parent.poll() is None:
+      parent.kill()
+
+
+def _state(pid: int) -> str:
+  try:
+    with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+      return f.read().rsplit(')', 1)[1].split()[0]
+  except OSError:
+    return 'Z'

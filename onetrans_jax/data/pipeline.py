@@ -112,8 +112,34 @@ def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batc
     ds = ds.map(check)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
   if worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                        worker_init_fn=exit_with_parent)
   return iter(it)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: the worker exits once the process that started it is gone.
+
+  A parent killed with SIGKILL runs no cleanup, and its workers would otherwise live on holding
+  memory (and, on an accelerator host, the data files). A daemon thread watches the parent pid;
+  polling works however the worker was started (fork or spawn, from any thread), where
+  PR_SET_PDEATHSIG would follow the starting thread.
+  """
+  del worker_index, worker_count
+  import os
+  import threading
+  import time
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(PARENT_POLL_SECONDS)
+    os._exit(0)  # the parent is gone: nobody reads this worker's batches any more
+
+  threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
+PARENT_POLL_SECONDS = 0.5
 
 
 def pad_requests(batch: Mapping[str, Any], num_requests: int) -> dict[str, Any]:
