@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   if where != 'single process':
     print(f'distributed: {where}', flush=True)
-  from onetrans_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
+  from onetrans_jax.errors import ConfigError, Interrupted, NonFiniteLossError, WorkdirError
   from onetrans_jax.schema import SchemaError
   from onetrans_jax.sweep import run_sweep
   from onetrans_jax.train import train_and_evaluate
@@ -122,6 +122,9 @@ def main(argv: list[str]) -> None:
     _fail(f'data: {e}')
   except WorkdirError as e:
     _fail(f'workdir: {e}')
+  except Interrupted as e:  # the conventional 128 + signal number, after a clean save
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
   except NonFiniteLossError as e:
     _fail(str(e), code=3)
 

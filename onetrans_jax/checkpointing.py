@@ -38,10 +38,22 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_iter: Any, extra: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iter),
-        extra=ocp.args.JsonSave(extra)))
+    """Saves and waits for the write: a failed save (disk full, no permission) fails here, at its
+    own step and naming the path, not silently until the next save."""
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iter),
+          extra=ocp.args.JsonSave(extra)))
+      self.manager.wait_until_finished()
+    except (OSError, ValueError, RuntimeError) as e:
+      latest = [s for s in self.manager.all_steps() if s != step]
+      resume = f'step {max(latest)}' if latest else 'the start'
+      raise WorkdirError(
+          f'saving the checkpoint of step {step} in {self.manager.directory} failed '
+          f'({type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}); free disk '
+          f'space or fix the permissions, then rerun the same command (it resumes from '
+          f'{resume})') from e
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]]:
     """``abstract_state``: ShapeDtypeStructs carrying the target shardings."""

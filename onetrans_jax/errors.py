@@ -12,3 +12,13 @@ class NonFiniteLossError(FloatingPointError):
 class WorkdirError(RuntimeError):
   """The run directory cannot be used as asked: in use by another run, not writable, or holding
   a run this config cannot resume. The message names the directory and the fix."""
+
+
+class Interrupted(RuntimeError):
+  """SIGTERM / SIGINT ended training after saving a checkpoint; the same command resumes."""
+
+  def __init__(self, signum: int, step: int, where: str):
+    import signal
+    self.signum, self.step = signum, step
+    super().__init__(f'interrupted by {signal.Signals(signum).name} at step {step}: checkpoint '
+                     f'saved in {where}; rerun the same command to resume')

@@ -26,6 +26,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -44,7 +46,7 @@ from onetrans_jax import xla_options
 from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.data.types import Dataset
-from onetrans_jax.errors import ConfigError, NonFiniteLossError
+from onetrans_jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from onetrans_jax.losses import LOSS_MODES, ancestor_matrix, multitask_bce, onerank_loss
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
@@ -647,44 +649,90 @@ def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
                 loss_variance: diagnostics.LossVariance, valid: _Validation | None
                 ) -> tuple[TrainState, int]:
   """From the state's step to ``run.end_step`` or an early stop: (score,) train, log, diagnose,
-  evaluate, validate, save."""
-  config, task_names, diag_every = run.config, run.schema.task_names, run.diag_every
+  evaluate, validate, save; SIGTERM / SIGINT save and raise ``Interrupted``."""
   step = int(jax.device_get(state.step))
   progress = reporting.Progress(run.total_steps, step)
-  ckpt_every = int(config.train.checkpoint_every)
+  ckpt_every = int(run.config.train.checkpoint_every)
   seen = 0.0
-  while step < run.end_step and not _stopped(valid):
-    host = next(train_iter)
-    seen += float(np.sum(host['cand']['mask']))
-    batch = sharding.put_batch(host, run.mesh)
-    if run.mode == 'next_batch':  # score in eval mode before training on it
-      days.acc.add(**_host_eval_arrays(steps.eval(state.params, batch), run.parents, run.chain))
-    state, out = steps.train(state, batch)
-    step += 1
-
-    if step % config.train.log_every == 0 or step == run.end_step:
-      out = jax.device_get(out)
-      _check_finite(run, state)
-      stats = progress.update(step, seen)
-      seen = 0.0
-      reporting.log(progress.line(step, float(out['loss']), stats))
-      writer.write(step, 'train', {**out, **stats})
-    if diag_every and (step % diag_every == 0 or step == run.end_step):
-      _diagnose(run, steps, writer, loss_variance, state.params, batch, out, step)
-    if run.mode == 'next_batch' and step % config.eval.day_steps == 0:
-      _end_day(run, writer, days, step)
-    if (run.mode == 'holdout' and config.eval.every_steps and step % config.eval.every_steps == 0
-        and step < run.total_steps):
-      ev = _evaluate(run, steps.eval, state.params, config.eval.num_batches,
-                     run.dataset.eval_range)
-      writer.write(step, 'eval', ev)
-      reporting.log(f'eval at step {step}: ' + ', '.join(
-          f'{t} AUC {ev[t]["auc"]:.4f}' for t in task_names))
-    if valid is not None and (step % run.valid_every == 0 or step == run.total_steps):
-      _validate(run, steps.eval, writer, valid, state, step)
-    if (ckpt_every and step % ckpt_every == 0) or step == run.end_step or _stopped(valid):
-      _save(run, ckpt, train_iter, state, days, valid, step)
+  with _StopSignals() as signals:
+    while step < run.end_step and not _stopped(valid):
+      state, step, seen = _one_step(run, steps, ckpt, writer, train_iter, state, days,
+                                    loss_variance, valid, progress, step, seen, ckpt_every)
+      if signals.received is not None:  # preempted: save where we are, exit cleanly
+        if ckpt.latest_step() != step:
+          _save(run, ckpt, train_iter, state, days, valid, step)
+        ckpt.wait()
+        writer.close()
+        raise Interrupted(signals.received, step, os.path.join(run.workdir, 'checkpoints'))
   return state, step
+
+
+class _StopSignals:
+  """SIGTERM / SIGINT during training set a flag the loop reads after the step in flight; the
+  loop then saves a checkpoint and stops (a preempted job resumes where it was). Outside the
+  main thread no handler can be installed and signals keep their default effect."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._old: dict[int, Any] = {}
+
+  def _handler(self, signum: int, frame: Any) -> None:
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.received = signum
+    reporting.log(f'{signal.Signals(signum).name} received: saving a checkpoint after this '
+                  'step, then stopping')
+
+  def __enter__(self) -> '_StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handler)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _one_step(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
+              writer: reporting.MetricWriter, train_iter: Any, state: TrainState, days: _Days,
+              loss_variance: diagnostics.LossVariance, valid: _Validation | None,
+              progress: reporting.Progress, step: int, seen: float, ckpt_every: int
+              ) -> tuple[TrainState, int, float]:
+  """One training step and what follows it at that step: log, diagnose, evaluate, save."""
+  config, task_names, diag_every = run.config, run.schema.task_names, run.diag_every
+  host = next(train_iter)
+  seen += float(np.sum(host['cand']['mask']))
+  batch = sharding.put_batch(host, run.mesh)
+  if run.mode == 'next_batch':  # score in eval mode before training on it
+    days.acc.add(**_host_eval_arrays(steps.eval(state.params, batch), run.parents, run.chain))
+  state, out = steps.train(state, batch)
+  step += 1
+
+  if step % config.train.log_every == 0 or step == run.end_step:
+    out = jax.device_get(out)
+    _check_finite(run, state)
+    stats = progress.update(step, seen)
+    seen = 0.0
+    reporting.log(progress.line(step, float(out['loss']), stats))
+    writer.write(step, 'train', {**out, **stats})
+  if diag_every and (step % diag_every == 0 or step == run.end_step):
+    _diagnose(run, steps, writer, loss_variance, state.params, batch, out, step)
+  if run.mode == 'next_batch' and step % config.eval.day_steps == 0:
+    _end_day(run, writer, days, step)
+  if (run.mode == 'holdout' and config.eval.every_steps and step % config.eval.every_steps == 0
+      and step < run.total_steps):
+    ev = _evaluate(run, steps.eval, state.params, config.eval.num_batches,
+                   run.dataset.eval_range)
+    writer.write(step, 'eval', ev)
+    reporting.log(f'eval at step {step}: ' + ', '.join(
+        f'{t} AUC {ev[t]["auc"]:.4f}' for t in task_names))
+  if valid is not None and (step % run.valid_every == 0 or step == run.total_steps):
+    _validate(run, steps.eval, writer, valid, state, step)
+  if (ckpt_every and step % ckpt_every == 0) or step == run.end_step or _stopped(valid):
+    _save(run, ckpt, train_iter, state, days, valid, step)
+  return state, step, seen
 
 
 def _diagnose(run: _Run, steps: _Steps, writer: reporting.MetricWriter,

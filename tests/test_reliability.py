@@ -248,3 +248,111 @@ def _state(pid: int) -> str:
       return f.read().rsplit(')', 1)[1].split()[0]
   except OSError:
     return 'Z'
+
+
+# ------------------------------------------------------------------ preemption and failed saves
+def test_sigterm_saves_the_step_it_stopped_at_and_the_resume_is_exact(config, tmp_path,
+                                                                      monkeypatch):
+  import signal
+  from onetrans_jax import train as train_lib
+  from onetrans_jax.errors import Interrupted
+  config.train.total_steps = 12
+  config.train.checkpoint_every = 4
+  straight = train_and_evaluate(config, str(tmp_path / 'straight'))
+  original = train_lib._one_step
+
+  def one_step(*args, **kwargs):
+    state, step, seen = original(*args, **kwargs)
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)  # preemption, mid-way between two saves
+    return state, step, seen
+
+  monkeypatch.setattr(train_lib, '_one_step', one_step)
+  with pytest.raises(Interrupted, match=r'interrupted by SIGTERM at step 6: checkpoint saved in '
+                                        r'.*checkpoints; rerun the same command'):
+    train_and_evaluate(config, str(tmp_path / 'run'))
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['4', '6']
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is removed again
+  monkeypatch.setattr(train_lib, '_one_step', original)
+  resumed = train_and_evaluate(config, str(tmp_path / 'run'))
+  assert resumed['final'] == straight['final']
+
+
+def test_a_failed_save_fails_at_its_step_naming_the_path(config, tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  save = ocp.CheckpointManager.save
+
+  def failing(self, step, *args, **kwargs):
+    if step == 8 and str(self.directory).endswith('checkpoints'):
+      raise OSError(28, 'No space left on device')
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', failing)
+  config.train.total_steps = 12
+  with pytest.raises(WorkdirError, match=r'saving the checkpoint of step 8 in .*checkpoints '
+                                         r'failed \(OSError: \[Errno 28\] No space left on device'
+                                         r'\); free disk space.*resumes from step 4'):
+    train_and_evaluate(config, str(tmp_path))
+  recs = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert max(r['step'] for r in recs) == 8                      # it stopped at step 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', ['KILL', 'TERM'])
+def test_fault_injection_resumes_bit_identical(sig, tmp_path):
+  """tests/fault_injection.py: 10 signals at random steps, some during checkpoint writes."""
+  import signal
+  from tests import fault_injection
+  tally = fault_injection.inject(10, getattr(signal, f'SIG{sig}'), seed=0, base=str(tmp_path))
+  assert tally['ok'], tally
+  assert tally['signals'] >= 10 and tally['identical']
+  assert tally['during_save'] >= 1, tally
+  if sig == 'TERM':
+    assert tally['saved_on_term'] == tally['signals']
+
+
+# ------------------------------------------------------------------------------- fuzzing
+def test_fuzzed_reader_inputs_load_or_name_the_file(tmp_path):
+  """tests/fuzz_readers.py: 1,000 generated corruptions over the four readers."""
+  from tests import fuzz_readers
+  tally, failures = fuzz_readers.fuzz(1000, base=str(tmp_path))
+  assert not failures, failures[:5]
+  assert sum(tally.values()) == 1000
+  for name in ('ml-100k', 'ml-1m', 'taobao', 'kuairand'):   # both outcomes are exercised
+    assert tally[f'{name}: loaded'] > 20 and tally[f'{name}: named error'] > 20, tally
+
+
+def test_the_fuzzer_reports_crashes_hangs_and_anonymous_errors(tmp_path, monkeypatch):
+  import collections
+  import time
+  from tests import fuzz_readers
+  monkeypatch.setattr(fuzz_readers, 'TIMEOUT_S', 1)
+  (tmp_path / 'f.csv').write_bytes(b'1,2\n')
+
+  def crash(d):
+    raise IndexError('boom')
+
+  def hang(d):
+    time.sleep(5)
+
+  def anonymous(d):
+    raise ConfigError('something is wrong')
+
+  datasets = {'crash': (str(tmp_path), crash), 'hang': (str(tmp_path), hang),
+              'anonymous': (str(tmp_path), anonymous)}
+  tally, failures = collections.Counter(), []
+  for name in datasets:
+    fuzz_readers.run_case(datasets, name, 0.0, [('flip', 0.0, 65)], tally, failures)
+  assert not tally and len(failures) == 3
+  assert 'IndexError' in failures[0] and 'no result in 1 s' in failures[1]
+  assert 'error naming no file' in failures[2]
+  assert (tmp_path / 'f.csv').read_bytes() == b'1,2\n'          # the file is restored
+
+
+@pytest.mark.slow
+def test_fuzz_script_with_a_memory_cap():
+  from tests.helpers import ROOT
+  proc = subprocess.run([sys.executable, '-m', 'tests.fuzz_readers', '--cases', '3000'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert '3000 corruptions' in proc.stdout and 'failures 0' in proc.stdout

@@ -128,10 +128,12 @@ def test_fixture_batch_is_exact(tmp_path):
       assert not seq['ids'][r, :length - k].any()
 
 
-def test_time_range_and_max_rows(tmp_path):
+def test_time_range_and_max_rows(tmp_path, caplog):
   path = os.path.join(write_csv(tmp_path), taobao.FILE)
-  raw = taobao.read(path)
+  with caplog.at_level('WARNING'):
+    raw = taobao.read(path)
   assert (raw.rows_read, raw.out_of_range, raw.user.size) == (16, 2, 14)
+  assert 'read 16 rows; dropped 2 with a timestamp outside config.data.time_range' in caplog.text
   assert raw.user.dtype == np.int32 and raw.behavior.dtype == np.int8
   raw = taobao.read(path, time_range=None)
   assert (raw.rows_read, raw.out_of_range, raw.user.size) == (16, 0, 16)

@@ -184,8 +184,11 @@ def read(path: str, *, max_rows: int | None = None,
   for k in list(parts):
     cols[k] = np.concatenate(parts.pop(k)) if rows else np.zeros(0, np.int8 if k == 'behavior'
                                                                  else np.int32)
-  logging.info('%s: read %d rows%s; %d outside time_range %s dropped', path, rows,
-               '' if max_rows is None else f' (max_rows={max_rows})', dropped, time_range)
+  # Dropped rows are said at WARNING (what launch.py shows), kept rows only at INFO.
+  (logging.warning if dropped else logging.info)(
+      '%s: read %d rows%s; dropped %d with a timestamp outside config.data.time_range=%s '
+      '(set it to None to keep every row)', path, rows,
+      '' if max_rows is None else f' (max_rows={max_rows})', dropped, time_range)
   return UserBehavior(**cols, rows_read=rows, out_of_range=dropped)
 
 
@@ -246,6 +249,9 @@ def load(path: str, *, max_rows: int | None = None,
   neg_item = item[pv[rng.integers(0, pv.size, src.size)]] if pv.size else item[:0]
   keep = neg_item != item[src]
   src, neg_item = src[keep], neg_item[keep]
+  if not keep.all():  # a draw that hit the pv's own item is no negative
+    logging.info('%s: %d of %d sampled negatives dropped (the viewed item itself)', path,
+                 int(keep.size - keep.sum()), keep.size)
 
   n, m = behavior.size, src.size
   all_labels = np.zeros((n + m, len(TASKS)), np.float32)
