@@ -27,7 +27,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_STEPS = 40
+TOTAL_STEPS = 80
 ARGS = ['--config.data.num_users=200', '--config.data.num_items=300',
         '--config.data.click_len=8', '--config.data.cart_len=4', '--config.data.order_len=2',
         '--config.data.num_candidates=4', '--config.data.min_candidates=2',
@@ -65,7 +65,7 @@ def _one_round(workdir: str, sig: int, rng: random.Random, tally: dict) -> None:
                                             if (m := STEP_LINE.match(line))], daemon=True)
   reader.start()
   at_save = rng.random() < 0.5
-  target = rng.randint(1, 6)  # steps after this start's first one
+  target = rng.randint(1, 5)  # steps after this start's first one
   deadline = time.time() + 300
   while proc.poll() is None and time.time() < deadline:
     if steps and steps[-1] >= steps[0] + target and (not at_save or _saving(workdir)):

@@ -29,6 +29,7 @@ def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
     (['--config=experiments/nope.py'], 'cannot load the experiment given by --config'),
     (['--config.model.hiden=(8,)'], 'unknown config field in an override: .*hidden'),
     (['--config.train.total_steps=ten'], 'config.train.total_steps=ten'),
+    (['--config.model.hidden=abc'], r"config.model.hidden=\('abc',\): must be a non-empty tuple"),
     (['--config.eval.mode=weekly'], "config: config.eval.mode='weekly'"),
     (['--config.data.batch_size=0'], 'config.data.batch_size=0'),
     (['--config.model.name=transformer'], "config.model.name='transformer': not a known model"),
