@@ -42,14 +42,14 @@ TOKENS = (b'', b'-1', b'0', b'99999999999999999999999', b'nan', b'1e309', b'x' *
 # ------------------------------------------------------------------------------ the datasets
 def _write_datasets(base: str) -> dict[str, tuple[str, Callable[[str], object]]]:
   """A small valid copy of each dataset under ``base``: name -> (directory, loader)."""
-  from tests import test_kuairand, test_movielens, test_taobao
+  from tests import kuairand_files, movielens_files, taobao_files
   out = {
-      'ml-100k': (test_movielens.write_100k(os.path.join(base, 'ml-100k')), movielens.load_100k),
-      'ml-1m': (test_movielens.write_1m(os.path.join(base, 'ml-1m')), movielens.load_1m),
-      'taobao': (test_taobao.write_csv(os.path.join(base, 'taobao'),
-                                       test_taobao.random_rows(0, users=10, n=300)),
+      'ml-100k': (movielens_files.write_100k(os.path.join(base, 'ml-100k')), movielens.load_100k),
+      'ml-1m': (movielens_files.write_1m(os.path.join(base, 'ml-1m')), movielens.load_1m),
+      'taobao': (taobao_files.write_csv(os.path.join(base, 'taobao'),
+                                        taobao_files.random_rows(0, users=10, n=300)),
                  lambda d: taobao.load(os.path.join(d, taobao.FILE), time_range=None)),
-      'kuairand': (test_kuairand.write_world(os.path.join(base, 'kuairand')),
+      'kuairand': (kuairand_files.write_world(os.path.join(base, 'kuairand')),
                    lambda d: kuairand.load(d, 'pure')),
   }
   for name, (d, load) in out.items():
@@ -60,7 +60,8 @@ def _write_datasets(base: str) -> dict[str, tuple[str, Callable[[str], object]]]
 # ----------------------------------------------------------------------------- the mutations
 _OP = st.one_of(
     st.tuples(st.just('flip'), st.floats(0, 1), st.integers(0, 255)),
-    st.tuples(st.just('insert'), st.floats(0, 1), st.sampled_from(TOKENS + (b'\n', b'\r', b'\xff'))),
+    st.tuples(st.just('insert'), st.floats(0, 1),
+              st.sampled_from(TOKENS + (b'\n', b'\r', b'\xff'))),
     st.tuples(st.just('delete'), st.floats(0, 1), st.integers(1, 20)),
     st.tuples(st.just('truncate'), st.floats(0, 1), st.none()),
     st.tuples(st.just('empty'), st.none(), st.none()),

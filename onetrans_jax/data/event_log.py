@@ -232,8 +232,12 @@ class TextStream:
         raise DataFileError(f'{path}, line 1: expected a header line naming the columns, found '
                             f'{"an empty file" if not first else "a blank line"}; {what}')
       text = self._decode(first, 1).lstrip('\ufeff').rstrip('\r\n')
-      self.header = tuple(h.strip() for h in next(csv.reader([text], delimiter=sep,
-                                                             quotechar=quotechar or '"')))
+      try:
+        self.header = tuple(h.strip() for h in next(csv.reader([text], delimiter=sep,
+                                                               quotechar=quotechar or '"')))
+      except csv.Error as e:  # e.g. a stray carriage return inside the header
+        raise DataFileError(f'{path}, line 1: the header line cannot be read as CSV ({e}); '
+                            f'{what}') from None
       self._offset, self._first_line = len(first), 2
       num_fields = len(self.header)
     if num_fields is None:
@@ -322,8 +326,12 @@ class TextStream:
     for n, line in enumerate(text.split('\n'), start=first_line):
       if not line:
         continue
-      fields = (next(csv.reader([line], delimiter=self.sep, quotechar=self.quotechar))
-                if self.quotechar else line.split(self.sep))
+      try:
+        fields = (next(csv.reader([line], delimiter=self.sep, quotechar=self.quotechar))
+                  if self.quotechar else line.split(self.sep))
+      except csv.Error as e:  # a stray carriage return or quote the CSV dialect rejects
+        raise DataFileError(f'{self.path}, line {n}: not readable as CSV ({e}); fix or delete '
+                            'this line') from None
       if len(fields) != self.num_fields:
         raise DataFileError(
             f'{self.path}, line {n}: {len(fields)} field(s) separated by {self.sep!r}, expected '
