@@ -51,7 +51,11 @@ ARGS = ('100k', '1m', '100k_rq2', '1m_rq2', '100k_tune', '1m_tune', 'quick')
 SPARSE_LRS = (0.1, 0.02)
 # Each family's choice, copied from the tuning sweep's committed results/ml<set>_tune/selection.json
 # (``:100k_tune`` writes it); tests/test_tuning.py checks the copy against that file.
-TUNED_SPARSE_LR: dict[str, dict[str, float]] = {'100k': {}, '1m': {}}
+TUNED_SPARSE_LR: dict[str, dict[str, float]] = {
+    '100k': {'DCNv2 + DIN': 0.02, 'Wukong + DIN': 0.1, 'HiFormer + DIN': 0.1,
+             'RankMixer + DIN': 0.02, 'RankMixer + StackDIN': 0.1, 'RankMixer + LONGER': 0.02,
+             'RankMixer + Transformer': 0.02, 'OneTrans_S': 0.02, 'OneTrans_L': 0.1},
+    '1m': {}}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
