@@ -34,6 +34,10 @@ NEUTRAL_DEFAULTS = {'data.duplicate_rows': 'error'}
 _SAMPLE_BYTES = 1 << 20   # a data file is identified by its size and its first and last MiB
 
 
+# The hold-out's scored impressions a run writes (train.py, floors/fit.py); a sweep commits a
+# copy beside the run's record as '<record stem>.predictions.npz' (sweep.py).
+PREDICTIONS_FILE = 'eval_predictions.npz'
+
 def flat_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
   """{'model.width': 64, ...}: every leaf of the config (a sweep section is not part of a run)."""
   tree = config.to_dict() if hasattr(config, 'to_dict') else dict(config)

@@ -24,10 +24,10 @@ from onetrans_jax import records, stats
 METRICS = ('auc', 'uauc', 'logloss')
 
 
-def _predictions(run_dir: str) -> dict[str, np.ndarray] | None:
-  """The hold-out impressions a run scored (train.PREDICTIONS_FILE), or None."""
-  path = os.path.join(run_dir, 'eval_predictions.npz')
-  if not os.path.exists(path):
+def _predictions(path: str | None) -> dict[str, np.ndarray] | None:
+  """The hold-out impressions a run scored (a train.PREDICTIONS_FILE or its committed copy,
+  sweep.predictions_path), or None."""
+  if not path or not os.path.exists(path):
     return None
   with np.load(path) as z:
     return {k: z[k] for k in z.files}
@@ -50,21 +50,21 @@ def _bootstrap_auc(a: Mapping[str, np.ndarray] | None, b: Mapping[str, np.ndarra
 
 def compare(results: Mapping[str, Any], names: Sequence[str], reference: str,
             tasks: Sequence[str], level: float = 0.95,
-            run_dirs: Mapping[str, Sequence[str]] | None = None,
+            predictions: Mapping[str, Sequence[str | None]] | None = None,
             n_boot: int = 200, metrics: Sequence[str] = METRICS
             ) -> dict[str, dict[str, dict[str, Any]]]:
   """{variant: {'<task>/<metric>': {mean, std, n, delta_vs_ref, ci95, rel_pct, rel_ci95_pct,
   significant, ci_method}}}: per-seed values paired with the reference's by seed order (a
   t-interval over seeds); with one seed each, the AUC's interval comes from a paired bootstrap
-  over the hold-out's users (``n_boot`` resamples; 0: none) where both runs kept predictions."""
+  over the hold-out's users (``n_boot`` resamples; 0: none) where both runs' ``predictions``
+  files (one path per seed, None where a run kept none) exist."""
   out: dict[str, dict[str, dict[str, Any]]] = {}
-  loaded: dict[str, Any] = {}   # run dir -> its predictions, each file read once
+  loaded: dict[str, Any] = {}   # variant -> its predictions, each file read once
 
-  def predictions(name: str) -> dict[str, np.ndarray] | None:
-    run_dir = run_dirs[name][0]
-    if run_dir not in loaded:
-      loaded[run_dir] = _predictions(run_dir)
-    return loaded[run_dir]
+  def scored(name: str) -> dict[str, np.ndarray] | None:
+    if name not in loaded:
+      loaded[name] = _predictions(predictions[name][0])
+    return loaded[name]
 
   for name in names:
     row = {}
@@ -91,9 +91,9 @@ def compare(results: Mapping[str, Any], names: Sequence[str], reference: str,
                         rel_pct=p.rel_diff_pct,
                         rel_ci95_pct=[p.rel_ci_low_pct, p.rel_ci_high_pct],
                         significant=bool(p.significant), ci_method='t over seeds')
-          elif (finite and len(vals) == len(ref) == 1 and metric == 'auc' and run_dirs and
-                n_boot and run_dirs.get(name) and run_dirs.get(reference)):
-            bs = _bootstrap_auc(predictions(name), predictions(reference), task, n_boot, level)
+          elif (finite and len(vals) == len(ref) == 1 and metric == 'auc' and predictions and
+                n_boot and predictions.get(name) and predictions.get(reference)):
+            bs = _bootstrap_auc(scored(name), scored(reference), task, n_boot, level)
             if bs is not None:
               ref_mean = abs(float(np.mean(ref)))
               cell.update(ci95=[bs.ci_low, bs.ci_high],

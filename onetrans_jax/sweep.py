@@ -11,7 +11,9 @@ An experiment file opts in with ``config.sweep``:
                    paper's GAUC is our UAUC (per-user AUC weighted by impressions)
   sweep.results_dir  optional folder of committed run records (records.py), e.g.
                    'results/onerank_main/runs': a finished run's record is written there and a
-                   record whose fingerprint matches is reused instead of training again
+                   record whose fingerprint matches is reused instead of training again; the
+                   run's hold-out predictions are committed beside it (*.predictions.npz, a few
+                   hundred KB) so a one-seed comparison keeps its bootstrap interval
   sweep.bootstrap  optional, default 200: with one seed per variant, resamples of the paired
                    bootstrap over the hold-out's users that gives each AUC difference its interval
                    (study_report.py; 0: none)
@@ -80,6 +82,25 @@ def _record_paths(sw: ml_collections.ConfigDict, run_dir: str, name: str, seed: 
   if sw.get('results_dir', None):
     paths.append(os.path.join(sw.results_dir, _slug(name), f'seed_{seed}-{fp[:12]}.json'))
   return paths
+
+
+def predictions_path(sw: ml_collections.ConfigDict, run_dir: str, name: str, seed: int,
+                     fp: str) -> str | None:
+  """The hold-out predictions of one run (what a one-seed comparison bootstraps over users): the
+  run's own file, else the copy committed beside its record (``*.predictions.npz``, so a study
+  finished on another machine still gets its intervals), else None."""
+  own = os.path.join(run_dir, records.PREDICTIONS_FILE)   # execute() set aside any other config's run
+  if os.path.exists(own):
+    return own
+  committed = _committed_predictions(sw, name, seed, fp)
+  return committed if committed and os.path.exists(committed) else None
+
+
+def _committed_predictions(sw: ml_collections.ConfigDict, name: str, seed: int,
+                           fp: str) -> str | None:
+  if not sw.get('results_dir', None):
+    return None
+  return os.path.join(sw.results_dir, _slug(name), f'seed_{seed}-{fp[:12]}.predictions.npz')
 
 
 def _latest_committed(sw: ml_collections.ConfigDict, name: str, seed: int) -> dict | None:
@@ -167,6 +188,11 @@ def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
   for path in _record_paths(sw, run.run_dir, run.variant, run.seed, run.fingerprint):
     if records.read_record(path) is None or path.endswith('record.json'):
       records.write_record(path, record)
+  own = os.path.join(run.run_dir, records.PREDICTIONS_FILE)
+  committed = _committed_predictions(sw, run.variant, run.seed, run.fingerprint)
+  if committed and os.path.exists(own) and not os.path.exists(committed):
+    shutil.copyfile(own, committed + '.tmp')   # a few hundred KB: commit it beside the record
+    os.replace(committed + '.tmp', committed)
   return record
 
 
@@ -216,8 +242,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                      'train_flops_per_example':
                          models.training_flops_per_example(cfg.model, schema)}
   run_dirs = {name: [r.run_dir for r in plan if r.variant == name] for name in names}
+  predictions = {name: [predictions_path(sw, r.run_dir, name, r.seed, r.fingerprint)
+                        for r in plan if r.variant == name] for name in names}
   comparison = study_report.compare(results, names, sw.reference, [t for t, _ in sw.tasks],
-                                    run_dirs=run_dirs, n_boot=int(sw.get('bootstrap', 200)))
+                                    predictions=predictions,
+                                    n_boot=int(sw.get('bootstrap', 200)))
   table = format_sweep_table(results, names, sw.reference, tuple(tuple(t) for t in sw.tasks),
                              relative=sw.get('relative', True),
                              metric_labels=tuple(sw.get('metric_labels', ('AUC', 'UAUC'))),
@@ -385,9 +414,11 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
   seeds = f'{n_seeds} seed' + ('s' if n_seeds != 1 else '')
   layout = (f'{reference} absolute, other rows relative to it' if relative else
             'absolute values')
-  lines = [f'{layout} (mean ± std over {seeds}; CI: 95% t-interval of the paired difference over '
-           'seeds, * where it excludes 0; TFLOPs: analytic training FLOPs per batch of 2048, — '
-           'where the model has no analytic count)']
+  ci = ('95% t-interval of the paired difference over seeds' if n_seeds > 1 else
+        "95% paired bootstrap over the hold-out's users (one seed: it covers the evaluation "
+        "sample, not training noise), — where a run's predictions are missing")
+  lines = [f'{layout} (mean ± std over {seeds}; CI: {ci}, * where it excludes 0; TFLOPs: '
+           'analytic training FLOPs per batch of 2048, — where the model has no analytic count)']
   for i, r in enumerate(rows):
     lines.append('  '.join(c.ljust(w) if j == 0 else c.rjust(w)
                            for j, (c, w) in enumerate(zip(r, widths))))
@@ -397,9 +428,9 @@ def format_sweep_table(results: Mapping[str, Any], names: Sequence[str], referen
 
 
 def _ci_cell(cell: Mapping[str, Any]) -> str:
-  """'[+0.12, +0.88]%*' where the AUC's interval is a t-interval over seeds, else '—' (the
-  reference row; one seed, whose bootstrap interval report.md gives)."""
-  if cell['ci_method'] != 't over seeds':
+  """'[+0.12, +0.88]%*': the AUC difference's interval in % of the reference (a t-interval over
+  seeds, or with one seed the users bootstrap), '—' for the reference row or where none exists."""
+  if not cell['ci_method']:
     return '—'
   lo, hi = cell['rel_ci95_pct']
   return f'[{lo:+.2f}, {hi:+.2f}]%' + ('*' if cell['significant'] else '')

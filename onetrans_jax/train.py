@@ -54,7 +54,7 @@ from onetrans_jax.optimizers import count_params, make_optimizer
 from onetrans_jax.schema import FeatureSchema, dummy_batch, label_weights
 
 EVAL_MODES = ('holdout', 'next_batch')
-PREDICTIONS_FILE = 'eval_predictions.npz'  # the hold-out's scored impressions, per task
+PREDICTIONS_FILE = records.PREDICTIONS_FILE  # the hold-out's scored impressions, per task
 # The validation metrics a step can be chosen by, each with the direction that is better.
 SELECTION_METRICS = {'auc': 'max', 'uauc': 'max', 'logloss': 'min'}
 CURVE_METRICS = tuple(SELECTION_METRICS)  # what the validation curve keeps of each evaluation

@@ -96,7 +96,10 @@ def test_a_changed_config_is_redone_and_says_why(tmp_path):
   assert run.action == 'train' and 'model.hidden [32] -> [40]' in run.reason
   assert (tmp_path / 'work' / 'base' / 'seed_0.stale' / 'final_metrics.json').exists()
   assert changed['results']['base']['records'][0]['fingerprint'] != rec['fingerprint']
-  assert len(os.listdir(tmp_path / 'study' / 'runs' / 'base')) == 2   # both records kept
+  kept = sorted(os.listdir(tmp_path / 'study' / 'runs' / 'base'))   # both runs kept
+  assert [n.endswith('.json') for n in kept] == [True, False, True, False], kept
+  assert {n.split('.')[0] for n in kept} == {f'seed_0-{fp[:12]}' for fp in (
+      rec['fingerprint'], changed['results']['base']['records'][0]['fingerprint'])}
 
 
 def test_a_committed_record_is_reused_on_another_machine(tmp_path):
@@ -176,7 +179,7 @@ def test_one_seed_comparisons_bootstrap_over_users(tmp_path):
   c = _one_run_config(tmp_path)
   c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
   c.sweep.bootstrap = 50
-  run_sweep(c, str(tmp_path / 'w'))
+  out = run_sweep(c, str(tmp_path / 'w'))
   with np.load(tmp_path / 'w' / 'wide' / 'seed_0' / 'eval_predictions.npz') as z:
     labels, users = z['click.labels'], z['click.user_ids']
     assert labels.shape == z['click.probs'].shape == users.shape and labels.size > 0
@@ -187,6 +190,39 @@ def test_one_seed_comparisons_bootstrap_over_users(tmp_path):
   assert lo <= hi and np.isfinite([lo, hi]).all()
   assert json.loads((tmp_path / 'w' / 'summary.json').read_text())['rows'][1]['metrics'][
       'click/uauc']['ci95'] is None   # no interval where there is none to compute
+  wide_row = next(l for l in out['table'].splitlines() if l.startswith('wide'))
+  ref_auc = out['results']['base']['runs'][0]['click']['auc']
+  assert f'[{100 * lo / ref_auc:+.2f}, {100 * hi / ref_auc:+.2f}]%' in wide_row
+  assert "paired bootstrap over the hold-out's users" in out['table'].splitlines()[0]
+
+
+def test_a_study_finished_elsewhere_keeps_its_one_seed_bootstrap(tmp_path):
+  """The committed predictions travel with the records: a fresh workdir that reuses every
+  committed run (another machine) reports the same bootstrap interval as the workdir that
+  trained them."""
+  c = _one_run_config(tmp_path)
+  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
+  c.sweep.bootstrap = 50
+  run_sweep(c, str(tmp_path / 'trained'))
+  committed = sorted((tmp_path / 'study' / 'runs').glob('*/*.predictions.npz'))
+  assert [p.parent.name for p in committed] == ['base', 'wide']
+  for p in committed:   # beside its record, byte for byte the run's own file
+    assert p.with_name(p.name.replace('.predictions.npz', '.json')).exists()
+    own = tmp_path / 'trained' / p.parent.name / 'seed_0' / 'eval_predictions.npz'
+    assert p.read_bytes() == own.read_bytes()
+  again = run_sweep(c, str(tmp_path / 'elsewhere'))
+  assert [r.action for r in again['plan']] == ['reuse', 'reuse']
+  assert not (tmp_path / 'elsewhere' / 'wide' / 'seed_0' / 'eval_predictions.npz').exists()
+  cells = [json.loads((tmp_path / w / 'summary.json').read_text())['rows'][1]['metrics'][
+      'click/auc'] for w in ('trained', 'elsewhere')]
+  assert cells[0]['ci_method'].startswith('bootstrap over ')
+  assert cells[0]['ci95'] == cells[1]['ci95'] and cells[0]['ci_method'] == cells[1]['ci_method']
+  for p in committed:   # without the committed predictions there is no interval to compute
+    p.unlink()
+  run_sweep(c, str(tmp_path / 'third'))
+  cell = json.loads((tmp_path / 'third' / 'summary.json').read_text())['rows'][1]['metrics'][
+      'click/auc']
+  assert cell['ci95'] is None and cell['ci_method'] is None
 
 
 def test_a_reused_record_never_sits_beside_another_configs_run(tmp_path):
