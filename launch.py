@@ -2,7 +2,7 @@ r"""Entry point: parse flags, load the experiment file, train and evaluate.
 
   python launch.py                                        # experiments/default.py, ./workdir
   python launch.py --config experiments/default.py --workdir /tmp/run1
-  python launch.py --config.train.total_steps=200 --config.model.hidden='(64,32)'
+  python launch.py --config.train.total_steps=600 --config.model.num_layers=2
 
 Multi-host (every process runs the same command; see the README's "Sharded and multi-host
 training"):

@@ -98,6 +98,8 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   c.train.early_stopping.mode = placeholder(str)    # 'max' | 'min'; None: the metric's own
   c.train.early_stopping.patience = 3   # evaluations without improvement before stopping
   c.train.early_stopping.min_delta = 0.0  # an improvement beats the best by more than this
+  c.train.plot_curves = False     # True: the run ends by drawing <workdir>/learning_curves.png
+                                  # (train loss, and the periodic evaluations' AUC per task)
   c.train.cpu_fused_dots = True   # CPU: XLA's YNNPACK dot fusions (onetrans_jax/xla_options.py),
                                   # measured 1.5x on the CPU bench step; False: XLA's default
   c.eval = ml_collections.ConfigDict()

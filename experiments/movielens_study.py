@@ -18,9 +18,10 @@ ratings within an hour-gap session (up to 16), tasks ``like`` (rating >= 4) and 
 (rating 5), trained and scored unconditionally on every impression (``loss.mode='joint'``), so
 every row is scored on the same impressions; histories ``rated`` and ``liked`` hold strictly
 earlier ratings, and ``data.history_stats`` adds the user's and the item's counts and smoothed
-positive rates from strictly earlier ratings as numeric features. The latest 10% of requests by time are the hold-out; the latest 10% of the rest
-the validation split (experiments/common.study_protocol): each run stops early on validation
-like AUC and is scored at its best step.
+positive rates from strictly earlier ratings as numeric features. The latest 10% of requests by
+time are the hold-out; the latest 10% of the rest the validation split
+(experiments/common.study_protocol): each run stops early on validation like AUC and is scored at
+its best step.
 
 RQ1 (``:100k``, ``:1m``): the paper's nine rows (experiments/rq1_baselines.py: seven
 encode-then-interact baselines, OneTrans_S and OneTrans_L at CPU size) and three classical floors

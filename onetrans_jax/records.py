@@ -26,6 +26,7 @@ RECORD_VERSION = 1
 # Fields that change how a run is logged or scheduled, never what it computes: left out of the
 # fingerprint so that, e.g., logging more often does not invalidate a finished result.
 NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                     'train.plot_curves',
                      'data.num_threads', 'data.worker_count', 'data.validate')
 # Fields added after results were committed, at the value that computes what the code computed
 # before they existed: left out of the fingerprint at that value, so adding an option does not

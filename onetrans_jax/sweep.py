@@ -89,7 +89,8 @@ def predictions_path(sw: ml_collections.ConfigDict, run_dir: str, name: str, see
   """The hold-out predictions of one run (what a one-seed comparison bootstraps over users): the
   run's own file, else the copy committed beside its record (``*.predictions.npz``, so a study
   finished on another machine still gets its intervals), else None."""
-  own = os.path.join(run_dir, records.PREDICTIONS_FILE)   # execute() set aside any other config's run
+  # execute() has set aside a run directory of any other config, so this file is this run's.
+  own = os.path.join(run_dir, records.PREDICTIONS_FILE)
   if os.path.exists(own):
     return own
   committed = _committed_predictions(sw, name, seed, fp)
@@ -100,7 +101,8 @@ def _committed_predictions(sw: ml_collections.ConfigDict, name: str, seed: int,
                            fp: str) -> str | None:
   if not sw.get('results_dir', None):
     return None
-  return os.path.join(sw.results_dir, _slug(name), f'seed_{seed}-{fp[:12]}.predictions.npz')
+  return os.path.join(sw.results_dir, _slug(name),
+                      f'seed_{seed}-{fp[:12]}.predictions.npz')
 
 
 def _latest_committed(sw: ml_collections.ConfigDict, name: str, seed: int) -> dict | None:
@@ -127,13 +129,19 @@ def _set_aside(run_dir: str, why: str) -> str:
 
 
 def _same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> bool:
-  """Whether ``run_dir`` holds a run of exactly ``cfg`` (train.py saves it as config.json);
-  True for a directory that holds no run yet."""
+  """Whether ``run_dir`` holds a run of ``cfg`` (train.py saves its config as config.json): the
+  same fingerprint, so a run interrupted before a logging-only field was added or changed
+  (records.NON_RESULT_FIELDS, NEUTRAL_DEFAULTS) still resumes instead of starting over. True for a
+  directory that holds no run yet."""
   saved = os.path.join(run_dir, 'config.json')
   if not os.path.exists(saved):
     return True
-  with open(saved, encoding='utf-8') as f:
-    return f.read() == cfg.to_json_best_effort(indent=1, sort_keys=True)
+  try:
+    with open(saved, encoding='utf-8') as f:
+      old = ml_collections.ConfigDict(json.load(f))
+    return records.fingerprint(old)[0] == records.fingerprint(cfg)[0]
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    return False   # unreadable: not a run this sweep can resume
 
 
 def plan_run(config: ml_collections.ConfigDict, workdir: str, name: str,

@@ -868,7 +868,18 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
     workdir_lib.write_json(os.path.join(run.workdir, 'final_metrics.json'),
                            {'step': step, 'mode': run.mode, 'params': counts, 'metrics': final,
                             **chosen})
+    if run.config.train.get('plot_curves', False):
+      _plot_curves(run)
   return {'final': final, 'daily': days.daily, 'table': table, **chosen}
+
+
+def _plot_curves(run: _Run) -> None:
+  """learning_curves.png from the run's metrics.jsonl (study_report's plot, one line)."""
+  from onetrans_jax import study_report  # local: matplotlib only where a plot is asked for
+  path = os.path.join(run.workdir, 'learning_curves.png')
+  name = run.config.model.get('name', 'model')
+  if study_report.plot_learning_curves(path, {name: [run.workdir]}, run.schema.task_names):
+    reporting.log(f'learning curves: {path}')
 
 
 def _config_changes(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -42,8 +42,8 @@ def _baseline(sequence, interaction):
 
 
 def _pooled_deep():
-  from experiments import default
-  return default.get_config().model            # hidden (256, 128): a stack of two layers
+  from experiments import pooled_mlp
+  return pooled_mlp.get_config().model            # hidden (256, 128): a stack of two layers
 
 
 def _baseline_deep(sequence, interaction):

@@ -24,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config():
-  """experiments/default.py shrunk: small world, short sequences, few steps."""
-  from experiments import default
-  c = default.get_config()
+  """experiments/pooled_mlp.py shrunk: small world, short sequences, few steps."""
+  from experiments import pooled_mlp
+  c = pooled_mlp.get_config()
   c.data.num_users = 300
   c.data.num_items = 600
   c.data.num_categories = 12

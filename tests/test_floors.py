@@ -91,9 +91,9 @@ def _data(path: str, **overrides) -> ml_collections.ConfigDict:
 
 def _config(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None = None,
             mode: str = 'conditional') -> ml_collections.ConfigDict:
-  """experiments/default.py on ``data``: a tiny pooled MLP, 2 steps (or ``model``, a floor)."""
-  from experiments import default
-  c = default.get_config()
+  """experiments/pooled_mlp.py on ``data``: a tiny pooled MLP, 2 steps (or ``model``, a floor)."""
+  from experiments import pooled_mlp
+  c = pooled_mlp.get_config()
   c.data = data
   c.model.embed_dim = 4
   c.model.hidden = (8,)

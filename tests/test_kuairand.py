@@ -257,9 +257,9 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import default
+  from experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
-  c = default.get_config()
+  c = pooled_mlp.get_config()
   c.data = _data(random_world(tmp_path / 'data'), num_candidates=8, clicked_len=8, liked_len=4,
                  long_viewed_len=4, eval_fraction=0.3, batch_size=8)
   c.model.embed_dim = 8

@@ -11,12 +11,13 @@ import pytest
 
 from tests.helpers import ROOT
 
-SMALL = ['--config.data.num_users=100', '--config.data.num_items=200',
+DATA = ['--config.data.num_users=100', '--config.data.num_items=200',
          '--config.data.num_categories=8', '--config.data.click_len=8', '--config.data.cart_len=4',
          '--config.data.order_len=2', '--config.data.num_candidates=4',
          '--config.data.min_candidates=2', '--config.data.num_eval_requests=64',
-         '--config.data.batch_size=8', '--config.train.total_steps=4', '--config.train.log_every=2',
-         '--config.model.hidden=(16,)']
+         '--config.data.batch_size=8', '--config.train.total_steps=4', '--config.train.log_every=2']
+# The fast plain baseline; the default experiment is OneTrans (test_the_default_job_is_onetrans).
+SMALL = ['--config=experiments/pooled_mlp.py', *DATA, '--config.model.hidden=(16,)']
 
 
 def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
@@ -27,9 +28,11 @@ def _launch(*args: str, workdir: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize('args, message', [
     (['--config=experiments/nope.py'], 'cannot load the experiment given by --config'),
-    (['--config.model.hiden=(8,)'], 'unknown config field in an override: .*hidden'),
+    (['--config=experiments/pooled_mlp.py', '--config.model.hiden=(8,)'],
+     'unknown config field in an override: .*hidden'),
     (['--config.train.total_steps=ten'], 'config.train.total_steps=ten'),
-    (['--config.model.hidden=abc'], r"config.model.hidden=\('abc',\): must be a non-empty tuple"),
+    (['--config=experiments/pooled_mlp.py', '--config.model.hidden=abc'],
+     r"config.model.hidden=\('abc',\): must be a non-empty tuple"),
     (['--config.eval.mode=weekly'], "config: config.eval.mode='weekly'"),
     (['--config.data.batch_size=0'], 'config.data.batch_size=0'),
     (['--config.model.name=transformer'], "config.model.name='transformer': not a known model"),
@@ -73,9 +76,22 @@ def test_good_run_prints_table_and_resumes(tmp_path):
   assert 'step 4/4' in proc.stdout and 'oracle AUC' in proc.stdout
   assert (tmp_path / 'final_metrics.json').exists()
   # Same workdir, more steps: resumes from step 4 instead of starting over.
-  proc = _launch(*SMALL[:-3], '--config.train.total_steps=6', '--config.train.log_every=2',
-                 '--config.model.hidden=(16,)', workdir=str(tmp_path))
+  proc = _launch(*SMALL[:-3], '--config.train.log_every=2', '--config.model.hidden=(16,)',
+                 '--config.train.total_steps=6', workdir=str(tmp_path))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'resumed from' in proc.stdout and 'at step 4' in proc.stdout
   assert 'step 6/6' in proc.stdout and 'step 2/6' not in proc.stdout
   assert 'the config differs' in proc.stdout
+
+
+def test_the_default_job_is_onetrans(tmp_path):
+  """``python launch.py`` with no --config: OneTrans (onetrans_s:small) on the synthetic world,
+  the hold-out scored along the way and at the end beside the oracle, and a learning-curve PNG
+  (here on a shrunken world and 4 steps)."""
+  proc = _launch(*DATA, '--config.eval.every_steps=2', '--config.train.checkpoint_every=2',
+                 workdir=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'model onetrans:' in proc.stdout and 'pyramid' in proc.stdout
+  assert 'eval at step 2: click AUC' in proc.stdout and 'oracle AUC' in proc.stdout
+  assert (tmp_path / 'learning_curves.png').read_bytes()[:4] == b'\x89PNG'
+  assert f'learning curves: {tmp_path}/learning_curves.png' in proc.stdout

@@ -268,9 +268,9 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import default
+  from experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
-  c = default.get_config()
+  c = pooled_mlp.get_config()
   # eval: the last 3 requests, where both tasks have positives and negatives.
   c.data = _data('100k', write_100k(tmp_path / 'data'), eval_fraction=0.5)
   c.model.embed_dim = 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import default, onetrans_s
+from experiments import onetrans_s, pooled_mlp
 from onetrans_jax.train import train_and_evaluate
 
 STEPS = 400
@@ -26,7 +26,7 @@ def _run(config, workdir) -> dict:
 
 @pytest.mark.slow
 def test_onetrans_beats_pooled_mlp_at_matched_steps(tmp_path):
-  baseline = _run(default.get_config(), tmp_path / 'pooled_mlp')
+  baseline = _run(pooled_mlp.get_config(), tmp_path / 'pooled_mlp')
   c = onetrans_s.get_config('small')
   # A smaller OneTrans than :small keeps this test near a minute on 2 cores.
   c.model.update(dict(width=32, num_heads=2, num_layers=2, num_ns_tokens=4))

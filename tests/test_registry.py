@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import default, onerank_main, onetrans_s, rq1_baselines
+from experiments import default, onerank_main, onetrans_s, pooled_mlp, rq1_baselines
 from onetrans_jax import accounting, models
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
@@ -47,9 +47,10 @@ def test_unknown_model_name_lists_the_known_ones(schema):
 def test_experiment_files_start_from_the_family_defaults():
   """The experiment files restate no default: their model configs are the family's defaults plus
   the fields they study."""
-  assert default.get_config().model.to_dict() == pooled_mlp_config.defaults().to_dict()
+  assert pooled_mlp.get_config().model.to_dict() == pooled_mlp_config.defaults().to_dict()
   small = onetrans_s.get_config('small').model.to_dict()
   assert small == onetrans_config.defaults(pyramid_multiple=8).to_dict()
+  assert default.get_config().model.to_dict() == small   # the default job is onetrans_s:small
   onerank = onerank_main.get_config()
   assert onerank.model.time_gap_buckets is None                   # the family's default:
   schema = pipeline.build_dataset(onerank.data).schema
@@ -121,7 +122,7 @@ def test_pooled_mlp_analytic_counts_match_the_model(schema, hidden):
 
 def test_registry_counts_match_the_built_models(schema):
   """Every experiment model's analytic count (the registry) equals its parameter shapes."""
-  cfgs = [default.get_config().model, onetrans_s.get_config('small').model]
+  cfgs = [pooled_mlp.get_config().model, onetrans_s.get_config('small').model]
   cfgs += [dict(v).get('model', onerank_main.get_config().model)
            for _, v in onerank_main.get_config().sweep.variants]
   cfgs += [dict(v)['model'] for _, v in rq1_baselines.get_config().sweep.variants]
@@ -131,6 +132,7 @@ def test_registry_counts_match_the_built_models(schema):
 
 def test_accounting_reads_the_registry(schema):
   for name, model_cfg in [('default', default.get_config().model),
+                          ('pooled_mlp', pooled_mlp.get_config().model),
                           ('rq1', rq1_baselines.get_config().model),
                           ('onerank', onerank_main.get_config().model)]:
     family = models.family(model_cfg)

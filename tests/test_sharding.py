@@ -78,14 +78,14 @@ def test_fit_spec_keeps_the_longest_dividing_prefix():
 
 def test_optimizer_state_follows_its_parameters():
   """Moments are found through multi_transform's masked states; counts stay replicated."""
-  from experiments import default
+  from experiments import pooled_mlp
   from onetrans_jax.optimizers import make_optimizer
   params = {'embeddings': {'item': jax.ShapeDtypeStruct((16, 4), np.float32)},
             'dense': {'kernel': jax.ShapeDtypeStruct((4, 6), np.float32)}}
   mesh = jax.make_mesh((1, 1, 1), sharding.MESH_AXES)
   shd = {'embeddings': {'item': jax.sharding.NamedSharding(mesh, P('data', None))},
          'dense': {'kernel': jax.sharding.NamedSharding(mesh, P(None, 'tensor'))}}
-  tx = make_optimizer(default.get_config().optimizer)
+  tx = make_optimizer(pooled_mlp.get_config().optimizer)
   state = jax.eval_shape(tx.init, params)
   out = sharding.opt_state_shardings(state, params, shd, mesh)
   found = {}
@@ -243,7 +243,7 @@ def test_every_model_family_gradient_on_a_mesh(tmp_path):
 def test_sharding_check_cli_reports(tmp_path):
   """``python -m onetrans_jax.sharding_check``: a table, a verdict line and exit status 0."""
   proc = subprocess.run(
-      [sys.executable, '-m', 'onetrans_jax.sharding_check', '--config', 'experiments/default.py',
+      [sys.executable, '-m', 'onetrans_jax.sharding_check', '--config', 'experiments/pooled_mlp.py',
        '--config.data.num_users=300', '--config.data.num_items=600',
        '--config.data.num_train_requests=2000', '--config.data.batch_size=16',
        '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=1'],

@@ -196,6 +196,22 @@ def test_one_seed_comparisons_bootstrap_over_users(tmp_path):
   assert "paired bootstrap over the hold-out's users" in out['table'].splitlines()[0]
 
 
+def test_an_unfinished_run_resumes_across_logging_only_changes(tmp_path):
+  """A run directory without a record (interrupted) resumes when only fields that change no
+  result differ (logging cadence, the learning-curve plot); a result field starts it over."""
+  work = str(tmp_path / 'work')
+  run_sweep(_one_run_config(tmp_path), work)
+  run_dir = tmp_path / 'work' / 'base' / 'seed_0'
+  for rec in [run_dir / 'record.json', *(tmp_path / 'study' / 'runs' / 'base').glob('*.json')]:
+    rec.unlink()                       # as if killed before its record was written
+  c = _one_run_config(tmp_path)
+  c.train.log_every, c.train.plot_curves = 1, True
+  c.sweep.dry_run = True
+  assert [r.action for r in run_sweep(c, work)['plan']] == ['resume']
+  c.model.hidden = (40,)
+  assert [r.action for r in run_sweep(c, work)['plan']] == ['train']
+
+
 def test_a_study_finished_elsewhere_keeps_its_one_seed_bootstrap(tmp_path):
   """The committed predictions travel with the records: a fresh workdir that reuses every
   committed run (another machine) reports the same bootstrap interval as the workdir that

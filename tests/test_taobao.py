@@ -247,9 +247,9 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import default
+  from experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
-  c = default.get_config()
+  c = pooled_mlp.get_config()
   c.data = _data(write_csv(tmp_path / 'data', random_rows()), negatives=1, num_candidates=8,
                  pv_len=8, eval_fraction=0.3, batch_size=8)
   c.model.embed_dim = 8

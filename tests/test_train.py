@@ -71,6 +71,26 @@ def test_outputs_written(config, tmp_path):
   assert 'oracle AUC' in result['table'] and 'click' in result['table']
 
 
+def test_learning_curves_png_on_request(config, tmp_path):
+  """train.plot_curves draws the run's train loss and periodic hold-out AUC; off, no file and no
+  matplotlib cost; it is left out of the fingerprint (it changes no result)."""
+  from onetrans_jax import records
+  config.train.total_steps, config.train.log_every, config.eval.every_steps = 4, 1, 2
+  train_and_evaluate(config, str(tmp_path / 'off'))
+  assert not (tmp_path / 'off' / 'learning_curves.png').exists()
+  config.train.plot_curves = True
+  train_and_evaluate(config, str(tmp_path / 'on'))
+  png = (tmp_path / 'on' / 'learning_curves.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
+  evals = [json.loads(l) for l in open(tmp_path / 'on' / 'metrics.jsonl')]
+  # What the AUC panels draw: the periodic evaluation (step 4's is the final one).
+  assert [(r['step'], r['split']) for r in evals if r['split'] in ('eval', 'final')] == [
+      (2, 'eval'), (4, 'final')]
+  off = config.copy_and_resolve_references()
+  off.train.plot_curves = False
+  assert records.fingerprint(config)[0] == records.fingerprint(off)[0]
+
+
 def test_nonfinite_loss_names_the_step(config, tmp_path):
   config.optimizer.dense.name = 'sgd'
   config.optimizer.dense.learning_rate = 1e30
