@@ -79,3 +79,60 @@ def test_off_by_default_and_a_bad_prior_is_refused():
                                 eval_fraction=0.2, history_stats=True, stats_prior=0.0)
   with pytest.raises(ConfigError, match='config.data.stats_prior must be > 0, got 0.0'):
     event_log.EventLogSource(log, bad)
+
+
+def _all_stats(src) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per request stats [R, 3], per real impression stats [I, 3] and each impression's request."""
+  reqs = [src[r] for r in range(len(src.index))]
+  req = np.stack([q['request']['num'][-3:] for q in reqs])
+  imp = np.concatenate([q['cand']['num'][q['cand']['mask']][:, -3:] for q in reqs])
+  owner = np.concatenate([np.full(int(q['cand']['mask'].sum()), r) for r, q in enumerate(reqs)])
+  return req, imp, owner
+
+
+def test_zscore_standardises_on_the_training_range_only():
+  """stats_scale='zscore': the training requests' statistics (and their impressions') have mean
+  0 and std 1 per column, every value is the raw one under that one affine map, and the
+  hold-out's labels do not move the map."""
+  import dataclasses
+  log = _log()
+  z_cfg = dataclasses.replace(CFG, stats_scale='zscore')
+  raw_req, raw_imp, owner = _all_stats(event_log.EventLogSource(log, CFG))
+  z_req, z_imp, _ = _all_stats(event_log.EventLogSource(log, z_cfg))
+  n_train = event_log.chronological_split(len(raw_req), CFG.eval_fraction)[0][1]
+  train = owner < n_train
+  np.testing.assert_allclose(z_req[:n_train].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z_req[:n_train].std(0), 1.0, atol=1e-4)
+  np.testing.assert_allclose(z_imp[train].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z_imp[train].std(0), 1.0, atol=1e-4)
+  mean, std = raw_imp[train].mean(0), raw_imp[train].std(0)
+  np.testing.assert_allclose(z_imp, (raw_imp - mean) / std, rtol=1e-4, atol=1e-5)
+  # Flip every hold-out label: the hold-out's own statistics may change, the map may not.
+  t_cut = int(event_log.EventLogSource(log, CFG).index.time[n_train])
+  flipped = _log()
+  later = flipped.time >= t_cut
+  flipped.labels[later, 0] = 1.0 - flipped.labels[later, 0]
+  flipped.labels[:, 1] *= flipped.labels[:, 0]
+  f_req, f_imp, _ = _all_stats(event_log.EventLogSource(flipped, z_cfg))
+  np.testing.assert_array_equal(f_req[:n_train], z_req[:n_train])
+  np.testing.assert_array_equal(f_imp[train], z_imp[train])
+
+
+def test_stats_scale_is_checked_and_raw_keeps_old_fingerprints():
+  import dataclasses
+  import ml_collections
+  from onetrans_jax import records
+  log = _log()
+  with pytest.raises(ConfigError, match=r"config.data.stats_scale='minmax': use one of"):
+    event_log.EventLogSource(log, dataclasses.replace(CFG, stats_scale='minmax'))
+  with pytest.raises(ConfigError, match='history_stats is False; set it True'):
+    event_log.EventLogSource(log, dataclasses.replace(CFG, history_stats=False,
+                                                      stats_scale='zscore'))
+  # The new field at its old behaviour ('raw') leaves a config's fingerprint as it was.
+  c = ml_collections.ConfigDict({'seed': 0, 'data': {'name': 'synthetic', 'x': 1}})
+  with_raw = ml_collections.ConfigDict({'seed': 0, 'data': {'name': 'synthetic', 'x': 1,
+                                                            'stats_scale': 'raw'}})
+  with_z = ml_collections.ConfigDict({'seed': 0, 'data': {'name': 'synthetic', 'x': 1,
+                                                          'stats_scale': 'zscore'}})
+  assert records.fingerprint(c)[0] == records.fingerprint(with_raw)[0]
+  assert records.fingerprint(c)[0] != records.fingerprint(with_z)[0]

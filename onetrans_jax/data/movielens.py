@@ -94,6 +94,8 @@ def movielens_data(variant: str = '100k', path: str | None = None,
   d.history_stats = False         # True: leak-free user / item counts and smoothed positive rates
                                   # before each request as numeric features (event_log.py)
   d.stats_prior = 10.0            # pseudo-impressions of those rates
+  d.stats_scale = 'raw'           # 'zscore': those statistics standardised by the training
+                                  # range's mean and std (event_log.standardise_statistics)
   d.duplicate_rows = 'error'      # a rating line repeating an earlier one exactly: 'error' (names
                                   # them) or 'drop' (keeps the first, says how many went)
   add_pipeline_fields(d, batch_size=64)
@@ -113,6 +115,7 @@ def _request_config(cfg: ml_collections.ConfigDict) -> RequestConfig:
       seq_side_features=('item_genre',),
       history_stats=bool(cfg.get('history_stats', False)),
       stats_prior=float(cfg.get('stats_prior', 10.0)),
+      stats_scale=str(cfg.get('stats_scale', 'raw')),
   )
 
 
