@@ -71,6 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows otherwise lack what the floors read (the item's earlier feedback from other users).
   # Measured on ML-100K, seed 0, this protocol: OneTrans_S like AUC / UAUC 0.700 / 0.662 ->
   # 0.729 / 0.693, DCNv2 + DIN 0.679 / 0.686 -> 0.726 / 0.703 (floors: 0.703-0.733 / 0.700-0.710).
+  # Their scale stays raw (data.stats_scale): z-scored on ML-100K (seed 0, tuned sparse lr,
+  # validation at the best step) DCNv2 + DIN's like / love AUC went 0.7365 / 0.7546 -> 0.7413 /
+  # 0.7621 but OneTrans_S's like AUC 0.7416 -> 0.7388, and every UAUC fell (DCNv2 0.6833 / 0.6894
+  # -> 0.6810 / 0.6844, OneTrans_S 0.6806 / 0.6971 -> 0.6784 / 0.6825): no uniform gain, and not
+  # the per-user ranking it was tried for.
   c.data = movielens_data(variant, history_stats=True)
   c.loss.mode = 'joint'
   # ML-100K: ~6,400 training requests, 100 steps an epoch; 1M subset: ~31,500, 490 an epoch.

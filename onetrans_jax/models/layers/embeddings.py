@@ -89,7 +89,9 @@ class NumericEmbedding(nn.Module):
   """Numeric feature i -> x_i * w_i + b_i, a width-``dim`` token per feature (stacked weights).
 
   A per-feature affine map keeps each numeric feature its own token, like a categorical one,
-  without bucket boundaries to choose; loaders standardise the values (a log for counts, a z-score).
+  without bucket boundaries to choose. Inputs should be of order-one scale: the synthetic world's
+  are normal draws of order one, the event-log loaders give counts as log1p and rates in
+  [0, 1] (z-scored with ``data.stats_scale='zscore'``).
   """
   num_features: int
   dim: int
