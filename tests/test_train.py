@@ -69,15 +69,14 @@ def test_outputs_written(config, tmp_path):
   assert final['params']['dense'] > 0 and final['params']['sparse'] > 0
   assert os.listdir(tmp_path / 'tensorboard')
   assert 'oracle AUC' in result['table'] and 'click' in result['table']
+  assert not (tmp_path / 'learning_curves.png').exists()   # train.plot_curves is off
 
 
 def test_learning_curves_png_on_request(config, tmp_path):
-  """train.plot_curves draws the run's train loss and periodic hold-out AUC; off, no file and no
-  matplotlib cost; it is left out of the fingerprint (it changes no result)."""
+  """train.plot_curves draws the run's train loss and periodic hold-out AUC (off, the default,
+  no file: test_outputs_written); it is left out of the fingerprint (it changes no result)."""
   from onetrans_jax import records
   config.train.total_steps, config.train.log_every, config.eval.every_steps = 4, 1, 2
-  train_and_evaluate(config, str(tmp_path / 'off'))
-  assert not (tmp_path / 'off' / 'learning_curves.png').exists()
   config.train.plot_curves = True
   train_and_evaluate(config, str(tmp_path / 'on'))
   png = (tmp_path / 'on' / 'learning_curves.png').read_bytes()
