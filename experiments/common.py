@@ -81,6 +81,9 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
                                   # task definition); 'onerank': joint BCE + InfoNCE (OneRank)
   c.loss.bce_weight = 1.0         # 'onerank': weight of the per-task BCE
   c.loss.nce_weight = 1.0         # 'onerank': weight of the list-wise InfoNCE (paper: 1:1)
+  c.loss.listwise_weight = 0.0    # 'joint', any model: + this weight x a list-wise softmax term
+                                  # on the task logits over each request's candidates (a ranking
+                                  # objective for per-user metrics such as UAUC); 0: BCE only
   c.train = ml_collections.ConfigDict()
   c.train.total_steps = total_steps
   c.train.log_every = 100

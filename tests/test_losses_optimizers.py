@@ -94,3 +94,38 @@ def test_esmm_trains_the_joint_probability_on_all_impressions():
   with pytest.raises(ValueError, match="loss mode 'focal'"):
     multitask_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask), (-1, 0, 1),
                   (1.0, 1.0, 1.0), mode='focal')
+
+
+def test_listwise_weight_adds_a_softmax_over_each_requests_candidates():
+  """loss.listwise_weight (mode 'joint'): BCE_k + w * (-mean over positives of log softmax over
+  the request's real candidates), weighted per task; the padding candidate is in no softmax."""
+  import types
+  from onetrans_jax.train import make_loss_fn
+  logits = np.array([[[0.5, -1.0], [2.0, 0.3], [9.0, 9.0]],
+                     [[-0.2, 0.1], [0.4, -0.6], [1.0, 1.0]]], np.float32)     # [R=2, C=3, T=2]
+  labels = np.array([[[1, 0], [1, 1], [0, 0]], [[0, 0], [1, 0], [0, 0]]], np.float32)
+  mask = np.array([[True, True, False], [True, True, True]])
+  model = types.SimpleNamespace(apply=lambda variables, batch, train: jnp.asarray(logits))
+  schema = types.SimpleNamespace(num_tasks=2, task_names=('a', 'b'), task_parents=(-1, 0))
+  batch = {'labels': jnp.asarray(labels), 'cand': {'mask': jnp.asarray(mask)}}
+
+  def loss(**cfg):
+    c = ml_collections.ConfigDict({'model': {'name': 'onetrans'},
+                                   'loss': {'mode': 'joint', 'task_weights': (1.0, 2.0), **cfg}})
+    return make_loss_fn(c, model, schema)[0](None, batch)
+
+  base_total, base = loss()
+  total, per_task = loss(listwise_weight=0.5)
+  # By hand: task a's positives are (r0, c0), (r0, c1) over r0's two real candidates and (r1, c1)
+  # over r1's three; task b's one positive is (r0, c1).
+  ls = lambda z, i: z[i] - np.log(np.sum(np.exp(z)))
+  nce_a = -(ls(np.array([0.5, 2.0]), 0) + ls(np.array([0.5, 2.0]), 1)
+            + ls(np.array([-0.2, 0.4, 1.0]), 1)) / 3
+  nce_b = -ls(np.array([-1.0, 0.3]), 1)
+  np.testing.assert_allclose(per_task, np.asarray(base) + 0.5 * np.array([nce_a, nce_b]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(total, float(base_total) + 0.5 * (nce_a + 2.0 * nce_b), rtol=1e-5)
+  with pytest.raises(ConfigError, match=r"listwise_weight=0.5 with config.loss.mode='conditional'"):
+    loss(listwise_weight=0.5, mode='conditional')
+  with pytest.raises(ConfigError, match=r'listwise_weight=-1.0: use a weight >= 0'):
+    loss(listwise_weight=-1.0)
