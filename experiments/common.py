@@ -57,10 +57,11 @@ def paper_optimizer() -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()
   o.clip_global_norm = 1.0
   o.sparse = ml_collections.ConfigDict(
-      dict(name='adagrad', learning_rate=0.1, initial_accumulator_value=1.0))
+      dict(name='adagrad', learning_rate=0.1, initial_accumulator_value=1.0,
+           weight_decay=0.0))   # > 0: coupled L2 on every embedding row (optimizers.py)
   o.dense = ml_collections.ConfigDict(
       dict(name='rmsprop', learning_rate=0.005, decay=0.99999, initial_scale=0.0,
-           bias_correction=True))
+           bias_correction=True, weight_decay=0.0))
   return o
 
 

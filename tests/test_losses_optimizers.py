@@ -129,3 +129,23 @@ def test_listwise_weight_adds_a_softmax_over_each_requests_candidates():
     loss(listwise_weight=0.5, mode='conditional')
   with pytest.raises(ConfigError, match=r'listwise_weight=-1.0: use a weight >= 0'):
     loss(listwise_weight=-1.0)
+
+
+def test_sparse_weight_decay_shrinks_every_embedding_row_and_only_those():
+  """optimizer.sparse.weight_decay: an L2 gradient wd * w enters Adagrad, even for a row whose
+  loss gradient is 0 (a row the batch did not touch); the dense side is untouched."""
+  c = _opt_config()
+  c.sparse.weight_decay = 0.1
+  params = {'embeddings': {'item': jnp.array([[2.0, -1.0], [0.5, 0.0]])},
+            'mlp_0': {'kernel': jnp.zeros((2,))}}
+  grads = {'embeddings': {'item': jnp.array([[0.0, 0.0], [0.3, 0.0]])},
+           'mlp_0': {'kernel': jnp.zeros((2,))}}
+  tx = make_optimizer(c)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  g = np.array([[0.2, -0.1], [0.3 + 0.05, 0.0]])          # loss gradient + 0.1 * w
+  np.testing.assert_allclose(updates['embeddings']['item'], -0.1 * g / np.sqrt(1 + g * g),
+                             rtol=1e-5)
+  np.testing.assert_allclose(updates['mlp_0']['kernel'], 0.0)
+  c.sparse.weight_decay = -0.5
+  with pytest.raises(ConfigError, match=r'config.optimizer.sparse.weight_decay must be >= 0'):
+    make_optimizer(c)
