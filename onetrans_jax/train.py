@@ -98,7 +98,8 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
   """Cross-field checks that no single builder can make; each names the field and the fix."""
   for section in ('data', 'model', 'optimizer', 'train', 'eval', 'mesh'):
     if section not in config:
-      raise ConfigError(f'config.{section} is missing; start from experiments/default.py')
+      raise ConfigError(f'config.{section} is missing; start from '
+                        'onetrans_jax/experiments/default.py')
   t, e = config.train, config.eval
   if t.total_steps < 1:
     raise ConfigError(f'config.train.total_steps must be >= 1, got {t.total_steps}')
@@ -262,8 +263,8 @@ def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
 
 
 # ---------------------------------------------------------------------------------- the steps
-# Module level so that the benchmarks (benchmarks/suite.py, profile_step.py, kv_cache.py) time
-# the very program the trainer runs, not a copy of it.
+# Module level so that the benchmarks (onetrans_jax/benchmarks/suite.py, profile_step.py,
+# kv_cache.py) time the very program the trainer runs, not a copy of it.
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -512,7 +513,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
            devices: Sequence[Any] | None) -> _Run:
   """Mesh, config checks, dataset, model, optimizer and loss; notes on the run; config saved."""
   if 'mesh' not in config:
-    raise ConfigError('config.mesh is missing; start from experiments/default.py')
+    raise ConfigError('config.mesh is missing; start from onetrans_jax/experiments/default.py')
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.mesh)
   check_config(config, sharding.batch_shards(mesh))
