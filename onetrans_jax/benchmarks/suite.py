@@ -24,8 +24,8 @@ Sections (``--sections``):
 Shapes: 'cpu' (the fixed CPU bench shape: 256 token lists = 256 requests x 1 candidate, L_S=256,
 L_NS=8, d=128, 4 heads, 4 layers, pyramid to 8 in multiples of 8, FFN x4, fp32);
 'onetrans_s' / 'onetrans_l' (onetrans_jax/experiments/onetrans_{s,l}.py paper shapes, bf16, 128
-requests x 16 candidates = the paper's 2048 per GPU); 'tiny' (seconds; for tests). Compare variants by the
-ratios of one run: absolute times move with the machine's load.
+requests x 16 candidates = the paper's 2048 per GPU); 'tiny' (seconds; for tests). Compare variants
+by the ratios of one run: absolute times move with the machine's load.
 """
 
 from __future__ import annotations
