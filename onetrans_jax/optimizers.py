@@ -36,6 +36,17 @@ def param_labels(params: Any) -> Any:
 
 
 def _make_one(cfg: ml_collections.ConfigDict, field: str) -> optax.GradientTransformation:
+  """One side's optimizer; ``weight_decay`` > 0 adds an L2 gradient (weight_decay * w) before
+  the adaptive step (coupled L2, as an L2 loss term would), on every parameter of the side: for
+  the sparse side, rows a batch does not touch shrink too, towards the table's zero prior."""
+  wd = cfg.get('weight_decay', 0.0)
+  if not wd >= 0.0:
+    raise OptimizerConfigError(f'config.optimizer.{field}.weight_decay must be >= 0, got {wd}')
+  opt = _adaptive(cfg, field)
+  return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
+
+
+def _adaptive(cfg: ml_collections.ConfigDict, field: str) -> optax.GradientTransformation:
   if cfg.learning_rate <= 0:
     raise OptimizerConfigError(f'config.optimizer.{field}.learning_rate must be > 0, '
                                f'got {cfg.learning_rate}')

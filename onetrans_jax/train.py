@@ -47,7 +47,8 @@ from onetrans_jax import metrics as metrics_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.data.types import Dataset
 from onetrans_jax.errors import ConfigError, Interrupted, NonFiniteLossError
-from onetrans_jax.losses import LOSS_MODES, ancestor_matrix, multitask_bce, onerank_loss
+from onetrans_jax.losses import (LOSS_MODES, ancestor_matrix, listwise_infonce, multitask_bce,
+                                 onerank_loss)
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.optimizers import count_params, make_optimizer
@@ -224,6 +225,15 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
   parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
       (-1,) * schema.num_tasks)
   bce_w, nce_w = float(loss_cfg.get('bce_weight', 1.0)), float(loss_cfg.get('nce_weight', 1.0))
+  list_w = float(loss_cfg.get('listwise_weight', 0.0))
+  if not list_w >= 0.0:
+    raise ConfigError(f'config.loss.listwise_weight={list_w}: use a weight >= 0 (0: BCE only)')
+  if list_w and loss_mode != 'joint':
+    raise ConfigError(
+        f"config.loss.listwise_weight={list_w} with config.loss.mode={loss_mode!r}: the list-wise "
+        "term ranks each request's candidates on unconditional labels, so it needs "
+        "config.loss.mode='joint'" + (" (OneRank's own list-wise term is config.loss.nce_weight)"
+                                      if loss_mode == 'onerank' else ''))
 
   def loss_fn(params, batch):
     labels, cand_mask = batch['labels'], batch['cand']['mask']
@@ -233,8 +243,13 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
                                  nce_w)
       return loss, bce_w * parts['bce'] + nce_w * parts['nce']
     logits = model.apply({'params': params}, batch, train=True)
-    return multitask_bce(logits, labels, cand_mask, parents, weights,
-                         'conditional' if loss_mode == 'joint' else loss_mode)
+    total, per_task = multitask_bce(logits, labels, cand_mask, parents, weights,
+                                    'conditional' if loss_mode == 'joint' else loss_mode)
+    if list_w:  # the task logits themselves as list-wise scores (temperature 1)
+      nce, _ = listwise_infonce(logits, labels, cand_mask)
+      total = total + list_w * jnp.sum(jnp.asarray(weights, jnp.float32) * nce)
+      per_task = per_task + list_w * nce
+    return total, per_task
   return loss_fn, loss_mode
 
 

@@ -94,3 +94,58 @@ def test_esmm_trains_the_joint_probability_on_all_impressions():
   with pytest.raises(ValueError, match="loss mode 'focal'"):
     multitask_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask), (-1, 0, 1),
                   (1.0, 1.0, 1.0), mode='focal')
+
+
+def test_listwise_weight_adds_a_softmax_over_each_requests_candidates():
+  """loss.listwise_weight (mode 'joint'): BCE_k + w * (-mean over positives of log softmax over
+  the request's real candidates), weighted per task; the padding candidate is in no softmax."""
+  import types
+  from onetrans_jax.train import make_loss_fn
+  logits = np.array([[[0.5, -1.0], [2.0, 0.3], [9.0, 9.0]],
+                     [[-0.2, 0.1], [0.4, -0.6], [1.0, 1.0]]], np.float32)     # [R=2, C=3, T=2]
+  labels = np.array([[[1, 0], [1, 1], [0, 0]], [[0, 0], [1, 0], [0, 0]]], np.float32)
+  mask = np.array([[True, True, False], [True, True, True]])
+  model = types.SimpleNamespace(apply=lambda variables, batch, train: jnp.asarray(logits))
+  schema = types.SimpleNamespace(num_tasks=2, task_names=('a', 'b'), task_parents=(-1, 0))
+  batch = {'labels': jnp.asarray(labels), 'cand': {'mask': jnp.asarray(mask)}}
+
+  def loss(**cfg):
+    c = ml_collections.ConfigDict({'model': {'name': 'onetrans'},
+                                   'loss': {'mode': 'joint', 'task_weights': (1.0, 2.0), **cfg}})
+    return make_loss_fn(c, model, schema)[0](None, batch)
+
+  base_total, base = loss()
+  total, per_task = loss(listwise_weight=0.5)
+  # By hand: task a's positives are (r0, c0), (r0, c1) over r0's two real candidates and (r1, c1)
+  # over r1's three; task b's one positive is (r0, c1).
+  ls = lambda z, i: z[i] - np.log(np.sum(np.exp(z)))
+  nce_a = -(ls(np.array([0.5, 2.0]), 0) + ls(np.array([0.5, 2.0]), 1)
+            + ls(np.array([-0.2, 0.4, 1.0]), 1)) / 3
+  nce_b = -ls(np.array([-1.0, 0.3]), 1)
+  np.testing.assert_allclose(per_task, np.asarray(base) + 0.5 * np.array([nce_a, nce_b]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(total, float(base_total) + 0.5 * (nce_a + 2.0 * nce_b), rtol=1e-5)
+  with pytest.raises(ConfigError, match=r"listwise_weight=0.5 with config.loss.mode='conditional'"):
+    loss(listwise_weight=0.5, mode='conditional')
+  with pytest.raises(ConfigError, match=r'listwise_weight=-1.0: use a weight >= 0'):
+    loss(listwise_weight=-1.0)
+
+
+def test_sparse_weight_decay_shrinks_every_embedding_row_and_only_those():
+  """optimizer.sparse.weight_decay: an L2 gradient wd * w enters Adagrad, even for a row whose
+  loss gradient is 0 (a row the batch did not touch); the dense side is untouched."""
+  c = _opt_config()
+  c.sparse.weight_decay = 0.1
+  params = {'embeddings': {'item': jnp.array([[2.0, -1.0], [0.5, 0.0]])},
+            'mlp_0': {'kernel': jnp.zeros((2,))}}
+  grads = {'embeddings': {'item': jnp.array([[0.0, 0.0], [0.3, 0.0]])},
+           'mlp_0': {'kernel': jnp.zeros((2,))}}
+  tx = make_optimizer(c)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  g = np.array([[0.2, -0.1], [0.3 + 0.05, 0.0]])          # loss gradient + 0.1 * w
+  np.testing.assert_allclose(updates['embeddings']['item'], -0.1 * g / np.sqrt(1 + g * g),
+                             rtol=1e-5)
+  np.testing.assert_allclose(updates['mlp_0']['kernel'], 0.0)
+  c.sparse.weight_decay = -0.5
+  with pytest.raises(ConfigError, match=r'config.optimizer.sparse.weight_decay must be >= 0'):
+    make_optimizer(c)

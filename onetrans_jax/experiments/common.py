@@ -57,10 +57,11 @@ def paper_optimizer() -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()
   o.clip_global_norm = 1.0
   o.sparse = ml_collections.ConfigDict(
-      dict(name='adagrad', learning_rate=0.1, initial_accumulator_value=1.0))
+      dict(name='adagrad', learning_rate=0.1, initial_accumulator_value=1.0,
+           weight_decay=0.0))   # > 0: coupled L2 on every embedding row (optimizers.py)
   o.dense = ml_collections.ConfigDict(
       dict(name='rmsprop', learning_rate=0.005, decay=0.99999, initial_scale=0.0,
-           bias_correction=True))
+           bias_correction=True, weight_decay=0.0))
   return o
 
 
@@ -81,6 +82,9 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
                                   # task definition); 'onerank': joint BCE + InfoNCE (OneRank)
   c.loss.bce_weight = 1.0         # 'onerank': weight of the per-task BCE
   c.loss.nce_weight = 1.0         # 'onerank': weight of the list-wise InfoNCE (paper: 1:1)
+  c.loss.listwise_weight = 0.0    # 'joint', any model: + this weight x a list-wise softmax term
+                                  # on the task logits over each request's candidates (a ranking
+                                  # objective for per-user metrics such as UAUC); 0: BCE only
   c.train = ml_collections.ConfigDict()
   c.train.total_steps = total_steps
   c.train.log_every = 100
