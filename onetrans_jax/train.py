@@ -124,17 +124,23 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
                       f'multiple of the batch shards, mesh data x fsdp = {batch_shards}')
 
 
-def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str]) -> str | None:
+def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str],
+                     has_valid_split: bool | None = None) -> str | None:
   """Checks the validation and early-stopping fields; -> the metric that chooses the best step
-  ('valid/<task>/<metric>'; the first task's AUC without early stopping), None when off."""
+  ('valid/<task>/<metric>'; the first task's AUC without early stopping), None when off.
+
+  ``has_valid_split``: whether the dataset has a validation split (default: whether
+  ``config.data.valid_fraction`` > 0; a dataset may also carve one by time, e.g. own_data's
+  ``valid_start``)."""
   every = int(config.train.get('eval_every', 0))
   frac = float(config.data.get('valid_fraction', 0.0))
+  has_split = frac > 0 or bool(has_valid_split)
   es = config.train.get('early_stopping', None)
   es = ml_collections.ConfigDict() if es is None else es
   metric = es.get('metric', None)
   if every < 0:
     raise ConfigError(f'config.train.eval_every must be >= 0 (0: no validation), got {every}')
-  if every and frac <= 0:
+  if every and not has_split:
     raise ConfigError(f'config.train.eval_every={every} scores the validation split, but '
                       f'config.data.valid_fraction={frac}; set it > 0 (e.g. 0.05)')
   if every and config.eval.mode != 'holdout':
@@ -150,7 +156,7 @@ def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str
     raise ConfigError(f'config.train.early_stopping.min_delta must be >= 0, got {es.min_delta}')
   if metric is None:
     return f'valid/{task_names[0]}/auc' if every else None
-  if not every or frac <= 0:
+  if not every or not has_split:
     raise ConfigError(f'config.train.early_stopping.metric={metric!r} needs validation: '
                       f'config.data.valid_fraction > 0 (got {frac}) and config.train.eval_every '
                       f'> 0 (got {every})')
@@ -548,7 +554,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
              end_step=total_steps if stop_at_step is None else min(stop_at_step, total_steps),
              global_batch=global_batch, diag_every=diag_every,
              valid_every=int(config.train.get('eval_every', 0)),
-             valid_metric=check_validation(config, schema.task_names))
+             valid_metric=check_validation(config, schema.task_names,
+                                           dataset.valid_range is not None))
   _check_ranges(run)
   return run
 
