@@ -3,6 +3,9 @@
   onetrans train --config onetrans_s.py:small --workdir runs/s  # = python launch.py ...
   onetrans accounting --config onetrans_s.py     # = python -m onetrans_jax.accounting ...
   onetrans benchmark --shapes=cpu                # = python -m onetrans_jax.benchmarks.suite ...
+  onetrans eval --workdir runs/s --split holdout  # a trained run's table again (inference.py)
+  onetrans predict --workdir runs/s --output scores.parquet
+  onetrans export --workdir runs/s --output runs/s/export
 
 Each subcommand keeps its program's own absl flags and errors (``onetrans <subcommand> --help``);
 ``--config`` takes a path or the name of a built-in experiment (``experiment_files.py``). Adding
@@ -32,12 +35,32 @@ def _benchmark(argv: list[str]) -> None:
   suite.cli(argv)
 
 
+def _eval(argv: list[str]) -> None:
+  from onetrans_jax import inference
+  inference.cli_eval(argv)
+
+
+def _predict(argv: list[str]) -> None:
+  from onetrans_jax import inference
+  inference.cli_predict(argv)
+
+
+def _export(argv: list[str]) -> None:
+  from onetrans_jax import inference
+  inference.cli_export(argv)
+
+
 # name -> (the function running it, the one line `onetrans --help` shows).
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     'train': (_train, 'train and evaluate an experiment, or run its sweep (= python launch.py)'),
     'accounting': (_accounting, "an experiment's dense parameters and FLOPs, as the paper counts"),
     'benchmark': (_benchmark, "training speed against the machine's ceiling: a table and a JSON "
                               'record'),
+    'eval': (_eval, "score a trained workdir's best checkpoint on a split: the table, a JSON"),
+    'predict': (_predict, 'a score per (request, candidate) of a split or a new file: CSV or '
+                          'Parquet'),
+    'export': (_export, "a trained workdir's model for serving (jax.export): OneTrans, OneRank, "
+                        '...'),
 }
 
 

@@ -259,6 +259,17 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
   return loss_fn, loss_mode
 
 
+def metric_parents(config: ml_collections.ConfigDict, schema: FeatureSchema
+                   ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+  """(parents, chain) for ``_host_eval_arrays``: which impressions each task's metrics cover.
+  Conditional tasks live where their parent is 1; 'joint' and 'onerank' logits are unconditional,
+  over every impression (``chain``: the schema's parents, to chain the oracle's conditionals)."""
+  mode = config.get('loss', ml_collections.ConfigDict()).get('mode', 'conditional')
+  if mode in ('conditional', 'esmm'):
+    return schema.task_parents, None
+  return (-1,) * schema.num_tasks, schema.task_parents
+
+
 def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
                       chain: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
   """Replicated device outputs of one batch -> flat [R*C, T] arrays for the accumulator.
@@ -542,15 +553,14 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   schema = dataset.schema
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
-  loss_fn, loss_mode = make_loss_fn(config, model, schema)
-  conditional = loss_mode in ('conditional', 'esmm')
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  parents, chain = metric_parents(config, schema)
   diag_every = int(config.train.get('diagnostics_every', 0))
   total_steps = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
   run = _Run(config=config, workdir=workdir, mesh=mesh, rules=rules, dataset=dataset,
              model=model, tx=tx, loss_fn=loss_fn,
-             parents=schema.task_parents if conditional else (-1,) * schema.num_tasks,
-             chain=None if conditional else schema.task_parents, total_steps=total_steps,
+             parents=parents, chain=chain, total_steps=total_steps,
              end_step=total_steps if stop_at_step is None else min(stop_at_step, total_steps),
              global_batch=global_batch, diag_every=diag_every,
              valid_every=int(config.train.get('eval_every', 0)),

@@ -651,7 +651,7 @@ def prepare(spec: Spec, frozen: Mapping[str, Any] | None = None) -> Prepared:
     if spec.holdout_start is None and spec.valid_fraction > 0:  # as pipeline.split_validation
       train_end -= int(round(spec.valid_fraction * train_end))
     cutoff = int(index.time[train_end]) if train_end < len(index) else np.iinfo(np.int64).max
-  else:
+  else:  # every request is scored: the whole file is the "hold-out"
     split = {'train': (0, 0), 'valid': None, 'holdout': (0, len(index))}
     cutoff = np.iinfo(np.int64).min  # nothing is fitted
   in_train = ev.time < cutoff
@@ -693,7 +693,8 @@ def prepare(spec: Spec, frozen: Mapping[str, Any] | None = None) -> Prepared:
   report = {
       'rows_read': ev.read, 'rows_dropped': ev.dropped, 'events': log.num_events,
       'impressions': int(log.is_impression.sum()), 'users': users.n, 'items': items.n,
-      'requests': {k: (None if r is None else r[1] - r[0]) for k, r in split.items()},
+      'requests': ({'to score': len(index)} if frozen is not None else
+                   {k: (None if r is None else r[1] - r[0]) for k, r in split.items()}),
       'vocabularies': dict(sizes), 'side_files': counts, 'labeled': ev.labeled}
   return Prepared(log, index, split, states,
                   {'user': np.asarray(users.raw), 'item': np.asarray(items.raw)}, report)
