@@ -383,6 +383,14 @@ def _read_events(spec: Spec, need_labels: bool) -> _Events:
   for f_index, fspec in enumerate(spec.events):
     data = tables.DataFile(fspec)
     field = fspec.field
+    task_cols = {}
+    for t in spec.tasks:  # first: a missing label column is named by its task
+      cols = [t.column] if t.column else t.condition.columns
+      missing = [c for c in cols if c not in data.columns]
+      if missing and need_labels:
+        data.require({c: t.field for c in cols})
+      task_cols[t.name] = not missing
+    labeled &= all(task_cols.values())
     names = {spec.user: f'{field}.user', spec.item: f'{field}.item', spec.time: f'{field}.time'}
     if spec.request:
       names[spec.request] = f'{field}.request'
@@ -392,14 +400,6 @@ def _read_events(spec: Spec, need_labels: bool) -> _Events:
       names.update({c: f'{s.side.field} (no file: columns of the event log)'
                     for c in s.side.columns})
     data.require(names)
-    task_cols = {}
-    for t in spec.tasks:
-      cols = [t.column] if t.column else t.condition.columns
-      missing = [c for c in cols if c not in data.columns]
-      if missing and need_labels:
-        data.require({c: t.field for c in cols})
-      task_cols[t.name] = not missing
-    labeled &= all(task_cols.values())
     columns = list(names) + [c for t in spec.tasks if task_cols[t.name]
                              for c in ([t.column] if t.column else t.condition.columns)]
     n_read = 0
@@ -805,8 +805,8 @@ def _log_report(r: Mapping[str, Any]) -> None:
   for path, n in r['rows_read'].items():
     reporting.log(f'{NAME}: read {n:,} rows of {path}')
   if r['rows_dropped']:
-    reporting.log(f'{NAME}: dropped ' + ', '.join(f'{n:,} rows ({why})'
-                                                  for why, n in r['rows_dropped'].items()))
+    reporting.log(f'{NAME}: dropped ' + ', '.join(
+        f'{n:,} {"row" if n == 1 else "rows"} ({why})' for why, n in r['rows_dropped'].items()))
   for kind, c in r['side_files'].items():
     reporting.log(f'{NAME}: {kind} table: {c["rows"]:,} rows, {c["unused"]:,} for {kind}s not in '
                   f'the events (unused); {c["without_row"]:,} {kind}s of the events have no row '

@@ -217,8 +217,9 @@ class Batch:
     """[n] bool: the value is not missing (an empty CSV field or a Parquet null)."""
     return ~np.asarray(pc.is_null(self._text(column)).to_numpy(zero_copy_only=False))
 
-  def numbers(self, column: str, field: str) -> np.ndarray:
-    """[n] float64, NaN where missing; a value that is not a number names its row."""
+  def numbers(self, column: str, field: str, problem=None) -> np.ndarray:
+    """[n] float64, NaN where missing; a value that is not a number names its row (``problem(v)``:
+    what to say about it, by default that ``field`` reads a number)."""
     a = self.arrays[column]
     if pa.types.is_boolean(a.type):
       a = pc.cast(a, pa.int8())
@@ -233,8 +234,9 @@ class Batch:
       try:
         float(v if v is not None else 'nan')
       except ValueError:
-        raise self.error(k, column, f'{v!r} is not a number ({field} reads it as one); fix the '
-                                    'value or delete the row') from None
+        raise self.error(k, column, problem(v) if problem else (
+            f'{v!r} is not a number ({field} reads it as one); fix the value or delete the row')
+        ) from None
     raise self.error(0, column, 'cannot be read as numbers')
 
   def seconds(self, column: str, time_format: str, field: str) -> np.ndarray:
@@ -249,7 +251,10 @@ class Batch:
           zero_copy_only=False)
       return np.where(missing, -1, np.nan_to_num(out, nan=-1)).astype(np.int64)
     if time_format in ('unix', 'unix_ms'):
-      x = self.numbers(column, field)
+      unit = 'milliseconds' if time_format == 'unix_ms' else 'seconds'
+      x = self.numbers(column, field, lambda v: (
+          f'{v!r} is not a number of unix {unit} ({field}={time_format!r}); fix the value, or set '
+          f'{field} to its format (a strptime format, or one of {TIME_FORMATS})'))
       x = x / 1000.0 if time_format == 'unix_ms' else x
       return np.where(missing, -1, np.floor(np.nan_to_num(x, nan=-1))).astype(np.int64)
     text = self._text(column)
