@@ -2,7 +2,8 @@
 
 Training through `onetrans train` and old `--config experiments/...` spellings is tested in
 test_launch.py (test_good_run_prints_table_and_resumes), `onetrans benchmark` in
-test_benchmark_suite.py: each beside the program it runs.
+test_benchmark_suite.py, `onetrans eval / predict / export` in test_inference.py: each beside the
+program it runs.
 """
 
 from __future__ import annotations
@@ -81,7 +82,17 @@ def test_help_lists_the_subcommands_and_an_unknown_one_is_one_line(tmp_path):
   proc = _cli('trian', '--config=onetrans_s.py', cwd=str(tmp_path))
   assert proc.returncode == 2
   assert proc.stderr == ("error: unknown subcommand 'trian'; use one of train, accounting, "
-                         'benchmark (onetrans --help)\n')
+                         'benchmark, eval, predict, export (onetrans --help)\n')
+
+
+@pytest.mark.parametrize('command', ['eval', 'predict', 'export'])
+def test_the_workdir_commands_say_a_missing_workdir_in_one_line(tmp_path, command):
+  """Wired to onetrans_jax/inference.py (its tests: tests/test_inference.py)."""
+  extra = [] if command == 'eval' else ['--output', str(tmp_path / 'out.csv')]
+  proc = _cli(command, '--workdir', 'nope', *extra, cwd=str(tmp_path))
+  assert proc.returncode == 2
+  assert proc.stderr.endswith('error: workdir: --workdir nope does not exist; give the directory '
+                              'a training run wrote (onetrans train --workdir ...)\n'), proc.stderr
 
 
 def test_accounting_takes_a_builtin_by_name(tmp_path):
