@@ -321,3 +321,24 @@ def test_spec_mistakes_name_the_field(tmp_path):
   assert ("config.data.item_features.categorical[0] ('category').encode='onehot': choose one "
           'of') in _error(tmp_path, item_features=dict(
               file='items.csv', categorical=(dict(name='category', encode='onehot'),)))
+
+
+def test_a_split_by_time_gives_the_validation_split_train_accepts(tmp_path):
+  """holdout_start / valid_start: the requests from each time on; train's validation check takes
+  the dataset's own split (config.data.valid_fraction stays 0)."""
+  from onetrans_jax.train import check_validation
+  write_shop(tmp_path)
+  c = shop_config(tmp_path)
+  events = shop_rows()[0]
+  c.data.valid_start, c.data.holdout_start = str(events[400][2]), str(events[500][2])
+  ds = pipeline.build_dataset(c.data)
+  t = ds.source.index.time
+  (a, b), (v0, v1), (h0, h1) = ds.train_range, ds.valid_range, ds.eval_range
+  assert a == 0 and b == v0 and v1 == h0 and h1 == len(ds.source)
+  assert t[b - 1] < events[400][2] <= t[v0] and t[v1 - 1] < events[500][2] <= t[h0]
+  c.train.eval_every = 2
+  assert check_validation(c, ds.schema.task_names, ds.valid_range is not None) == (
+      'valid/click/auc')
+  c.data.valid_fraction = 0.1
+  with pytest.raises(ConfigError, match='valid_start and valid_fraction=0.1 both carve'):
+    pipeline.build_dataset(c.data)
