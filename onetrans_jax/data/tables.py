@@ -247,7 +247,8 @@ class Batch:
     if pa.types.is_timestamp(a.type) or pa.types.is_date(a.type):
       if pa.types.is_date(a.type):
         a = pc.cast(a, pa.timestamp('s'))
-      out = pc.cast(pc.cast(a, pa.timestamp('s', tz=a.type.tz)), pa.int64()).to_numpy(
+      # Sub-second precision is floored to the second (the batch contract's int32 seconds).
+      out = pc.cast(a.cast(pa.timestamp('s', tz=a.type.tz), safe=False), pa.int64()).to_numpy(
           zero_copy_only=False)
       return np.where(missing, -1, np.nan_to_num(out, nan=-1)).astype(np.int64)
     if time_format in ('unix', 'unix_ms'):
@@ -262,7 +263,8 @@ class Batch:
       parsed = None
       for tz in (None, 'UTC'):  # naive first (UTC), then with a zone offset
         try:
-          parsed = pc.cast(text, pa.timestamp('s', tz=tz))
+          parsed = pc.cast(text, pa.timestamp('ns', tz=tz)).cast(pa.timestamp('s', tz=tz),
+                                                                 safe=False)
           break
         except pa.ArrowInvalid:
           continue
