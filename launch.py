@@ -1,133 +1,13 @@
-r"""Entry point: parse flags, load the experiment file, train and evaluate.
+r"""Entry point of a checkout: ``python launch.py [flags]`` is ``onetrans train [flags]``.
 
-  python launch.py                                        # experiments/default.py, ./workdir
-  python launch.py --config experiments/default.py --workdir /tmp/run1
+  python launch.py                          # onetrans_jax/experiments/default.py, ./workdir
+  python launch.py --config onetrans_jax/experiments/pooled_mlp.py --workdir /tmp/run1
   python launch.py --config.train.total_steps=600 --config.model.num_layers=2
 
-Multi-host (every process runs the same command; see the README's "Sharded and multi-host
-training"):
-
-  python launch.py --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0 ...
-  srun python launch.py ...          # SLURM, TPU slices: detected, no flags needed
-
-Re-running with the same --workdir resumes from its latest checkpoint. An experiment file with a
-``config.sweep`` section (e.g. experiments/onetrans_rq2_ablation.py) trains all its variants and
-prints one comparison table.
+Every flag, the multi-host ones and the errors are onetrans_jax/launch.py's (its docstring).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-
-def _fail(msg: str, code: int = 2) -> None:
-  print(f'error: {msg}', file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
-def _unknown_field(e: Exception) -> None:
-  msg = str(e).strip('\'"').replace('\\n', ' ').replace("\\'", "'")
-  if "has no attribute 'get_config" in msg:  # the experiment file, not an override
-    _fail('the experiment file given by --config defines no get_config(); it must define '
-          'get_config(arg=None) returning an ml_collections.ConfigDict (see experiments/default.py)')
-  _fail(f'unknown config field in an override: {msg}')
-
-
-def _syntax_error(e: SyntaxError) -> None:
-  _fail(f'{e.filename}, line {e.lineno}: {e.msg} (in the experiment file given by --config)')
-
-
-try:
-  # config_flags reads --config.* overrides from sys.argv already here, so a misspelt field
-  # raises at definition time.
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'experiments',
-                             'default.py'),
-      'Experiment file (a Python file with get_config); any field is overridable as '
-      '--config.section.field=value.', lock_config=True)
-except (AttributeError, KeyError) as err:
-  _unknown_field(err)
-except SyntaxError as err:
-  _syntax_error(err)
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir',
-                               'Run directory: checkpoints, metrics.jsonl, tensorboard/, '
-                               'final_metrics.json. An existing one is resumed.')
-
-_DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', ['auto', 'on', 'off'],
-    'Multi-process start-up (jax.distributed.initialize): auto = when --coordinator_address is '
-    'given or under SLURM / Open MPI / a multi-host TPU slice; on = always; off = never.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 for jax.distributed (not needed under '
-    'SLURM / Open MPI / TPU).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, 0..num_processes-1.")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with bad experiment files and overrides reported as one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f'{e}\n(pass --helpfull for the list of flags)')
-  except (AttributeError, KeyError) as e:  # unknown --config.x field: ml_collections suggests one
-    _unknown_field(e)
-  except SyntaxError as e:
-    _syntax_error(e)
-  except (ValueError, TypeError) as e:
-    _fail(f'bad config override: {e}')
-  return []
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; flags take the form --name=value')
-  if not flags.FLAGS['verbosity'].present:
-    # orbax and grain log every save at INFO; the progress line and tables are printed anyway.
-    logging.set_verbosity(logging.WARNING)
-  try:
-    config = _CONFIG.value
-    config.seed  # an experiment file that failed to load raises here  # pylint: disable=pointless-statement
-  except (IOError, OSError) as e:
-    _fail(f'cannot load the experiment given by --config ({flags.FLAGS["config"].serialize()}): '
-          f'{e.__cause__ or e}')
-  # Imported after the flags are parsed, so that `--help` and flag errors pay for no more than
-  # the experiment file (which imports jax and flax through its model family's config.py):
-  # not for the training program, orbax, grain and the data loaders. jax's backend starts only
-  # below, after the distributed set-up.
-  from onetrans_jax import distributed
-  try:  # before anything starts a jax backend
-    where = distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                                   _PROCESS_ID.value)
-  except ValueError as e:
-    _fail(str(e))
-  if where != 'single process':
-    print(f'distributed: {where}', flush=True)
-  from onetrans_jax.errors import ConfigError, Interrupted, NonFiniteLossError, WorkdirError
-  from onetrans_jax.schema import SchemaError
-  from onetrans_jax.sweep import run_sweep
-  from onetrans_jax.train import train_and_evaluate
-  try:
-    if 'sweep' in config:  # an experiment of several variants x seeds, printing one table
-      run_sweep(config, _WORKDIR.value)
-    else:
-      train_and_evaluate(config, _WORKDIR.value)
-  except ConfigError as e:
-    _fail(f'config: {e}')
-  except SchemaError as e:
-    _fail(f'data: {e}')
-  except WorkdirError as e:
-    _fail(f'workdir: {e}')
-  except Interrupted as e:  # the conventional 128 + signal number, after a clean save
-    print(str(e), file=sys.stderr, flush=True)
-    sys.exit(128 + e.signum)
-  except NonFiniteLossError as e:
-    _fail(str(e), code=3)
-
+from onetrans_jax import launch
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  launch.main()

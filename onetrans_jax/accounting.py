@@ -8,21 +8,23 @@ same size per weight in the backward pass). The paper's own FLOP convention is u
 A.9): compare ratios and orderings, not absolute TFLOPs. ``xla_flops`` gives XLA's count of the
 compiled computation beside it.
 
-  python -m onetrans_jax.accounting --config experiments/onetrans_s.py
-  python -m onetrans_jax.accounting --config experiments/onetrans_rq2_ablation.py:paper
+  python -m onetrans_jax.accounting --config onetrans_jax/experiments/onetrans_s.py
+  python -m onetrans_jax.accounting --config onetrans_jax/experiments/onetrans_rq2_ablation.py:paper
+  onetrans accounting --config onetrans_s.py        # installed: the same, a built-in by name
 
 A sweep's experiment file gets a table of its rows, beside the paper's figures where it has them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 
-from onetrans_jax import models, records
+from onetrans_jax import experiment_files, models, records
 from onetrans_jax.data import pipeline
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.onetrans import config as onetrans_config
@@ -122,12 +124,27 @@ def sweep_report(config: ml_collections.ConfigDict) -> str:
 
 def main(argv: list[str]) -> None:
   del argv
-  config = _CONFIG.value
+  from absl import flags
+  config = flags.FLAGS.config
   print(sweep_report(config) if 'sweep' in config else report(config))
 
 
-if __name__ == '__main__':
-  from absl import app
+def cli(argv: list[str] | None = None) -> None:
+  """``python -m onetrans_jax.accounting`` / ``onetrans accounting``: flags in ``argv``
+  (program name first; default sys.argv), ``--config`` resolved as for training."""
+  from absl import app, flags
   from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file.')
-  app.run(main)
+  argv = list(sys.argv if argv is None else argv)
+  sys.argv = argv
+  argv = experiment_files.resolve_argv(argv)
+  holder = config_flags.DEFINE_config_file(
+      'config', None, 'Experiment file, or the name of a built-in one (onetrans_s.py).',
+      sys_argv=argv)
+  if __name__ != '__main__':  # absl's --help lists the flags of the module named by argv[0]
+    flags.FLAGS.register_flag_by_module(argv[0], flags.FLAGS[holder.name])
+  flags.mark_flag_as_required('config')
+  app.run(main, argv=argv)
+
+
+if __name__ == '__main__':
+  cli()

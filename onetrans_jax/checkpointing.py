@@ -174,3 +174,25 @@ class BestCheckpointer:
 def abstract_with_sharding(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+def restore_state(directory: str, abstract_state: Any, step: int | None = None
+                  ) -> tuple[Any, int] | None:
+  """(the train state, its step) from a ``Checkpointer`` or ``BestCheckpointer`` directory, the
+  latest step unless ``step``; None when it holds none. Reads only the state item: evaluation and
+  export need no data iterator."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers={'state': ocp.StandardCheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      return None
+    step = steps[-1] if step is None else step
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return out['state'], step
+  finally:
+    manager.close()

@@ -10,7 +10,8 @@ counts, how many layers can be reused exactly.
 
 ``export_scorer`` writes both stages with ``jax.export`` (R and C symbolic, so one export serves
 every batch shape) plus the parameters; ``onetrans_jax.serving_runtime`` loads them with jax and
-numpy alone.
+numpy alone. ``export_forward`` writes any other model (OneRank, the baselines) as one function,
+batch -> logits, the same way; ``export_model`` chooses between the two by the model.
 """
 
 from __future__ import annotations
@@ -150,6 +151,53 @@ def _symbolic_specs(schema: FeatureSchema, params: Any) -> tuple[Any, Any, Any, 
   return p, user, cands, (r, c)
 
 
+def _write(directory: str, files: Mapping[str, export.Exported], params: Any,
+           manifest: Mapping[str, Any]) -> None:
+  os.makedirs(directory, exist_ok=True)
+  for name, exported in files.items():
+    with open(os.path.join(directory, name), 'wb') as f:
+      f.write(exported.serialize())
+  np.savez(os.path.join(directory, serving_runtime.PARAMS_FILE), **_flatten(jax.device_get(params)))
+  with open(os.path.join(directory, serving_runtime.MANIFEST_FILE), 'w') as f:
+    json.dump(manifest, f, indent=1)
+
+
+def _shapes(tree: Any) -> Any:
+  return jax.tree.map(lambda s: [str(d) for d in s.shape] + [str(s.dtype)], tree)
+
+
+def export_forward(model: Any, params: Any, schema: FeatureSchema, directory: str,
+                   platforms: Sequence[str] = ('cpu',), name: str = '') -> dict[str, Any]:
+  """Write ``model``'s eval-mode forward pass, {'request', 'seq', 'cand'} -> logits [R, C, T],
+  and the parameters to ``directory``; R and C symbolic. For every model without a two-stage
+  cache (OneRank scores each candidate against the request's own candidate set, so its
+  candidates cannot be scored apart). Returns the manifest."""
+  forward = jax.jit(lambda p, b: model.apply({'params': p}, b, train=False))
+  p_spec, user_spec, cand_spec, _ = _symbolic_specs(schema, params)
+  batch_spec = {'request': user_spec['request'], 'seq': user_spec['seq'],
+                'cand': cand_spec['cand']}
+  exported = export.export(forward, platforms=tuple(platforms))(p_spec, batch_spec)
+  manifest = {'model': name or type(model).__name__.lower(), 'stages': 'forward',
+              'platforms': list(platforms), 'tasks': list(schema.task_names),
+              'sequences': {s.name: s.max_len for s in schema.sequences},
+              'inputs': _shapes(batch_spec)}
+  _write(directory, {serving_runtime.FORWARD_FILE: exported}, params, manifest)
+  return manifest
+
+
+def export_model(model: Any, params: Any, schema: FeatureSchema, directory: str,
+                 platforms: Sequence[str] = ('cpu',), name: str = '') -> dict[str, Any]:
+  """The export a model serves best: a request-level OneTrans as the two cached stages
+  (``export_scorer``), any other model (or a OneTrans with full attention) as one forward pass."""
+  if isinstance(model, OneTrans):
+    try:
+      require_user_cache(model)
+    except ValueError:
+      return export_forward(model, params, schema, directory, platforms, name or 'onetrans')
+    return export_scorer(model, params, schema, directory, platforms)
+  return export_forward(model, params, schema, directory, platforms, name)
+
+
 def export_scorer(model: OneTrans, params: Any, schema: FeatureSchema, directory: str,
                   platforms: Sequence[str] = ('cpu',)) -> dict[str, Any]:
   """Write stage I, stage II and the parameters to ``directory``; returns the manifest.
@@ -162,24 +210,17 @@ def export_scorer(model: OneTrans, params: Any, schema: FeatureSchema, directory
   exp_user = export.export(user_fn, platforms=tuple(platforms))(p_spec, user_spec)
   cache_spec = jax.eval_shape(user_fn, p_spec, user_spec)
   exp_score = export.export(score_fn, platforms=tuple(platforms))(p_spec, cand_spec, cache_spec)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, serving_runtime.USER_CACHE_FILE), 'wb') as f:
-    f.write(exp_user.serialize())
-  with open(os.path.join(directory, serving_runtime.SCORE_FILE), 'wb') as f:
-    f.write(exp_score.serialize())
-  np.savez(os.path.join(directory, serving_runtime.PARAMS_FILE), **_flatten(jax.device_get(params)))
   manifest = {
       'model': 'onetrans',
+      'stages': 'user_cache+score',
       'platforms': list(platforms),
       'tasks': list(schema.task_names),
       'num_layers': model.num_layers,
       'schedule': list(model.schedule),
       'sequences': {s.name: s.max_len for s in schema.sequences},
-      'user_inputs': jax.tree.map(lambda s: [str(d) for d in s.shape] + [str(s.dtype)],
-                                  user_spec),
-      'candidate_inputs': jax.tree.map(lambda s: [str(d) for d in s.shape] + [str(s.dtype)],
-                                       cand_spec),
+      'user_inputs': _shapes(user_spec),
+      'candidate_inputs': _shapes(cand_spec),
   }
-  with open(os.path.join(directory, serving_runtime.MANIFEST_FILE), 'w') as f:
-    json.dump(manifest, f, indent=1)
+  _write(directory, {serving_runtime.USER_CACHE_FILE: exp_user,
+                     serving_runtime.SCORE_FILE: exp_score}, params, manifest)
   return manifest

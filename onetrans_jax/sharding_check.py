@@ -12,7 +12,7 @@ family), but a new module or a new rule set could meet it again, and only a loss
 it. This check differentiates one batch's loss on one
 device and on the configured mesh and compares every parameter's gradient.
 
-    python -m onetrans_jax.sharding_check --config experiments/onerank_main.py \\
+    python -m onetrans_jax.sharding_check --config onetrans_jax/experiments/onerank_main.py \\
         --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2
 
 (on one CPU, prefix ``XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu``).
@@ -122,6 +122,8 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   from absl import app, flags
   from ml_collections import config_flags
+  from onetrans_jax import experiment_files
+  sys.argv = experiment_files.resolve_argv(sys.argv)  # --config: a path or a built-in's name
   config_flags.DEFINE_config_file('config', None, 'Experiment config file (as for launch.py).',
                                   lock_config=True)
   flags.DEFINE_float('tolerance', DEFAULT_TOLERANCE, "Largest allowed gradient difference, "

@@ -99,7 +99,8 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
   """Cross-field checks that no single builder can make; each names the field and the fix."""
   for section in ('data', 'model', 'optimizer', 'train', 'eval', 'mesh'):
     if section not in config:
-      raise ConfigError(f'config.{section} is missing; start from experiments/default.py')
+      raise ConfigError(f'config.{section} is missing; start from '
+                        'onetrans_jax/experiments/default.py')
   t, e = config.train, config.eval
   if t.total_steps < 1:
     raise ConfigError(f'config.train.total_steps must be >= 1, got {t.total_steps}')
@@ -123,17 +124,23 @@ def check_config(config: ml_collections.ConfigDict, batch_shards: int) -> None:
                       f'multiple of the batch shards, mesh data x fsdp = {batch_shards}')
 
 
-def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str]) -> str | None:
+def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str],
+                     has_valid_split: bool | None = None) -> str | None:
   """Checks the validation and early-stopping fields; -> the metric that chooses the best step
-  ('valid/<task>/<metric>'; the first task's AUC without early stopping), None when off."""
+  ('valid/<task>/<metric>'; the first task's AUC without early stopping), None when off.
+
+  ``has_valid_split``: whether the dataset has a validation split (default: whether
+  ``config.data.valid_fraction`` > 0; a dataset may also carve one by time, e.g. own_data's
+  ``valid_start``)."""
   every = int(config.train.get('eval_every', 0))
   frac = float(config.data.get('valid_fraction', 0.0))
+  has_split = frac > 0 or bool(has_valid_split)
   es = config.train.get('early_stopping', None)
   es = ml_collections.ConfigDict() if es is None else es
   metric = es.get('metric', None)
   if every < 0:
     raise ConfigError(f'config.train.eval_every must be >= 0 (0: no validation), got {every}')
-  if every and frac <= 0:
+  if every and not has_split:
     raise ConfigError(f'config.train.eval_every={every} scores the validation split, but '
                       f'config.data.valid_fraction={frac}; set it > 0 (e.g. 0.05)')
   if every and config.eval.mode != 'holdout':
@@ -149,7 +156,7 @@ def check_validation(config: ml_collections.ConfigDict, task_names: Sequence[str
     raise ConfigError(f'config.train.early_stopping.min_delta must be >= 0, got {es.min_delta}')
   if metric is None:
     return f'valid/{task_names[0]}/auc' if every else None
-  if not every or frac <= 0:
+  if not every or not has_split:
     raise ConfigError(f'config.train.early_stopping.metric={metric!r} needs validation: '
                       f'config.data.valid_fraction > 0 (got {frac}) and config.train.eval_every '
                       f'> 0 (got {every})')
@@ -252,6 +259,17 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
   return loss_fn, loss_mode
 
 
+def metric_parents(config: ml_collections.ConfigDict, schema: FeatureSchema
+                   ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+  """(parents, chain) for ``_host_eval_arrays``: which impressions each task's metrics cover.
+  Conditional tasks live where their parent is 1; 'joint' and 'onerank' logits are unconditional,
+  over every impression (``chain``: the schema's parents, to chain the oracle's conditionals)."""
+  mode = config.get('loss', ml_collections.ConfigDict()).get('mode', 'conditional')
+  if mode in ('conditional', 'esmm'):
+    return schema.task_parents, None
+  return (-1,) * schema.num_tasks, schema.task_parents
+
+
 def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
                       chain: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
   """Replicated device outputs of one batch -> flat [R*C, T] arrays for the accumulator.
@@ -277,8 +295,8 @@ def _host_eval_arrays(out: Mapping[str, Any], parents: tuple[int, ...],
 
 
 # ---------------------------------------------------------------------------------- the steps
-# Module level so that the benchmarks (benchmarks/suite.py, profile_step.py, kv_cache.py) time
-# the very program the trainer runs, not a copy of it.
+# Module level so that the benchmarks (onetrans_jax/benchmarks/suite.py, profile_step.py,
+# kv_cache.py) time the very program the trainer runs, not a copy of it.
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -527,7 +545,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
            devices: Sequence[Any] | None) -> _Run:
   """Mesh, config checks, dataset, model, optimizer and loss; notes on the run; config saved."""
   if 'mesh' not in config:
-    raise ConfigError('config.mesh is missing; start from experiments/default.py')
+    raise ConfigError('config.mesh is missing; start from onetrans_jax/experiments/default.py')
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.mesh)
   check_config(config, sharding.batch_shards(mesh))
@@ -535,19 +553,19 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   schema = dataset.schema
   model = build_model(config.model, schema)
   tx = make_optimizer(config.optimizer)
-  loss_fn, loss_mode = make_loss_fn(config, model, schema)
-  conditional = loss_mode in ('conditional', 'esmm')
+  loss_fn, _ = make_loss_fn(config, model, schema)
+  parents, chain = metric_parents(config, schema)
   diag_every = int(config.train.get('diagnostics_every', 0))
   total_steps = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
   run = _Run(config=config, workdir=workdir, mesh=mesh, rules=rules, dataset=dataset,
              model=model, tx=tx, loss_fn=loss_fn,
-             parents=schema.task_parents if conditional else (-1,) * schema.num_tasks,
-             chain=None if conditional else schema.task_parents, total_steps=total_steps,
+             parents=parents, chain=chain, total_steps=total_steps,
              end_step=total_steps if stop_at_step is None else min(stop_at_step, total_steps),
              global_batch=global_batch, diag_every=diag_every,
              valid_every=int(config.train.get('eval_every', 0)),
-             valid_metric=check_validation(config, schema.task_names))
+             valid_metric=check_validation(config, schema.task_names,
+                                           dataset.valid_range is not None))
   _check_ranges(run)
   return run
 

@@ -1,4 +1,4 @@
-"""XLA compiler options for the training programs, chosen by measurement (benchmarks/suite.py).
+"""XLA compiler options for the training programs, chosen by measurement (`onetrans benchmark`).
 
 CPU (jax/jaxlib 0.10.2): by default every dot becomes its own YNNPACK call with its operands in
 the library's layout. A weight-gradient dot contracts over the token rows, so XLA hands it a

@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 80
-ARGS = ['--config=experiments/pooled_mlp.py', '--config.data.num_users=200',
+ARGS = ['--config=onetrans_jax/experiments/pooled_mlp.py', '--config.data.num_users=200',
         '--config.data.num_items=300',
         '--config.data.click_len=8', '--config.data.cart_len=4', '--config.data.order_len=2',
         '--config.data.num_candidates=4', '--config.data.min_candidates=2',

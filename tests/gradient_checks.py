@@ -42,7 +42,7 @@ def _baseline(sequence, interaction):
 
 
 def _pooled_deep():
-  from experiments import pooled_mlp
+  from onetrans_jax.experiments import pooled_mlp
   return pooled_mlp.get_config().model            # hidden (256, 128): a stack of two layers
 
 

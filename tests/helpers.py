@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config():
-  """experiments/pooled_mlp.py shrunk: small world, short sequences, few steps."""
-  from experiments import pooled_mlp
+  """onetrans_jax/experiments/pooled_mlp.py shrunk: small world, short sequences, few steps."""
+  from onetrans_jax.experiments import pooled_mlp
   c = pooled_mlp.get_config()
   c.data.num_users = 300
   c.data.num_items = 600
@@ -64,7 +64,7 @@ def onetrans_model_config(**overrides) -> ml_collections.ConfigDict:
 
   Shared by the OneTrans, OneRank, serving, accounting and sharding tests and scripts.
   """
-  from experiments import onetrans_s
+  from onetrans_jax.experiments import onetrans_s
   m = onetrans_s.get_config('small').model
   m.update(dict(width=16, num_heads=2, num_layers=3, num_ns_tokens=4, embed_dim=4,
                 pyramid_multiple=8))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import pytest
 
-from experiments import onetrans_l, onetrans_s
 from onetrans_jax import accounting
 from onetrans_jax import models
 from onetrans_jax.data import pipeline
+from onetrans_jax.experiments import onetrans_l, onetrans_s
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.onerank import config as onerank_config
@@ -42,8 +42,9 @@ def test_shared_params_ablation_matches_paper_order():
 
 
 def test_pyramid_and_size_orderings():
-  """The chosen readings (experiments/onetrans_s.py) give the paper's FLOP ratios: OneTrans_L
-  over OneTrans_S 8.62 / 2.64 = 3.27x, no pyramid over the pyramid 8.08 / 2.64 = 3.06x."""
+  """The chosen readings (onetrans_jax/experiments/onetrans_s.py) give the paper's FLOP ratios:
+  OneTrans_L over OneTrans_S 8.62 / 2.64 = 3.27x, no pyramid over the pyramid 8.08 / 2.64 =
+  3.06x."""
   s, l = onetrans_s.get_config(), onetrans_l.get_config()
   fs = models.training_flops_per_example(s.model, _schema(s))
   fl = models.training_flops_per_example(l.model, _schema(l))
@@ -98,7 +99,7 @@ def test_cached_candidate_cost_is_linear_in_sequence_length(config):
 ])
 def test_onerank_flops_match_xla(config, overrides):
   """OneRank's analytic count (request work + C x candidate work) against XLA's, per switch."""
-  from experiments import common
+  from onetrans_jax.experiments import common
   mcfg = onerank_config.defaults(width=32, num_heads=4, num_layers=2, embed_dim=8, **overrides)
   schema = _schema(config)
   model = build_model(mcfg, schema)

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import rq1_baselines
 from onetrans_jax import accounting
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.experiments import rq1_baselines
 from onetrans_jax.models import build_model
 from onetrans_jax.models.baselines import config as baselines_config
 from onetrans_jax.models.baselines.model import BaselineRanker, num_feature_tokens

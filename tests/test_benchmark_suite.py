@@ -1,4 +1,4 @@
-"""benchmarks/suite.py end to end on the tiny shape: the table, the JSON record, its arithmetic."""
+"""The benchmark suite end to end on the tiny shape: the table, the JSON record, its arithmetic."""
 
 import json
 import os
@@ -14,12 +14,15 @@ from tests.helpers import ROOT
 def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('bench') / 'tiny.json'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # Through the `onetrans` command (cli.py): the same program as python -m ...benchmarks.suite.
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--shapes=tiny',
-       '--repeats=1', f'--json={out}'],
+      [sys.executable, '-m', 'onetrans_jax.cli', 'benchmark', '--shapes=tiny', '--repeats=1',
+       f'--json={out}'],
       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout, json.loads(out.read_text())
+  result = json.loads(out.read_text())
+  assert result['command'].startswith('onetrans benchmark --shapes=tiny')
+  return proc.stdout, result
 
 
 def test_printed_table_and_record(tiny_run):
@@ -60,7 +63,7 @@ def test_layouts_and_savings(tiny_run):
 
 def test_bad_flags_are_named():
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--shapes=huge'],
+      [sys.executable, '-m', 'onetrans_jax.benchmarks.suite', '--shapes=huge'],
       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
   assert proc.returncode != 0
@@ -69,7 +72,7 @@ def test_bad_flags_are_named():
 
 def test_profile_step_groups_the_time_by_component():
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'benchmarks', 'profile_step.py'), '--shape=tiny',
+      [sys.executable, '-m', 'onetrans_jax.benchmarks.profile_step', '--shape=tiny',
        '--top=3', '--set=model.attention_impl=xla'],
       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
@@ -81,7 +84,7 @@ def test_profile_step_groups_the_time_by_component():
   assert {'attention', 'ffn', 'projections'} <= components
   assert "one step of 'tiny' took" in proc.stdout
   bad = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'benchmarks', 'profile_step.py'), '--shape=tiny',
+      [sys.executable, '-m', 'onetrans_jax.benchmarks.profile_step', '--shape=tiny',
        '--set=model.no_such_field=1'],
       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
@@ -89,7 +92,7 @@ def test_profile_step_groups_the_time_by_component():
 
 
 def test_a_failing_variant_is_recorded_not_fatal():
-  from benchmarks import suite
+  from onetrans_jax.benchmarks import suite
   failed = []
 
   def out_of_memory():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
+from onetrans_jax.experiments import common
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.layers.attention import (attention_mask, reference_attention,

@@ -18,7 +18,7 @@ ML1M = os.path.join(ROOT, '..', 'shared', 'data', 'ml-1m-users1-2998')
 
 
 def _quick(name: str):
-  c = importlib.import_module(f'experiments.{name}').get_config('quick')
+  c = importlib.import_module(f'onetrans_jax.experiments.{name}').get_config('quick')
   if name.startswith('movielens'):
     if not os.path.isdir(ML100K):
       pytest.skip(f'MovieLens 100K not found at {ML100K}')
@@ -61,7 +61,7 @@ def test_quick_sweeps_run(name, tmp_path):
 def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
   """Each study of issue 20 plans every (row, seed), commits its records under results/<study>/
   and trains to convergence: a validation split, early stopping on it, the hold-out never used."""
-  c = importlib.import_module(f'experiments.{name}').get_config(arg)
+  c = importlib.import_module(f'onetrans_jax.experiments.{name}').get_config(arg)
   if name == 'movielens_study':
     path = ML100K if arg.startswith('100k') else ML1M
     if not os.path.isdir(path):

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import onetrans_rq2_ablation
 from onetrans_jax import accounting, models, sweep
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.experiments import onetrans_rq2_ablation
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.onetrans import config as onetrans_config
 from onetrans_jax.models.onetrans import pyramid
@@ -95,8 +95,9 @@ def test_group_wise_row_is_smaller_than_auto_split(arg):
 
 
 def test_paper_rows_match_the_paper_within_ten_percent():
-  """The chosen readings (SPEC A.10 figures; experiments/onetrans_rq2_ablation.py): every row's
-  dense params within 10% of the paper's, and the pyramid saving within 2% of its 3.06x."""
+  """The chosen readings (SPEC A.10 figures; onetrans_jax/experiments/onetrans_rq2_ablation.py):
+  every row's dense params within 10% of the paper's, and the pyramid saving within 2% of its
+  3.06x."""
   rows = _rq2_rows('paper')
   for name, (params_m, _, _) in rows.items():
     paper_m = onetrans_rq2_ablation.PAPER[name][0]

@@ -91,8 +91,9 @@ def _data(path: str, **overrides) -> ml_collections.ConfigDict:
 
 def _config(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None = None,
             mode: str = 'conditional') -> ml_collections.ConfigDict:
-  """experiments/pooled_mlp.py on ``data``: a tiny pooled MLP, 2 steps (or ``model``, a floor)."""
-  from experiments import pooled_mlp
+  """onetrans_jax/experiments/pooled_mlp.py on ``data``: a tiny pooled MLP, 2 steps (or ``model``,
+  a floor)."""
+  from onetrans_jax.experiments import pooled_mlp
   c = pooled_mlp.get_config()
   c.data = data
   c.model.embed_dim = 4
@@ -369,7 +370,7 @@ def test_learning_curves_draw_a_committed_records_validation_curve(tmp_path):
 def test_floors_on_real_movielens_100k(tmp_path):
   if not os.path.isfile(os.path.join(REAL_100K, 'u.data')):
     pytest.skip(f'MovieLens 100K not found at {REAL_100K}')
-  from experiments import movielens_100k
+  from onetrans_jax.experiments import movielens_100k
   from onetrans_jax.sweep import variant_config
   config = movielens_100k.get_config()
   config.data.path = REAL_100K

@@ -257,7 +257,7 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import pooled_mlp
+  from onetrans_jax.experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
   c = pooled_mlp.get_config()
   c.data = _data(random_world(tmp_path / 'data'), num_candidates=8, clicked_len=8, liked_len=4,

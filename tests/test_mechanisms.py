@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from experiments import common
+from onetrans_jax.experiments import common
 from onetrans_jax import metrics
 from onetrans_jax.data import mechanisms, pipeline
 from onetrans_jax.data.synthetic import (MECHANISMS, TRIPLES, SyntheticConfig, SyntheticSource,
@@ -19,8 +19,9 @@ from onetrans_jax.data.types import DataConfigError
 from onetrans_jax.models.onetrans import tokenizer
 from tests.helpers import SMALL_WORLD, leaves, same_tree
 
+# The sizes of onetrans_jax/experiments/common.py::mechanism_data.
 STUDY = SyntheticConfig(click_len=32, cart_len=12, order_len=8, num_candidates=8,
-                        min_candidates=4)  # the sizes of experiments/common.py::mechanism_data
+                        min_candidates=4)
 SEQS = ('click', 'cart', 'order')
 
 

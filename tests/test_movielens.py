@@ -268,7 +268,7 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import pooled_mlp
+  from onetrans_jax.experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
   c = pooled_mlp.get_config()
   # eval: the last 3 requests, where both tasks have positives and negatives.
@@ -338,11 +338,11 @@ def test_real_100k_counts_and_split(real_100k):
 # ---------------------------------------------------------------------------------- experiment
 @pytest.mark.slow  # ~30 s: three models compiled
 def test_experiment_rows_run_on_movielens(tmp_path):
-  """experiments/movielens_100k.py: every row builds on the MovieLens schema, and its training
-  loss and gradient are finite on a fixture batch (the loss each row trains with)."""
+  """onetrans_jax/experiments/movielens_100k.py: every row builds on the MovieLens schema, and its
+  training loss and gradient are finite on a fixture batch (the loss each row trains with)."""
   import jax
   import jax.numpy as jnp
-  from experiments import movielens_100k
+  from onetrans_jax.experiments import movielens_100k
   from onetrans_jax import models
   from onetrans_jax.models import build_model
   from onetrans_jax.models.layers import partitioning

@@ -116,7 +116,7 @@ def test_onetrans_predictors_replace_the_towers(data, predictor):
 def test_experiment_files_load_and_every_variant_builds(data, name, rows):
   from onetrans_jax.sweep import variant_config
   schema, _ = data
-  module = importlib.import_module(f'experiments.{name}')
+  module = importlib.import_module(f'onetrans_jax.experiments.{name}')
   for arg in (None, 'quick'):
     c = module.get_config(arg)
     assert len(c.sweep.variants) == rows and c.sweep.reference == 'OneRank'
@@ -125,14 +125,14 @@ def test_experiment_files_load_and_every_variant_builds(data, name, rows):
       build_model(cfg.model, schema)  # every variant is a valid model config
       assert (cfg.loss.mode == 'onerank') == (cfg.model.name == 'onerank' and
                                               'BCE only' not in variant), variant
-  with pytest.raises(ValueError, match=f'experiments/{name}.py: unknown variant'):
+  with pytest.raises(ValueError, match=f'onetrans_jax/experiments/{name}.py: unknown variant'):
     module.get_config('paper')
 
 
 @pytest.mark.slow  # ~30-50 s; test_onerank.py checks every switch at module level
 def test_ablation_switches_change_the_model(data):
-  """Each ablation row of experiments/onerank_ablation.py changes the logits of OneRank."""
-  from experiments import onerank_ablation
+  """Each ablation row of onetrans_jax/experiments/onerank_ablation.py changes OneRank's logits."""
+  from onetrans_jax.experiments import onerank_ablation
   from onetrans_jax.sweep import variant_config
   schema, batch = data
   c = onerank_ablation.get_config('quick')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import onetrans_s, pooled_mlp
+from onetrans_jax.experiments import onetrans_s, pooled_mlp
 from onetrans_jax.train import train_and_evaluate
 
 STEPS = 400

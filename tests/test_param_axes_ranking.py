@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import onerank_ablation, rq1_baselines
 from onetrans_jax import sharding
 from onetrans_jax.data import pipeline
+from onetrans_jax.experiments import onerank_ablation, rq1_baselines
 from onetrans_jax.models import build_model
 from onetrans_jax.models.baselines import feature_interaction as fi
 from onetrans_jax.models.baselines import sequence_encoders as se

@@ -8,10 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import default, onerank_main, onetrans_s, pooled_mlp, rq1_baselines
 from onetrans_jax import accounting, models
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.experiments import default, onerank_main, onetrans_s, pooled_mlp, rq1_baselines
 from onetrans_jax.models import fields
 from onetrans_jax.models.baselines import config as baselines_config
 from onetrans_jax.models.layers import partitioning

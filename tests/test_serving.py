@@ -94,3 +94,33 @@ def test_export_round_trip_in_a_process_without_training_code(trained_like, tmp_
   with pytest.raises(FileNotFoundError, match='score.jaxexport is missing'):
     os.remove(tmp_path / 'export' / 'score.jaxexport')
     load_scorer(str(tmp_path / 'export'))
+
+
+def test_onerank_exports_as_one_forward_pass_with_the_models_scores(data, tmp_path):
+  """OneRank has no candidate-independent stage (its task channels read the request's candidate
+  set), so export_model writes its forward pass: the loaded function scores a batch of another
+  shape (R and C symbolic) as the in-process model does, to float32 rounding (atol 1e-5)."""
+  from onetrans_jax.models.onerank import config as onerank_config
+  schema, batch = data
+  model = build_model(onerank_config.defaults(width=16, num_heads=2, num_layers=2, embed_dim=4),
+                      schema)
+  params = partitioning.unbox(
+      jax.jit(model.init)(jax.random.key(5), dummy_batch(schema, 1))['params'])
+  manifest = serving.export_model(model, params, schema, str(tmp_path / 'export'),
+                                  name='onerank')
+  assert manifest['model'] == 'onerank' and manifest['stages'] == 'forward'
+  scorer = load_scorer(str(tmp_path / 'export'))
+  part = _sub(batch, slice(0, 2), slice(0, 5))
+  expected = jax.jit(lambda p, b: model.apply({'params': p}, b))(params, part)
+  np.testing.assert_allclose(scorer.predict(part), expected, atol=1e-5, rtol=0)
+  assert np.std(np.asarray(expected)) > 1e-3  # random weights: the scores differ
+  with pytest.raises(ValueError, match='one forward pass'):
+    scorer.user_cache(serving.user_part(part))
+
+
+def test_onetrans_export_predicts_through_both_stages(trained_like, tmp_path):
+  schema, batch, model, params, reference = trained_like
+  assert serving.export_model(model, params, schema, str(tmp_path / 'e'))['stages'] == (
+      'user_cache+score')
+  np.testing.assert_allclose(load_scorer(str(tmp_path / 'e')).predict(batch), reference,
+                             atol=1e-5, rtol=0)

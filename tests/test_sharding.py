@@ -78,7 +78,7 @@ def test_fit_spec_keeps_the_longest_dividing_prefix():
 
 def test_optimizer_state_follows_its_parameters():
   """Moments are found through multi_transform's masked states; counts stay replicated."""
-  from experiments import pooled_mlp
+  from onetrans_jax.experiments import pooled_mlp
   from onetrans_jax.optimizers import make_optimizer
   params = {'embeddings': {'item': jax.ShapeDtypeStruct((16, 4), np.float32)},
             'dense': {'kernel': jax.ShapeDtypeStruct((4, 6), np.float32)}}
@@ -243,7 +243,7 @@ def test_every_model_family_gradient_on_a_mesh(tmp_path):
 def test_sharding_check_cli_reports(tmp_path):
   """``python -m onetrans_jax.sharding_check``: a table, a verdict line and exit status 0."""
   proc = subprocess.run(
-      [sys.executable, '-m', 'onetrans_jax.sharding_check', '--config', 'experiments/pooled_mlp.py',
+      [sys.executable, '-m', 'onetrans_jax.sharding_check', '--config', 'pooled_mlp.py',  # built-in
        '--config.data.num_users=300', '--config.data.num_items=600',
        '--config.data.num_train_requests=2000', '--config.data.batch_size=16',
        '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=1'],

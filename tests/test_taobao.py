@@ -247,7 +247,7 @@ def test_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- training
 def test_training_smoke(tmp_path):
-  from experiments import pooled_mlp
+  from onetrans_jax.experiments import pooled_mlp
   from onetrans_jax.train import train_and_evaluate
   c = pooled_mlp.get_config()
   c.data = _data(write_csv(tmp_path / 'data', random_rows()), negatives=1, num_candidates=8,

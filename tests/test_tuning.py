@@ -10,9 +10,9 @@ import os
 import ml_collections
 import pytest
 
-from experiments import movielens_study
 from onetrans_jax import tuning
 from onetrans_jax.errors import ConfigError
+from onetrans_jax.experiments import movielens_study
 from onetrans_jax.sweep import run_sweep
 from tests.helpers import small_config
 

@@ -5,7 +5,8 @@ A loader (MovieLens, later Taobao UserBehavior or KuaiRand) only turns its files
 after that is shared and vectorised here:
 
   * requests: one user's consecutive impressions, a new request after a gap of more than
-    ``session_gap`` seconds, at most ``num_candidates`` per request (longer sessions are split);
+    ``session_gap`` seconds (or, where the log gives a request key, one user's impressions of
+    one key), at most ``num_candidates`` per request (longer sessions are split);
   * behaviour sequences: per request and sequence, the user's last ``max_len`` events *strictly
     before* the request's first impression (never the request's own or later events), located
     with one ``np.searchsorted`` over (user, time) keys, so ``source[i]`` slices them on demand;
@@ -424,6 +425,16 @@ class EventLog:
   user_num: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_users+1] f32
   vocab: dict[str, str] = dataclasses.field(default_factory=dict)
   vocab_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Optional, for logs whose requests are given rather than cut by time (own_data.py): [E] int64
+  # request key of each event; a request is then one user's impressions of one key.
+  request: np.ndarray | None = None
+  # Optional, for logs whose id vocabularies are not the entities themselves (a min count, hashing,
+  # or a vocabulary frozen at training time): [num_users + 1] / [num_items + 1] int32, the id that
+  # the 'user' / 'item' embedding reads for each dense user / item (row 0: 0). Default: identity.
+  # Sessions, sequences and UAUC keep grouping by the dense ids, so two users sharing the unknown
+  # id 0 are still two users.
+  user_vocab_id: np.ndarray | None = None
+  item_vocab_id: np.ndarray | None = None
 
   @property
   def num_events(self) -> int:
@@ -477,6 +488,19 @@ class EventLog:
       v = self.vocab_of(f)
       if v in RESERVED_VOCABS:
         raise ValueError(f'EventLog feature {f!r}: vocabulary name {v!r} is reserved')
+    if self.request is not None and (self.request.shape != (e,) or self.request.dtype != np.int64):
+      raise ValueError(f'EventLog.request: expected [{e}] int64, got {self.request.shape} '
+                       f'{self.request.dtype}')
+    for name, ids, n in (('user', self.user_vocab_id, self.num_users),
+                         ('item', self.item_vocab_id, self.num_items)):
+      if ids is None:
+        continue
+      if ids.shape != (n + 1,) or ids.dtype != np.int32 or ids[0] != 0 or ids.min() < 0:
+        raise ValueError(f'EventLog.{name}_vocab_id: expected [{n + 1}] int32 >= 0 with row 0 = 0 '
+                         f'(padding), got {ids.shape} {ids.dtype}')
+      if ids.max() >= self.vocab_sizes.get(name, n + 1):
+        raise ValueError(f'EventLog.{name}_vocab_id holds id {ids.max()}; declare the size of '
+                         f'vocabulary {name!r} in vocab_sizes')
     for v, size in self.vocab_sizes.items():
       top = max((int(a.max()) for t in (self.item_cat, self.user_cat) for f, a in t.items()
                  if self.vocab_of(f) == v), default=0)
@@ -605,12 +629,24 @@ def build_requests(log: EventLog, cfg: RequestConfig) -> RequestIndex:
   if imp.size == 0:
     raise ConfigError('the data holds no impressions, so there is nothing to rank')
   t_min = int(log.time.min())
-  # Stable sort: events with the same (user, time) keep their file order.
-  imp = imp[np.argsort(_user_time_key(log.user[imp], log.time[imp], t_min), kind='stable')]
+  if log.request is None:
+    # Stable sort: events with the same (user, time) keep their file order.
+    imp = imp[np.argsort(_user_time_key(log.user[imp], log.time[imp], t_min), kind='stable')]
+  else:
+    # Given requests: one user's impressions of one key, ordered by the key's first impression
+    # (keys interleaved in time stay whole), then by time; lexsort is stable.
+    key = log.request[imp]
+    first = np.full(int(key.max()) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, key, log.time[imp])
+    imp = imp[np.lexsort((log.time[imp], key, first[key], log.user[imp]))]
   u, t = log.user[imp], log.time[imp]
   n = imp.size
   new_session = np.ones(n, np.bool_)
-  new_session[1:] = (u[1:] != u[:-1]) | (t[1:] - t[:-1] > cfg.session_gap)
+  if log.request is None:
+    new_session[1:] = (u[1:] != u[:-1]) | (t[1:] - t[:-1] > cfg.session_gap)
+  else:
+    key = log.request[imp]
+    new_session[1:] = (u[1:] != u[:-1]) | (key[1:] != key[:-1])
   session_start = np.flatnonzero(new_session)
   pos = np.arange(n) - session_start[np.cumsum(new_session) - 1]  # position within the session
   start = np.flatnonzero(pos % cfg.num_candidates == 0)
@@ -750,18 +786,21 @@ class EventLogSource:
     self.index = index if index is not None else build_requests(log, cfg)
     self.schema = event_schema(log, cfg)
 
-    def table(n: int, columns: Sequence[np.ndarray], dtype, with_id: bool) -> np.ndarray:
-      cols = ([np.arange(n + 1)] if with_id else []) + list(columns)
+    def table(n: int, columns: Sequence[np.ndarray], dtype, ids: np.ndarray | None = None
+              ) -> np.ndarray:
+      cols = ([] if ids is None else [ids]) + list(columns)
       return (np.stack(cols, -1) if cols else np.zeros((n + 1, 0))).astype(dtype)
 
+    user_ids = np.arange(log.num_users + 1) if log.user_vocab_id is None else log.user_vocab_id
+    item_ids = np.arange(log.num_items + 1) if log.item_vocab_id is None else log.item_vocab_id
     # Side tables by dense id, rows in the schema's column order: one gather per request.
     self._user_cat = table(log.num_users, list(log.user_cat.values()), np.int32,
-                           cfg.user_id_feature)
-    self._user_num = table(log.num_users, list(log.user_num.values()), np.float32, False)
-    self._item_cat = table(log.num_items, list(log.item_cat.values()), np.int32, True)
-    self._item_num = table(log.num_items, list(log.item_num.values()), np.float32, False)
+                           user_ids if cfg.user_id_feature else None)
+    self._user_num = table(log.num_users, list(log.user_num.values()), np.float32)
+    self._item_cat = table(log.num_items, list(log.item_cat.values()), np.int32, item_ids)
+    self._item_num = table(log.num_items, list(log.item_num.values()), np.float32)
     self._seq_ids = table(log.num_items, [log.item_cat[f] for f in cfg.seq_side_features],
-                          np.int32, True)
+                          np.int32, item_ids)
     self._labels = log.labels
     self._req_stats = self._imp_stats = None
     if cfg.history_stats:

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument('--start', type=int, default=0, help='first request index')
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--strength', type=float, default=1.0)
-  # Defaults: the sizes of experiments/common.py::mechanism_data.
+  # Defaults: the sizes of onetrans_jax/experiments/common.py::mechanism_data.
   ap.add_argument('--click_len', type=int, default=32)
   ap.add_argument('--cart_len', type=int, default=12)
   ap.add_argument('--order_len', type=int, default=8)

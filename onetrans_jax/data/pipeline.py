@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from onetrans_jax.data import kuairand, movielens, synthetic, taobao
+from onetrans_jax.data import kuairand, movielens, own_data, synthetic, taobao
 from onetrans_jax.data.types import DataConfigError, Dataset
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import FeatureSchema
@@ -45,6 +45,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
     'movielens_1m': movielens.build_1m,
     'taobao': taobao.build,
     'kuairand': kuairand.build,
+    own_data.NAME: own_data.build,  # your own CSV / Parquet files, described by a spec
 }
 
 

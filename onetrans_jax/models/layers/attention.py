@@ -17,8 +17,9 @@ import numpy as np
 from onetrans_jax.models.layers.blocked_attention import blocked_attention
 
 # 'auto': 'blocked' on CPU, where the bench shape's layer-0 attention runs forward + backward in
-# 371 ms against XLA's 964 (benchmarks/suite.py), 'xla' elsewhere (not yet measured on a GPU);
-# 'blocked' (blocked_attention.py) is exact on any backend; 'cudnn' is GPU flash attention (bf16).
+# 371 ms against XLA's 964 (onetrans_jax/benchmarks/suite.py), 'xla' elsewhere (not yet measured
+# on a GPU); 'blocked' (blocked_attention.py) is exact on any backend; 'cudnn' is GPU flash
+# attention (bf16).
 IMPLEMENTATIONS = ('auto', 'blocked', 'xla', 'cudnn')
 
 
@@ -72,7 +73,8 @@ def tail_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_valid: jn
   the other implementations get the explicit mask.
   """
   implementation = resolve_implementation(implementation)
-  with jax.named_scope('attention'):  # names the ops in profiles (benchmarks/profile_step.py)
+  # The scope names the ops in profiles (onetrans_jax/benchmarks/profile_step.py).
+  with jax.named_scope('attention'):
     if implementation == 'blocked':
       return blocked_attention(q, k, v, key_valid, causal)
     return attend(q, k, v, attention_mask(key_valid, q.shape[1], causal), implementation)

@@ -14,7 +14,7 @@ NAME = 'pooled_mlp'
 
 
 def defaults(**overrides) -> ml_collections.ConfigDict:
-  """The plain baseline of experiments/pooled_mlp.py (the fast model of the tests)."""
+  """The plain baseline of onetrans_jax/experiments/pooled_mlp.py (the fast model of the tests)."""
   m = ml_collections.ConfigDict()
   m.name = NAME
   m.embed_dim = 16                # every feature's embedding width

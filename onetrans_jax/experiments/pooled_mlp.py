@@ -4,8 +4,8 @@ for the synthetic world.
 
 Run (about 1-2 minutes on 2 CPU cores, no download):
 
-  python launch.py --config experiments/pooled_mlp.py --workdir /tmp/otj_pooled
-  python launch.py --config experiments/pooled_mlp.py --config.eval.mode=next_batch
+  python launch.py --config onetrans_jax/experiments/pooled_mlp.py --workdir /tmp/otj_pooled
+  python launch.py --config onetrans_jax/experiments/pooled_mlp.py --config.eval.mode=next_batch
 
 Expected (measured on 2 CPU cores, jax 0.10.2): hold-out click AUC 0.763 against an oracle
 (Bayes-limit) AUC of 0.861, cart 0.731 (oracle 0.782), order 0.698 (oracle 0.740), each logloss
@@ -18,7 +18,7 @@ request and a click -> cart -> order funnel.
 
 import ml_collections
 
-from experiments import common
+from onetrans_jax.experiments import common
 from onetrans_jax.models.pooled_mlp import config as pooled_mlp_config
 
 

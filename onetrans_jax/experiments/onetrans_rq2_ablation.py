@@ -1,7 +1,8 @@
 r"""RQ2: every row of OneTrans's ablation table (SPEC A.10), trained on the same data, steps, seeds.
 
-  python launch.py --config experiments/onetrans_rq2_ablation.py --workdir runs/rq2
-  python launch.py --config experiments/onetrans_rq2_ablation.py:quick --workdir runs/rq2_quick
+  python launch.py --config onetrans_jax/experiments/onetrans_rq2_ablation.py --workdir runs/rq2
+  python launch.py --config onetrans_jax/experiments/onetrans_rq2_ablation.py:quick \
+      --workdir runs/rq2_quick
 
 Prints the table in the paper's layout: the OneTrans_S row absolute, every other row relative %
 to it (mean ± std over seeds), with dense params and analytic training TFLOPs per batch of 2048.
@@ -17,26 +18,27 @@ What each row changes, and only that (tests/test_faithful_rows.py pins them):
   * full attention: the causal mask removed (the S side can no longer be shared per request);
   * no pyramid: every layer keeps the whole token list.
 
-The default trains the CPU-sized OneTrans_S (experiments/onetrans_s.py:small) 7 variants x 3 seeds
-x 1000 steps. Measured on 2 CPU cores, a run of 1000 steps takes about 10 minutes with
-request-level sharing; the full-attention row cannot share the user side (S tokens read the
+The default trains the CPU-sized OneTrans_S (onetrans_jax/experiments/onetrans_s.py:small) 7
+variants x 3 seeds x 1000 steps. Measured on 2 CPU cores, a run of 1000 steps takes about 10 minutes
+with request-level sharing; the full-attention row cannot share the user side (S tokens read the
 candidate's NS tokens) and runs ~6x slower, so the whole sweep is an estimated 6 hours of 2 CPU
 cores: an accelerator is the better place. ``:quick`` (16 requests a step, 100 steps, one seed)
 checks the whole pipeline in about 5 minutes on 2 CPU cores (measured); its numbers are too
 short-trained to read as ablation results.
 ``:mechanisms`` is the study: the mechanism world (onetrans_jax/data/synthetic.py, each planted
-mechanism documented there; experiments/common.mechanism_study), 5 seeds, each run trained to
-convergence by early stopping on validation click AUC; its per-run records are committed under
-results/rq2_mechanisms/runs/ and the report beside them.
-``:paper`` uses the paper's OneTrans_S shapes and the readings chosen by its figures, ``:paper_spec``
-the SPEC's [D] readings (experiments/onetrans_s.py); ``python -m onetrans_jax.accounting --config
-experiments/onetrans_rq2_ablation.py:paper`` prints each row's params and TFLOPs beside the
-paper's. Both need an accelerator to train. An interrupted sweep resumes where it stopped.
+mechanism documented there; onetrans_jax/experiments/common.mechanism_study), 5 seeds, each run
+trained to convergence by early stopping on validation click AUC; its per-run records are committed
+under results/rq2_mechanisms/runs/ and the report beside them.
+``:paper`` uses the paper's OneTrans_S shapes and the readings chosen by its figures,
+``:paper_spec`` the SPEC's [D] readings (onetrans_jax/experiments/onetrans_s.py); ``python -m
+onetrans_jax.accounting --config onetrans_jax/experiments/onetrans_rq2_ablation.py:paper`` prints
+each row's params and TFLOPs beside the paper's. Both need an accelerator to train. An interrupted
+sweep resumes where it stopped.
 """
 
 import ml_collections
 
-from experiments import common, onetrans_s
+from onetrans_jax.experiments import common, onetrans_s
 
 VARIANTS = (
     ('OneTrans_S', ()),
@@ -78,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.quick(c)
     c.sweep.seeds = (0,)
   elif arg not in (None, '', 'paper', 'paper_spec'):
-    raise ValueError(f'experiments/onetrans_rq2_ablation.py: unknown variant {arg!r}; '
+    raise ValueError(f'onetrans_jax/experiments/onetrans_rq2_ablation.py: unknown variant {arg!r}; '
                      'use :quick, :mechanisms, :paper or :paper_spec')
   if paper:
     c.sweep.paper = tuple((name, *v) for name, v in PAPER.items())  # accounting's ratios

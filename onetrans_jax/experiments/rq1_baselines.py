@@ -1,26 +1,28 @@
 r"""RQ1: the OneTrans paper's main comparison (SPEC A.10) at CPU size, every row in one command.
 
-  python launch.py --config experiments/rq1_baselines.py --workdir runs/rq1
-  python launch.py --config experiments/rq1_baselines.py:quick --workdir runs/rq1_quick
+  python launch.py --config onetrans_jax/experiments/rq1_baselines.py --workdir runs/rq1
+  python launch.py --config onetrans_jax/experiments/rq1_baselines.py:quick \
+      --workdir runs/rq1_quick
 
-Trains the seven baselines (onetrans_jax/models/baselines/)
-and OneTrans_S / OneTrans_L (experiments/onetrans_s.py:small, onetrans_l.py:small) on the same
-synthetic data, steps, optimizer and seeds, and prints the paper's table: DCNv2 + DIN absolute,
-every other row relative % to it (mean ± std over seeds), CTR = click and CVR = cart given click,
-AUC and UAUC, dense params (M) and analytic training TFLOPs per batch of 2048 (each model's
-reference per-candidate pass); the table is also written to <workdir>/sweep_table.txt.
+Trains the seven baselines (onetrans_jax/models/baselines/) and OneTrans_S / OneTrans_L
+(onetrans_jax/experiments/onetrans_s.py:small, onetrans_l.py:small) on the same synthetic data,
+steps, optimizer and seeds, and prints the paper's table: DCNv2 + DIN absolute, every other row
+relative % to it (mean ± std over seeds), CTR = click and CVR = cart given click, AUC and UAUC,
+dense params (M) and analytic training TFLOPs per batch of 2048 (each model's reference
+per-candidate pass); the table is also written to <workdir>/sweep_table.txt.
 
 The default is 9 models x 3 seeds x 1000 steps of 64 requests; on 2 CPU cores a run takes 2-15
 minutes (the baselines are the quick ones), so the whole table is hours: an accelerator is the
 better place. ``:quick`` (100 steps of 16 requests, one seed) checks every row end to end; its
 numbers are too short-trained to compare models. An interrupted sweep resumes where it stopped.
-``:mechanisms`` is the study on the mechanism world (experiments/common.mechanism_study: early
-stopping on validation click AUC, 3 seeds), records committed under results/rq1_mechanisms/runs/.
+``:mechanisms`` is the study on the mechanism world
+(onetrans_jax/experiments/common.mechanism_study: early stopping on validation click AUC, 3 seeds),
+records committed under results/rq1_mechanisms/runs/.
 """
 
 import ml_collections
 
-from experiments import common, onetrans_l, onetrans_s
+from onetrans_jax.experiments import common, onetrans_l, onetrans_s
 from onetrans_jax.models.baselines import config as baselines_config
 
 BASELINES = (
@@ -49,8 +51,8 @@ PAPER = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick', 'mechanisms'):
-    raise ValueError(f'experiments/rq1_baselines.py: unknown variant {arg!r}; use :quick or '
-                     ':mechanisms')
+    raise ValueError(f'onetrans_jax/experiments/rq1_baselines.py: unknown variant {arg!r}; '
+                     'use :quick or :mechanisms')
   c = onetrans_s.get_config('small')        # data, optimizer, steps: shared by every row
   c.model = baselines_config.defaults('din', 'dcnv2')
   c.train.checkpoint_every = 0

@@ -1,8 +1,9 @@
 r"""Training speed against the machine's ceiling: one command, a printed table, a JSON record.
 
-  python benchmarks/suite.py                        # CPU: the 'cpu' bench shape; GPU: S and L
-  python benchmarks/suite.py --shapes=onetrans_s --json=/tmp/s.json
-  python benchmarks/suite.py --shapes=cpu --repeats=3 --sections=ceiling,train
+  python -m onetrans_jax.benchmarks.suite           # CPU: the 'cpu' bench shape; GPU: S and L
+  python -m onetrans_jax.benchmarks.suite --shapes=onetrans_s --json=/tmp/s.json
+  python -m onetrans_jax.benchmarks.suite --shapes=cpu --repeats=3 --sections=ceiling,train
+  onetrans benchmark --shapes=cpu                   # installed: the same program
 
 Sections (``--sections``):
   ceiling    the machine's own ceiling, measured in this run: a large matmul (fp32 on CPU, bf16 and
@@ -22,9 +23,9 @@ Sections (``--sections``):
              (SPEC A.10, OneTrans_S, each optimization alone).
 Shapes: 'cpu' (the fixed CPU bench shape: 256 token lists = 256 requests x 1 candidate, L_S=256,
 L_NS=8, d=128, 4 heads, 4 layers, pyramid to 8 in multiples of 8, FFN x4, fp32);
-'onetrans_s' / 'onetrans_l' (experiments/onetrans_{s,l}.py paper shapes, bf16, 128 requests x 16
-candidates = the paper's 2048 per GPU); 'tiny' (seconds; for tests). Compare variants by the
-ratios of one run: absolute times move with the machine's load.
+'onetrans_s' / 'onetrans_l' (onetrans_jax/experiments/onetrans_{s,l}.py paper shapes, bf16, 128
+requests x 16 candidates = the paper's 2048 per GPU); 'tiny' (seconds; for tests). Compare variants
+by the ratios of one run: absolute times move with the machine's load.
 """
 
 from __future__ import annotations
@@ -39,21 +40,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import steps  # noqa: E402
-from experiments import common, onetrans_l, onetrans_s  # noqa: E402
-from onetrans_jax import accounting, xla_options  # noqa: E402
-from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models.layers.attention import resolve_implementation  # noqa: E402
-from onetrans_jax.models.layers.attention import tail_attention  # noqa: E402
-from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
+from onetrans_jax import accounting, xla_options
+from onetrans_jax.benchmarks import steps
+from onetrans_jax.data import pipeline
+from onetrans_jax.experiments import common, onetrans_l, onetrans_s
+from onetrans_jax.models.layers.attention import resolve_implementation
+from onetrans_jax.models.layers.attention import tail_attention
+from onetrans_jax.models.onetrans import config as onetrans_config
 
 SECTIONS = ('ceiling', 'attention', 'train', 'savings')
 # SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
@@ -249,7 +247,7 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
 
 
 def build_step(config: ml_collections.ConfigDict) -> steps.Step:
-  """The trainer's own step of ``config`` on its first batch (benchmarks/steps.py)."""
+  """The trainer's own step of ``config`` on its first batch (onetrans_jax/benchmarks/steps.py)."""
   schema, host_batch = _batch(config)
   return steps.trainer_step(config, schema, host_batch)
 
@@ -397,5 +395,16 @@ def main(argv: list[str]) -> None:
   print(f'\nwritten: {_JSON.value}')
 
 
+def cli(argv: list[str] | None = None) -> None:
+  """``python -m onetrans_jax.benchmarks.suite`` / ``onetrans benchmark``: the flags in ``argv``
+  (program name first; default sys.argv)."""
+  argv = list(sys.argv if argv is None else argv)
+  sys.argv = argv  # the JSON record's command
+  if __name__ != '__main__':  # absl's --help lists the flags of the module named by argv[0]
+    for flag in flags.FLAGS.get_flags_for_module(__name__):
+      flags.FLAGS.register_flag_by_module(argv[0], flag)
+  app.run(main, argv=argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  cli()

@@ -1,7 +1,7 @@
 """The trainer's own training step, compiled as the trainer compiles it, for the benchmarks.
 
-Shared by benchmarks/suite.py, profile_step.py and kv_cache.py (no flags here, so each script
-keeps its own): every benchmark that times a training step times ``train.make_train_step``
+Shared by onetrans_jax/benchmarks/suite.py, profile_step.py and kv_cache.py (no flags here, so each
+script keeps its own): every benchmark that times a training step times ``train.make_train_step``
 jitted by ``train.jit_train_step`` (state sharded and donated, the trainer's compiler options).
 """
 

@@ -1,7 +1,7 @@
 r"""Cross-request KV caching (SPEC A.6): cached vs per-candidate scoring, and request-level training.
 
-  python benchmarks/kv_cache.py                       # the issue's grid, CPU-sized model
-  python benchmarks/kv_cache.py --candidates=1,16 --seq_lens=256 --repeats=3   # quick look
+  python -m onetrans_jax.benchmarks.kv_cache          # the issue's grid, CPU-sized model
+  python -m onetrans_jax.benchmarks.kv_cache --candidates=1,16 --seq_lens=256 --repeats=3  # quick
 
 Per request (R=1), for each L_S and C: latency of the per-candidate pass (C token lists of
 L_S + L_NS tokens) and of cached scoring (stage I once, stage II for C candidates, one jitted
@@ -15,32 +15,27 @@ keys/values reused, SPEC A.6's caveat), with the append-stable tokenizer (``s_po
 no time-gap buckets). Then one training step with and without request-level sharing: the
 trainer's own step (``train.make_train_step``: loss, gradients, the optimizer update), jitted as
 the trainer jits it (``train.jit_train_step``: state sharded and donated) on a one-device mesh
-(benchmarks/steps.py).
+(onetrans_jax/benchmarks/steps.py).
 Ratios are taken within one run; absolute times depend on the machine (noted in the header).
 Per-candidate programs whose memory estimate exceeds --max_gb are compiled but not run.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 from absl import app, flags
+import jax
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import steps  # noqa: E402
-from experiments import common  # noqa: E402
-from onetrans_jax import accounting, serving  # noqa: E402
-from onetrans_jax.data import pipeline  # noqa: E402
-from onetrans_jax.models import build_model  # noqa: E402
-from onetrans_jax.models.layers import partitioning  # noqa: E402
-from onetrans_jax.models.onetrans import config as onetrans_config  # noqa: E402
-from onetrans_jax.schema import dummy_batch  # noqa: E402
+from onetrans_jax import accounting, serving
+from onetrans_jax.benchmarks import steps
+from onetrans_jax.data import pipeline
+from onetrans_jax.experiments import common
+from onetrans_jax.models import build_model
+from onetrans_jax.models.layers import partitioning
+from onetrans_jax.models.onetrans import config as onetrans_config
+from onetrans_jax.schema import dummy_batch
 
 _CANDIDATES = flags.DEFINE_list('candidates', ['1', '16', '64', '256', '1024'], 'C values.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'L_S values (S tokens per request).')

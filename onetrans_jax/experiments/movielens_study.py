@@ -1,33 +1,33 @@
 r"""RQ1 and RQ2 on real ratings: MovieLens-100K and the MovieLens-1M subset of users 1-2998.
 
-  python launch.py --config experiments/movielens_study.py:100k --workdir runs/ml100k_rq1 \
-      --config.data.path=../shared/data/ml-100k
-  python launch.py --config experiments/movielens_study.py:1m --workdir runs/ml1m_rq1 \
-      --config.data.path=../shared/data/ml-1m-users1-2998
-  python launch.py --config experiments/movielens_study.py:100k_rq2 --workdir runs/ml100k_rq2 \
-      --config.data.path=../shared/data/ml-100k
-  python launch.py --config experiments/movielens_study.py:1m_rq2 --workdir runs/ml1m_rq2 \
-      --config.data.path=../shared/data/ml-1m-users1-2998
-  python launch.py --config experiments/movielens_study.py:100k_tune --workdir runs/ml100k_tune \
-      --config.data.path=../shared/data/ml-100k
-  python launch.py --config experiments/movielens_study.py:quick --workdir runs/ml_quick \
-      --config.data.path=../shared/data/ml-100k
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:100k \
+      --workdir runs/ml100k_rq1 --config.data.path=../shared/data/ml-100k
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:1m \
+      --workdir runs/ml1m_rq1 --config.data.path=../shared/data/ml-1m-users1-2998
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:100k_rq2 \
+      --workdir runs/ml100k_rq2 --config.data.path=../shared/data/ml-100k
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:1m_rq2 \
+      --workdir runs/ml1m_rq2 --config.data.path=../shared/data/ml-1m-users1-2998
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:100k_tune \
+      --workdir runs/ml100k_tune --config.data.path=../shared/data/ml-100k
+  python launch.py --config onetrans_jax/experiments/movielens_study.py:quick \
+      --workdir runs/ml_quick --config.data.path=../shared/data/ml-100k
 
 The data (onetrans_jax/data/movielens.py): each rating is an impression, a request is one user's
-ratings within an hour-gap session (up to 16), tasks ``like`` (rating >= 4) and ``love``
-(rating 5), trained and scored unconditionally on every impression (``loss.mode='joint'``), so
-every row is scored on the same impressions; histories ``rated`` and ``liked`` hold strictly
-earlier ratings, and ``data.history_stats`` adds the user's and the item's counts and smoothed
-positive rates from strictly earlier ratings as numeric features. The latest 10% of requests by
-time are the hold-out; the latest 10% of the rest the validation split
-(experiments/common.study_protocol): each run stops early on validation like AUC and is scored at
-its best step.
+ratings within an hour-gap session (up to 16), tasks ``like`` (rating >= 4) and ``love`` (rating 5),
+trained and scored unconditionally on every impression (``loss.mode='joint'``), so every row is
+scored on the same impressions; histories ``rated`` and ``liked`` hold strictly earlier ratings, and
+``data.history_stats`` adds the user's and the item's counts and smoothed positive rates from
+strictly earlier ratings as numeric features. The latest 10% of requests by time are the hold-out;
+the latest 10% of the rest the validation split (onetrans_jax/experiments/common.study_protocol):
+each run stops early on validation like AUC and is scored at its best step.
 
-RQ1 (``:100k``, ``:1m``): the paper's nine rows (experiments/rq1_baselines.py: seven
+RQ1 (``:100k``, ``:1m``): the paper's nine rows (onetrans_jax/experiments/rq1_baselines.py: seven
 encode-then-interact baselines, OneTrans_S and OneTrans_L at CPU size) and three classical floors
 (onetrans_jax/floors: the item positive rate, a logistic regression and LightGBM on ids, side
 features and leak-free history statistics), DCNv2 + DIN the reference row, 3 seeds.
-RQ2 (``:100k_rq2``, ``:1m_rq2``): the seven rows of experiments/onetrans_rq2_ablation.py, 3 seeds.
+RQ2 (``:100k_rq2``, ``:1m_rq2``): the seven rows of
+onetrans_jax/experiments/onetrans_rq2_ablation.py, 3 seeds.
 Tuning (``:100k_tune``, ``:1m_tune``, run first): every neural family at each SPARSE_LRS value,
 seed 0, the setting chosen on validation like AUC (onetrans_jax/tuning.py); the RQ1 rows then use
 their family's choice (TUNED_SPARSE_LR), the RQ2 rows OneTrans_S's; the floors are not tuned.
@@ -37,8 +37,8 @@ ml100k_rq2, ml1m_rq2) and a sweep reuses those whose fingerprint (config + data 
 
 import ml_collections
 
-from experiments import common, onetrans_rq2_ablation, rq1_baselines
 from onetrans_jax.data.movielens import movielens_data
+from onetrans_jax.experiments import common, onetrans_rq2_ablation, rq1_baselines
 from onetrans_jax.floors import config as floors_config
 
 TASKS = (('like', 'like'), ('love', 'love'))
@@ -61,8 +61,8 @@ TUNED_SPARSE_LR: dict[str, dict[str, float]] = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in ARGS:
-    raise ValueError(f'experiments/movielens_study.py: unknown variant {arg!r}; use one of '
-                     f'{", ".join(":" + a for a in ARGS)}')
+    raise ValueError(f'onetrans_jax/experiments/movielens_study.py: unknown variant {arg!r}; '
+                     f'use one of {", ".join(":" + a for a in ARGS)}')
   variant = '1m' if arg.startswith('1m') else '100k'
   rq2 = arg.endswith('rq2')
   tune = arg.endswith('tune')

@@ -1,15 +1,17 @@
 r"""Where a training step's time goes: one profiled step, grouped by model component.
 
-  python benchmarks/profile_step.py                          # the CPU bench shape
-  python benchmarks/profile_step.py --shape=onetrans_s       # on a GPU
-  python benchmarks/profile_step.py --set=model.attention_impl=xla --set=train.cpu_fused_dots=False
+  python -m onetrans_jax.benchmarks.profile_step                       # the CPU bench shape
+  python -m onetrans_jax.benchmarks.profile_step --shape=onetrans_s    # on a GPU
+  python -m onetrans_jax.benchmarks.profile_step --set=model.attention_impl=xla \
+      --set=train.cpu_fused_dots=False
 
-Runs one step of ``benchmarks/suite.py``'s train section (the trainer's own step, compiled as the
-trainer compiles it: ``suite.build_step``) under ``jax.profiler``, maps every executed XLA op back
-to the model code through the HLO metadata (``op_name``: module path, forward or ``transpose`` =
-backward) and prints the time per component (attention, FFN, projections, norms, tokenizer, head,
-optimizer; 'other': the loss, layout copies and ops XLA left unnamed) and the slowest ops.
-``--set=section.field=value`` overrides a field of the shape's config. Profile first, then optimize.
+Runs one step of ``onetrans_jax/benchmarks/suite.py``'s train section (the trainer's own step,
+compiled as the trainer compiles it: ``suite.build_step``) under ``jax.profiler``, maps every
+executed XLA op back to the model code through the HLO metadata (``op_name``: module path, forward
+or ``transpose`` = backward) and prints the time per component (attention, FFN, projections, norms,
+tokenizer, head, optimizer; 'other': the loss, layout copies and ops XLA left unnamed) and the
+slowest ops. ``--set=section.field=value`` overrides a field of the shape's config. Profile first,
+then optimize.
 """
 
 from __future__ import annotations
@@ -21,19 +23,15 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
 from absl import app, flags
+import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from onetrans_jax.benchmarks import suite
 
-import jax  # noqa: E402
-
-from benchmarks import suite  # noqa: E402
-
-_SHAPE = flags.DEFINE_string('shape', 'cpu', 'A benchmarks/suite.py shape.')
+_SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py shape.')
 _TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
 _SET = flags.DEFINE_multi_string('set', [], 'section.field=value: override a config field.')
 

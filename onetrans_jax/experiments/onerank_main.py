@@ -1,7 +1,8 @@
 r"""OneRank against OneTrans + shared-bottom / MMoE / PLE (SPEC B.7's main table), CPU-sized.
 
-  python launch.py --config experiments/onerank_main.py --workdir runs/onerank_main
-  python launch.py --config experiments/onerank_main.py:quick --workdir runs/onerank_main_quick
+  python launch.py --config onetrans_jax/experiments/onerank_main.py --workdir runs/onerank_main
+  python launch.py --config onetrans_jax/experiments/onerank_main.py:quick \
+      --workdir runs/onerank_main_quick
 
 Prints the paper's layout (every row absolute; AUC and GAUC per task, C = click, A = add-to-cart,
 O = order; GAUC is the per-user impression-weighted AUC, UAUC in this codebase), with dense
@@ -11,16 +12,16 @@ impressions (``loss.mode='joint'``; OneRank adds its InfoNCE, ``loss.mode='onera
 OneRank paper, so A-AUC and O-AUC are measured over every impression of the funnel.
 
 Both encoders are CPU-sized (d=64, 3 layers, 4 heads); the OneTrans encoder is
-experiments/onetrans_s.py:small's. Every run logs the tasks' gradient cosine on the shared encoder
-and their loss variance every 50 steps (``train.diagnostics_every``). The default is 4 models x
-3 seeds x 1000 steps of 64 requests: about 10 minutes a run on 2 CPU cores, 2 hours in all.
-``:quick`` (100 steps of 16 requests, one seed) checks the pipeline in a few minutes; its numbers
-are too short-trained to compare models.
+onetrans_jax/experiments/onetrans_s.py:small's. Every run logs the tasks' gradient cosine on the
+shared encoder and their loss variance every 50 steps (``train.diagnostics_every``). The default is
+4 models x 3 seeds x 1000 steps of 64 requests: about 10 minutes a run on 2 CPU cores, 2 hours in
+all. ``:quick`` (100 steps of 16 requests, one seed) checks the pipeline in a few minutes; its
+numbers are too short-trained to compare models.
 """
 
 import ml_collections
 
-from experiments import common, onetrans_s
+from onetrans_jax.experiments import common, onetrans_s
 from onetrans_jax.models.onerank import config as onerank_config
 
 TASKS = (('click', 'C'), ('cart', 'A'), ('order', 'O'))
@@ -47,7 +48,8 @@ def onerank_base(arg: str | None) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick'):
-    raise ValueError(f'experiments/onerank_main.py: unknown variant {arg!r}; use :quick')
+    raise ValueError(f'onetrans_jax/experiments/onerank_main.py: unknown variant {arg!r}; '
+                     'use :quick')
   c = onerank_base(arg)
   small = onetrans_s.get_config('small').model
   onetrans = lambda predictor: ml_collections.ConfigDict(dict(small.to_dict(),

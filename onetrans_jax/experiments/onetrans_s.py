@@ -1,13 +1,14 @@
 r"""OneTrans_S (SPEC A.9): 6 layers, d=256, 4 heads, L_NS=12, pyramid 1190 -> 12.
 
-  python launch.py --config experiments/onetrans_s.py:small     # CPU-sized (~10 min on 2 cores)
-  python launch.py --config experiments/onetrans_s.py           # the paper's shapes (accelerator)
+  python launch.py --config onetrans_jax/experiments/onetrans_s.py:small  # CPU-sized, ~10 min
+  python launch.py --config onetrans_jax/experiments/onetrans_s.py        # paper shapes, GPU / TPU
 
 ``small`` keeps every mechanism at CPU size: d=64, 3 layers, L_NS=8, 100 S tokens, pyramid to 8.
 
 The paper's shapes leave two readings open, chosen here by the paper's own figures (SPEC A.10;
-``python -m onetrans_jax.accounting --config experiments/onetrans_rq2_ablation.py:paper`` prints
-every row beside the paper's, for both readings):
+``python -m onetrans_jax.accounting --config
+onetrans_jax/experiments/onetrans_rq2_ablation.py:paper`` prints every row beside the paper's, for
+both readings):
   * The pyramid. The SPEC's [D] reading takes 1190 as the whole token list (layer 0 at full
     length): the no-pyramid row then costs 2.0x OneTrans_S's FLOPs against the paper's 3.06x
     (8.08 / 2.64). Reading 1190 as layer 0's *query* count over a longer input of ~1670 tokens
@@ -26,7 +27,7 @@ ns_hidden=4096) for comparison.
 
 import ml_collections
 
-from experiments import common
+from onetrans_jax.experiments import common
 from onetrans_jax.models.onetrans import config as onetrans_config
 
 
@@ -39,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base_config(model, data, total_steps=1000)
     return common.cpu_sized(c)
   if arg not in (None, '', 'paper', 'paper_spec'):
-    raise ValueError(f'experiments/onetrans_s.py: unknown variant {arg!r}; use :small, :paper or '
-                     ':paper_spec')
+    raise ValueError(f'onetrans_jax/experiments/onetrans_s.py: unknown variant {arg!r}; '
+                     'use :small, :paper or :paper_spec')
   model = onetrans_config.defaults(width=256, num_layers=6, num_ns_tokens=12, embed_dim=64,
                                    pyramid_multiple=32, dtype='bfloat16')
   if arg == 'paper_spec':

@@ -1,10 +1,10 @@
 r"""OneTrans, DCNv2 + DIN, OneRank and three classical floors on MovieLens-100K (real GroupLens
 ratings), one table.
 
-  python launch.py --config experiments/movielens_100k.py --workdir runs/ml100k \
+  python launch.py --config onetrans_jax/experiments/movielens_100k.py --workdir runs/ml100k \
       --config.data.path=/path/to/ml-100k
-  python launch.py --config experiments/movielens_100k.py:quick --workdir runs/ml100k_quick \
-      --config.data.path=/path/to/ml-100k
+  python launch.py --config onetrans_jax/experiments/movielens_100k.py:quick \
+      --workdir runs/ml100k_quick --config.data.path=/path/to/ml-100k
 
 The data (onetrans_jax/data/movielens.py): each rating is an impression, a request is one user's
 ratings within an hour-gap session (up to 16), tasks ``like`` (rating >= 4) and ``love``
@@ -21,16 +21,16 @@ requests and scored on the same hold-out impressions, so every neural row is pai
 this split simple models rank well (hold-out like AUC 0.703 / 0.733 / 0.733). No floor's fit
 depends on the seed: each seed repeats it (seconds), which keeps the by-seed pairing defined.
 
-Sizes are CPU-sized: OneTrans is experiments/onetrans_s.py:small's model, OneRank the same
-encoder size (experiments/onerank_main.py), DCNv2 + DIN the RQ1 baseline config. [D] 400 steps of
-64 requests (~3.6 epochs of the 7,141 training requests, shuffled each epoch). ``:quick`` runs
-60 steps, one seed: a pipeline check, not a comparison.
+Sizes are CPU-sized: OneTrans is onetrans_jax/experiments/onetrans_s.py:small's model, OneRank the
+same encoder size (onetrans_jax/experiments/onerank_main.py), DCNv2 + DIN the RQ1 baseline config.
+[D] 400 steps of 64 requests (~3.6 epochs of the 7,141 training requests, shuffled each epoch).
+``:quick`` runs 60 steps, one seed: a pipeline check, not a comparison.
 """
 
 import ml_collections
 
-from experiments import common, onerank_main, onetrans_s
 from onetrans_jax.data.movielens import movielens_data
+from onetrans_jax.experiments import common, onerank_main, onetrans_s
 from onetrans_jax.floors import config as floors_config
 from onetrans_jax.models.baselines import config as baselines_config
 
@@ -39,7 +39,8 @@ TASKS = (('like', 'like'), ('love', 'love'))
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick'):
-    raise ValueError(f'experiments/movielens_100k.py: unknown variant {arg!r}; use :quick')
+    raise ValueError(f'onetrans_jax/experiments/movielens_100k.py: unknown variant {arg!r}; '
+                     'use :quick')
   onetrans = onetrans_s.get_config('small').model
   c = common.base_config(onetrans, movielens_data('100k'), total_steps=400)
   common.cpu_sized(c)               # lr 0.001 for the dense weights at batch 64
