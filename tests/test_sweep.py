@@ -259,3 +259,19 @@ def test_a_nan_metric_gets_no_interval_and_stops_nothing():
   cmp = study_report.compare(res, ['ref', 'x'], 'ref', ['click'])
   assert np.isnan(cmp['x']['click/auc']['mean']) and cmp['x']['click/auc']['ci95'] is None
   assert cmp['x']['click/logloss']['ci95'] == [0.0, 0.0]   # finite metrics keep their interval
+
+
+def test_study_runs_checkpoint_on_evaluation_steps_without_changing_their_fingerprint():
+  """A study run lasts hours and a killed session gets no SIGTERM: the protocol checkpoints every
+  other evaluation (so the saved early-stopping state is an evaluation's), and since how often
+  it saves changes no result, the committed mechanism-world records keep matching."""
+  from onetrans_jax.experiments import onetrans_rq2_ablation
+  c = onetrans_rq2_ablation.get_config('mechanisms')
+  assert c.train.checkpoint_every == 2 * c.train.eval_every == 1000
+  name, overrides = c.sweep.variants[0]
+  fp, _ = records.fingerprint(variant_config(c, overrides, 0))
+  committed = os.path.join(os.path.dirname(__file__), '..', 'results', 'rq2_mechanisms', 'runs',
+                           'OneTrans_S', f'seed_0-{fp[:12]}.json')
+  assert name == 'OneTrans_S' and os.path.exists(committed), fp[:12]
+  c.train.checkpoint_every = 0
+  assert records.fingerprint(variant_config(c, overrides, 0))[0] == fp

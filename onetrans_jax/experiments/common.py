@@ -172,7 +172,10 @@ def study_protocol(c: ml_collections.ConfigDict, *, valid_fraction: float, max_s
   c.train.total_steps = max_steps
   c.train.eval_every = eval_every
   c.train.log_every = eval_every
-  c.train.checkpoint_every = 0
+  # Every other evaluation: a study run lasts up to hours, and a session that is killed (no
+  # SIGTERM, so no save on the way out) must lose at most two evaluations of it, not the run.
+  # The evaluation state (best so far, patience) is in the checkpoint; not in fingerprints.
+  c.train.checkpoint_every = 2 * eval_every
   c.train.early_stopping.metric = metric
   c.train.early_stopping.mode = 'max'
   c.train.early_stopping.patience = patience
