@@ -7,11 +7,14 @@ Two signals make that checkable:
     part of the parameters (usually the shared encoder: everything but the task-specific heads).
     Conflicting tasks (negative cosine) pull the shared weights apart.
   * ``LossVariance``: each task's loss over a sliding window of logged steps (host-side numpy);
-    its variance (and mean) per task.
+    per task its mean and its *detrended* variance: the variance of the residuals around the
+    window's least-squares line, so a loss that is still falling (the training trend) does not
+    read as instability; the plain variance is kept beside it. The trainer feeds it each task's
+    BCE, the one loss definition every model and loss mode shares.
 
 ``cosine_summary`` and ``LossVariance.summary`` turn both into flat dicts of floats for the
-training log: ``loss_var/<task>``, ``loss_mean/<task>``, ``grad_cos/<task_a>__<task_b>`` (upper
-triangle, a before b in task order).
+training log: ``loss_var/<task>`` (detrended), ``loss_var_raw/<task>``, ``loss_mean/<task>``,
+``grad_cos/<task_a>__<task_b>`` (upper triangle, a before b in task order).
 
   select = excluding('towers')      # the shared encoder: every parameter outside the heads
   cos = jax.jit(lambda p: per_task_gradient_cosine(loss_fn, p, select))(params)
@@ -153,17 +156,32 @@ class LossVariance:
     """[T] variance over the window; NaN before the first update."""
     return np.var(self.values(), axis=0) if len(self) else np.full(len(self.task_names), np.nan)
 
+  def detrended_variance(self) -> np.ndarray:
+    """[T] variance of the residuals around each task's least-squares line over the window (the
+    steps held, in order); with fewer than 3 steps no trend is fitted (the plain variance). NaN
+    before the first update."""
+    y = self.values()
+    n = len(y)
+    if n < 3:
+      return self.variance()
+    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0      # centred: slope and mean separate
+    slope = (t @ (y - y.mean(axis=0))) / (t @ t)
+    resid = y - y.mean(axis=0) - np.outer(t, slope)
+    return np.mean(resid ** 2, axis=0)
+
   def mean(self) -> np.ndarray:
     """[T] mean over the window; NaN before the first update."""
     return np.mean(self.values(), axis=0) if len(self) else np.full(len(self.task_names), np.nan)
 
   def summary(self, grad_cos: Any | None = None) -> dict[str, float]:
-    """{'loss_var/<task>', 'loss_mean/<task>'} (empty before the first update), plus the
-    ``cosine_summary`` of ``grad_cos`` when given."""
+    """{'loss_var/<task>' (detrended), 'loss_var_raw/<task>', 'loss_mean/<task>'} (empty
+    before the first update), plus the ``cosine_summary`` of ``grad_cos`` when given."""
     out: dict[str, float] = {}
     if len(self):
-      for name, var, mean in zip(self.task_names, self.variance(), self.mean()):
+      for name, var, raw, mean in zip(self.task_names, self.detrended_variance(),
+                                      self.variance(), self.mean()):
         out[f'loss_var/{name}'] = float(var)
+        out[f'loss_var_raw/{name}'] = float(raw)
         out[f'loss_mean/{name}'] = float(mean)
     if grad_cos is not None:
       out.update(cosine_summary(grad_cos, self.task_names))

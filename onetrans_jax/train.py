@@ -23,6 +23,7 @@ reported number never depends on a choice made by looking at the hold-out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from onetrans_jax.data.types import Dataset
 from onetrans_jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from onetrans_jax.losses import (LOSS_MODES, ancestor_matrix, listwise_infonce, multitask_bce,
                                  onerank_loss)
+from onetrans_jax import models
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.optimizers import count_params, make_optimizer
@@ -62,7 +64,8 @@ CURVE_METRICS = tuple(SELECTION_METRICS)  # what the validation curve keeps of e
 
 Batch = Any  # the batch contract (FeatureSchema.batch_spec): a nested dict of arrays
 Metrics = dict[str, jnp.ndarray]
-LossFn = Callable[[Any, Batch], tuple[jnp.ndarray, jnp.ndarray]]  # (params, batch) -> (total, [T])
+# (params, batch) -> (total, {'task': each task's training loss [T], 'bce': its BCE alone [T]})
+LossFn = Callable[[Any, Batch], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 @flax.struct.dataclass
@@ -213,10 +216,13 @@ class EarlyStopping:
 
 def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: FeatureSchema
                  ) -> tuple[LossFn, str]:
-  """-> (loss_fn(params, batch) -> (total, per-task losses [T]), the loss mode), config checked.
+  """-> (loss_fn(params, batch) -> (total, {'task': [T], 'bce': [T]}), the loss mode), config
+  checked.
 
-  A task's loss is what its own channel is trained on. Shared by training and
-  ``sharding_check`` so that both differentiate the same function.
+  'task': what each task's own channel is trained on (BCE plus any list-wise term); 'bce': the
+  per-task BCE alone, one loss definition for every model and loss mode, which the stability
+  diagnostics compare across rows. Shared by training and ``sharding_check`` so that both
+  differentiate the same function.
   """
   loss_cfg = config.get('loss', ml_collections.ConfigDict())
   weights = task_weights(loss_cfg, schema)
@@ -231,6 +237,9 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
   parents = schema.task_parents if loss_mode in ('conditional', 'esmm') else (
       (-1,) * schema.num_tasks)
   bce_w, nce_w = float(loss_cfg.get('bce_weight', 1.0)), float(loss_cfg.get('nce_weight', 1.0))
+  if loss_mode == 'onerank' and not (bce_w >= 0 and nce_w >= 0 and bce_w + nce_w > 0):
+    raise ConfigError(f'config.loss.bce_weight={bce_w} and config.loss.nce_weight={nce_w}: use '
+                      'weights >= 0, not both 0 (0 drops that term: BCE only or InfoNCE only)')
   list_w = float(loss_cfg.get('listwise_weight', 0.0))
   if not list_w >= 0.0:
     raise ConfigError(f'config.loss.listwise_weight={list_w}: use a weight >= 0 (0: BCE only)')
@@ -247,15 +256,16 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: nn.Module, schema: Fe
       logits, aux = model.apply({'params': params}, batch, train=True, aux=True)
       loss, parts = onerank_loss(logits, aux['nce_logits'], labels, cand_mask, weights, bce_w,
                                  nce_w)
-      return loss, bce_w * parts['bce'] + nce_w * parts['nce']
+      return loss, {'task': bce_w * parts['bce'] + nce_w * parts['nce'], 'bce': parts['bce']}
     logits = model.apply({'params': params}, batch, train=True)
-    total, per_task = multitask_bce(logits, labels, cand_mask, parents, weights,
-                                    'conditional' if loss_mode == 'joint' else loss_mode)
+    total, bce = multitask_bce(logits, labels, cand_mask, parents, weights,
+                               'conditional' if loss_mode == 'joint' else loss_mode)
+    per_task = bce
     if list_w:  # the task logits themselves as list-wise scores (temperature 1)
       nce, _ = listwise_infonce(logits, labels, cand_mask)
       total = total + list_w * jnp.sum(jnp.asarray(weights, jnp.float32) * nce)
       per_task = per_task + list_w * nce
-    return total, per_task
+    return total, {'task': per_task, 'bce': bce}
   return loss_fn, loss_mode
 
 
@@ -303,19 +313,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                     task_names: Sequence[str]) -> TrainStep:
   """-> ``train_step(state, batch) -> (state, metrics)``, un-jitted (see ``jit_train_step``).
 
-  One optimizer step on ``loss_fn``; metrics: the loss, the global gradient norm and each task's
-  loss (``loss_{task}``). The first step whose loss is NaN/inf is kept in ``nonfinite_step``
+  One optimizer step on ``loss_fn``; metrics: the loss, the global gradient norm, each task's
+  training loss (``loss_{task}``) and its BCE alone (``bce_{task}``). The first step whose loss is NaN/inf is kept in ``nonfinite_step``
   on device, so the check needs no host sync per step.
   """
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    (loss, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Steps are numbered from 1 as in the logs: the step computed from state.step = 0 is step 1.
     first_bad = jnp.where((state.nonfinite_step < 0) & ~jnp.isfinite(loss), state.step + 1,
                           state.nonfinite_step)
     out = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
-    out.update({f'loss_{t}': per_task[i] for i, t in enumerate(task_names)})
+    out.update({f'loss_{t}': parts['task'][i] for i, t in enumerate(task_names)})
+    out.update({f'bce_{t}': parts['bce'][i] for i, t in enumerate(task_names)})
     return TrainState(state.step + 1, params, opt_state, first_bad), out
   return train_step
 
@@ -340,22 +351,27 @@ def make_gradient_cosine(model: nn.Module, loss_fn: LossFn
   private = getattr(type(model), 'TASK_PRIVATE', ())
 
   def gradient_cosine(params: Any, batch: Batch) -> jnp.ndarray:
-    return diagnostics.per_task_gradient_cosine(lambda p: loss_fn(p, batch)[1], params,
+    return diagnostics.per_task_gradient_cosine(lambda p: loss_fn(p, batch)[1]['task'], params,
                                                 diagnostics.excluding(*private))
   return gradient_cosine
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, schema: FeatureSchema,
-                     mesh: Mesh, rules: Sequence[tuple[str, Any]], rng: jax.Array
+                     mesh: Mesh, rules: Sequence[tuple[str, Any]], rng: jax.Array,
+                     init_params: Callable[[Any], Any] | None = None
                      ) -> tuple[TrainState, TrainState, TrainState, list[str]]:
   """-> (initial state, its shardings, its abstract shapes, notes on dimensions split less).
 
   Shardings come from the parameters' logical axes and ``rules``; the optimizer state follows its
   parameters. Initialisation runs under jit straight into those shardings, so no device ever
-  holds a whole table that is split.
+  holds a whole table that is split. ``init_params`` maps the module's initial parameters to the
+  run's (``models.data_init``: values measured on the training data), before the optimizer's
+  state is made from them.
   """
   def init_state(rng: jax.Array) -> TrainState:
     params = partitioning.unbox(model.init(rng, dummy_batch(schema, 1))['params'])
+    if init_params is not None:
+      params = init_params(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       nonfinite_step=jnp.full((), -1, jnp.int32))
 
@@ -421,7 +437,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ model and optimizer init, jit
   state, state_shd, abstract_state, uneven = init_train_state(
-      run.model, run.tx, run.schema, run.mesh, run.rules, jax.random.key(config.seed))
+      run.model, run.tx, run.schema, run.mesh, run.rules, jax.random.key(config.seed),
+      functools.partial(models.data_init, config.model, task_rates=_task_rates(run)))
   counts = count_params(state.params)
   _log_model(run, counts, uneven)
   loss_variance = diagnostics.LossVariance(run.schema.task_names,
@@ -589,6 +606,20 @@ def _check_ranges(run: _Run) -> None:
                       f'; scored every {run.valid_every} steps, the best {run.valid_metric} '
                       'chooses the step scored on the hold-out' if run.valid_every else
                       '; never scored (config.train.eval_every=0)'))
+
+
+def _task_rates(run: _Run) -> Callable[[], np.ndarray]:
+  """-> a memoised measurement of the tasks' base rates on the training range (for
+  ``models.data_init``; measured, and logged, only if the model's config asks for them)."""
+  memo: list[np.ndarray] = []
+
+  def rates() -> np.ndarray:
+    if not memo:
+      memo.append(pipeline.task_positive_rates(run.dataset, run.dataset.train_range))
+      reporting.log('tasks\' base rates on the training range (the initial output biases): ' +
+                    ', '.join(f'{t} {r:.4f}' for t, r in zip(run.schema.task_names, memo[0])))
+    return memo[0]
+  return rates
 
 
 def _data_iter(run: _Run, index_range: tuple[int, int], repeat: bool) -> Any:
@@ -771,13 +802,15 @@ def _one_step(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
 def _diagnose(run: _Run, steps: _Steps, writer: reporting.MetricWriter,
               loss_variance: diagnostics.LossVariance, params: Any, batch: Batch,
               out: Metrics, step: int) -> None:
-  """Stability diagnostics (SPEC C.6): the tasks' gradient cosine and loss variance, recorded."""
-  loss_variance.update([float(jax.device_get(out[f'loss_{t}'])) for t in run.schema.task_names])
+  """Stability diagnostics (SPEC C.6): the tasks' gradient cosine on the shared encoder (of
+  their training losses) and the detrended variance of their BCE (one loss definition for every
+  model and loss, so rows compare), recorded."""
+  loss_variance.update([float(jax.device_get(out[f'bce_{t}'])) for t in run.schema.task_names])
   cos = np.asarray(jax.device_get(steps.gradient_cosine(params, batch)))
   diag = loss_variance.summary(cos)
   writer.write(step, 'diagnostics', diag)
   reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
-                                             if not k.startswith('loss_mean')))
+                                             if not k.startswith(('loss_mean', 'loss_var_raw'))))
 
 
 def _validate(run: _Run, eval_step: EvalStep, writer: reporting.MetricWriter,

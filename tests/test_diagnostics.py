@@ -144,11 +144,28 @@ def test_loss_variance_matches_numpy_over_the_window():
       np.testing.assert_allclose(tracker.mean(), np.mean(held, axis=0), rtol=1e-12)
   s = tracker.summary()
   held = losses[-50:]
-  assert set(s) == {f'loss_{k}/{n}' for k in ('var', 'mean') for n in names}
+  assert set(s) == {f'loss_{k}/{n}' for k in ('var', 'var_raw', 'mean') for n in names}
+  steps = np.arange(50)
   for j, n in enumerate(names):
-    assert s[f'loss_var/{n}'] == pytest.approx(np.var(held[:, j]), rel=1e-12)
+    assert s[f'loss_var_raw/{n}'] == pytest.approx(np.var(held[:, j]), rel=1e-12)
+    line = np.polyval(np.polyfit(steps, held[:, j], 1), steps)   # numpy's least-squares line
+    assert s[f'loss_var/{n}'] == pytest.approx(np.var(held[:, j] - line), rel=1e-9)
     assert isinstance(s[f'loss_var/{n}'], float)
   assert s['loss_var/click'] < s['loss_var/cart'] < s['loss_var/order']
+
+
+def test_the_training_trend_is_not_read_as_instability():
+  """A loss falling steadily with small noise has a large plain variance over the window but a
+  detrended variance equal to its noise's; a pure line has none."""
+  tracker = dg.LossVariance(('falling', 'line'), window=100)
+  rng = np.random.default_rng(1)
+  noise = rng.normal(scale=0.01, size=100)
+  for i in range(100):
+    tracker.update([2.0 - 0.01 * i + noise[i], 1.0 - 0.005 * i])
+  raw, detrended = tracker.variance(), tracker.detrended_variance()
+  assert raw[0] > 0.08 and raw[1] > 0.02                     # the trend dominates the raw figure
+  assert detrended[0] == pytest.approx(np.var(noise), rel=0.05)
+  assert detrended[1] == pytest.approx(0.0, abs=1e-20)
 
 
 def test_loss_variance_rejects_bad_input():

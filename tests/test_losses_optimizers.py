@@ -114,8 +114,10 @@ def test_listwise_weight_adds_a_softmax_over_each_requests_candidates():
                                    'loss': {'mode': 'joint', 'task_weights': (1.0, 2.0), **cfg}})
     return make_loss_fn(c, model, schema)[0](None, batch)
 
-  base_total, base = loss()
-  total, per_task = loss(listwise_weight=0.5)
+  base_total, base_parts = loss()
+  total, parts = loss(listwise_weight=0.5)
+  base, per_task = base_parts['task'], parts['task']
+  np.testing.assert_array_equal(parts['bce'], base)     # the BCE alone, without the term
   # By hand: task a's positives are (r0, c0), (r0, c1) over r0's two real candidates and (r1, c1)
   # over r1's three; task b's one positive is (r0, c1).
   ls = lambda z, i: z[i] - np.log(np.sum(np.exp(z)))

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from onetrans_jax import accounting, losses
+from onetrans_jax import accounting, losses, records
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.models import build_model
 from onetrans_jax.models.layers import partitioning
@@ -35,8 +35,13 @@ def _tiny_onerank_config():
   return c
 
 
-def test_onerank_trains_with_infonce_and_logs_diagnostics(tmp_path):
-  result = train_and_evaluate(_tiny_onerank_config(), str(tmp_path))
+def test_onerank_trains_with_infonce_and_logs_diagnostics(tmp_path, capsys):
+  c = _tiny_onerank_config()
+  c.model.task_bias_init = 'base_rate'
+  result = train_and_evaluate(c, str(tmp_path))
+  printed = capsys.readouterr()
+  assert "tasks' base rates on the training range (the initial output biases): click 0." in (
+      printed.out + printed.err)
   assert set(result['final']) == {'click', 'cart', 'order'}
   for task, m in result['final'].items():
     assert 0.0 < m['auc'] < 1.0, task
@@ -52,6 +57,9 @@ def test_onerank_trains_with_infonce_and_logs_diagnostics(tmp_path):
   assert diag[0]['loss_var/click'] == 0.0 and diag[1]['loss_var/click'] > 0.0
   train = [r for r in records if r['split'] == 'train']
   assert all(np.isfinite(r['loss']) for r in train)
+  # The stability signal reads each task's BCE alone (one loss definition for every row): under
+  # the 'onerank' loss the training loss adds the InfoNCE term on top of it.
+  assert all(0.0 < r[f'bce_{t}'] < r[f'loss_{t}'] for r in train for t in ('click', 'cart'))
 
 
 @pytest.mark.parametrize('model,mode,match', [
@@ -112,19 +120,28 @@ def test_onetrans_predictors_replace_the_towers(data, predictor):
     build_model(onetrans_model_config(predictor='moe'), schema)
 
 
-@pytest.mark.parametrize('name,rows', [('onerank_main', 4), ('onerank_ablation', 11)])
+@pytest.mark.parametrize('name,rows', [('onerank_main', 6), ('onerank_ablation', 16)])
 def test_experiment_files_load_and_every_variant_builds(data, name, rows):
   from onetrans_jax.sweep import variant_config
   schema, _ = data
   module = importlib.import_module(f'onetrans_jax.experiments.{name}')
-  for arg in (None, 'quick'):
+  for arg in (None, 'quick', 'mechanisms'):
     c = module.get_config(arg)
     assert len(c.sweep.variants) == rows and c.sweep.reference == 'OneRank'
+    assert len(c.sweep.seeds) == {'quick': 1, 'mechanisms': 5}.get(arg, 3)
+    names = [v for v, _ in c.sweep.variants]
+    assert len(set(names)) == rows
+    base = variant_config(c, (), seed=0)
     for variant, overrides in c.sweep.variants:
       cfg = variant_config(c, overrides, seed=0)
       build_model(cfg.model, schema)  # every variant is a valid model config
-      assert (cfg.loss.mode == 'onerank') == (cfg.model.name == 'onerank' and
-                                              'BCE only' not in variant), variant
+      # OneRank rows keep OneRank's loss (the loss rows change its weights); the OneTrans rows
+      # train the same unconditional tasks with BCE.
+      assert cfg.loss.mode == ('onerank' if cfg.model.name == 'onerank' else 'joint'), variant
+      if name == 'onerank_ablation' and overrides:  # one thing changes, and it does change
+        changed = {k for k, v in records.flat_config(cfg).items()
+                   if records.flat_config(base).get(k) != v}
+        assert changed == {k for k, _ in overrides}, (variant, changed)
   with pytest.raises(ValueError, match=f'onetrans_jax/experiments/{name}.py: unknown variant'):
     module.get_config('paper')
 
@@ -145,8 +162,47 @@ def test_ablation_switches_change_the_model(data):
     params = partitioning.unbox(model.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
     outs[variant] = np.asarray(model.apply({'params': params}, batch))
   ref = outs.pop('OneRank')
+  # Rows that change the backward pass or the loss only keep the scores at init.
+  same_forward = {v for v, o in c.sweep.variants if o and all(
+      k.startswith('loss.') or k in ('model.detach', 'model.learn_temperature') for k, _ in o)}
+  assert len(same_forward) == 6     # detachment, temperature, InfoNCE / BCE only, 2 weights
   for variant, logits in outs.items():
-    if variant in ('no gradient detachment', 'BCE only (no InfoNCE)'):
-      np.testing.assert_allclose(logits, ref, atol=1e-6, err_msg=variant)  # backward-only / loss
+    if variant in same_forward:
+      np.testing.assert_allclose(logits, ref, atol=1e-6, err_msg=variant)
     else:
       assert np.max(np.abs(logits - ref)) > 1e-4, variant
+
+
+def test_base_rate_init_sets_each_tasks_bias_to_the_logit_of_its_rate():
+  """task_bias_init='base_rate': b_k (or the 'mlp' head's output bias) starts at logit(rate of
+  task k over the real candidates of the training range); 'zero' never measures the data."""
+  from onetrans_jax import models
+  from onetrans_jax.data import pipeline
+  c = _tiny_onerank_config()
+  ds = pipeline.build_dataset(c.data)
+  rates = pipeline.task_positive_rates(ds, (0, 40))             # every request of a small range
+  reqs = [ds.source[i] for i in range(40)]
+  pos = sum(np.asarray(q['labels'])[np.asarray(q['cand']['mask'])].sum(0) for q in reqs)
+  n = sum(int(np.asarray(q['cand']['mask']).sum()) for q in reqs)
+  np.testing.assert_allclose(rates, pos / n, rtol=1e-6)
+  assert 0 < rates[2] < rates[1] < rates[0] < 1                # the funnel: click > cart > order
+  sample = pipeline.task_positive_rates(ds, ds.train_range, max_requests=256)
+  np.testing.assert_allclose(sample, pipeline.task_positive_rates(ds, ds.train_range, 256))
+
+  def never():
+    raise AssertionError('the zero init must not read the data')
+  for scoring, name in (('matching', 'task_bias'), ('mlp', 'tower_b2')):
+    c.model.scoring = scoring
+    model = build_model(c.model, ds.schema)
+    params = partitioning.unbox(model.init(jax.random.key(0), dummy_batch(ds.schema, 1))['params'])
+    c.model.task_bias_init = 'zero'
+    assert models.data_init(c.model, params, never) is params
+    c.model.task_bias_init = 'base_rate'
+    out = models.data_init(c.model, params, lambda: rates)
+    np.testing.assert_allclose(np.asarray(out[name]), np.log(rates / (1 - rates)), rtol=1e-6)
+    np.testing.assert_allclose(jax.nn.sigmoid(out[name]), rates, rtol=1e-5)
+    assert all(out[k] is params[k] for k in params if k != name)
+    c.model.task_bias_init = 'zero'
+  with pytest.raises(ConfigError, match=r"config.model.task_bias_init='mean': choose one of"):
+    c.model.task_bias_init = 'mean'
+    build_model(c.model, ds.schema)

@@ -279,7 +279,7 @@ def test_situation_discernment_is_per_task_and_ignores_padding():
   r = jnp.asarray(rng.normal(size=(2, 4, k, d)), jnp.float32)
   mask = jnp.asarray([[True, True, True, False], [True, True, False, False]])
   r_pad = r.at[0, 3].set(9.0).at[1, 2:].set(-9.0)
-  modes = ('attention', 'mean', 'constant_query')
+  modes = ('attention', 'mean', 'constant_query', 'off')
   modules = {mode: SituationDiscernment(k, d, heads, mode) for mode in modes}
   params = {mode: {'params': _host_init(m, s, r, mask)} for mode, m in modules.items()}
 
@@ -298,12 +298,25 @@ def test_situation_discernment_is_per_task_and_ignores_padding():
     np.testing.assert_array_equal(h, h_pad, err_msg=mode)
     # h_k reads r_k only: the task channels stay private.
     reads = np.abs(np.asarray(jac)).max(axis=(0, 2, 3, 4, 6))  # [K (h), K (r)]
-    np.testing.assert_array_equal(reads > 0, np.eye(k, dtype=bool), err_msg=mode)
+    expected = np.zeros((k, k), bool) if mode == 'off' else np.eye(k, dtype=bool)
+    np.testing.assert_array_equal(reads > 0, expected, err_msg=mode)  # 'off' reads no candidate
     moved = not np.allclose(h, h_s)
     assert moved == (mode == 'attention'), mode              # only f_k(s) reads the context
-    if mode == 'mean':
-      m = np.asarray(mask)[..., None, None]
-      np.testing.assert_allclose(h, (np.asarray(r) * m).sum(1) / m.sum(1), rtol=1e-6)
+  # 'mean' is the attention with uniform weights over the real candidates, the same value and
+  # output projections: a query of zeros (every score 0) gives the very same h.
+  p_mean = params['mean']['params']
+  m = np.asarray(mask)[..., None, None]
+  mean = (np.asarray(r) * m).sum(1) / m.sum(1)
+  want = np.einsum('rke,kef->rkf', np.einsum('rkd,kde->rke', mean, p_mean['mhca_value']),
+                   p_mean['mhca_out'])
+  np.testing.assert_allclose(results['mean'][0], want, rtol=2e-5, atol=1e-6)
+  p_uniform = dict(params['attention']['params'], mhca_value=p_mean['mhca_value'],
+                   mhca_out=p_mean['mhca_out'],
+                   mhca_query=jnp.zeros_like(params['attention']['params']['mhca_query']))
+  h_uniform = modules['attention'].apply({'params': p_uniform}, s, r, mask)
+  np.testing.assert_allclose(h_uniform, results['mean'][0], rtol=2e-5, atol=1e-6)
+  assert set(p_mean) == {'mhca_value', 'mhca_out'}          # no query-side parameters
+  assert set(params['off']['params']) == {'task_vector'}
 
 
 def test_task_mask_is_what_the_cross_task_read_sees():
@@ -480,6 +493,28 @@ def test_onerank_loss_combines_bce_and_infonce():
   np.testing.assert_allclose(parts['bce'], cond, rtol=1e-6)
 
 
+def test_the_temperature_starts_where_configured_and_can_be_held(setup):
+  """inv_temperature_init sets 1/tau at step 0 (learned from there); learn_temperature=False
+  holds it: no parameter, and the InfoNCE logits are the logits times that constant."""
+  schema, batch, _, _ = setup
+  learned = _model(schema, inv_temperature_init=14.0)
+  init = partitioning.unbox(jax.jit(functools.partial(
+      learned.init, method=OneRank.inverse_temperature))(jax.random.key(0)))
+  np.testing.assert_allclose(float(init['params']['log_inv_temperature']), np.log(14.0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(learned.apply(init, method=OneRank.inverse_temperature)),
+                             14.0, rtol=1e-6)
+  held = _model(schema, inv_temperature_init=14.0, learn_temperature=False)
+  p = _params(held, schema)
+  assert 'log_inv_temperature' not in p
+  logits, aux = jax.jit(lambda q, b: held.apply({'params': q}, b, aux=True))(p, batch)
+  np.testing.assert_allclose(aux['nce_logits'], 14.0 * np.asarray(logits), rtol=1e-6)
+  assert float(aux['inv_temperature']) == 14.0
+  for bad in (0.0, -1.0, 1e5):
+    with pytest.raises(ConfigError, match=r'config.model.inv_temperature_init=.*must be a number'):
+      _model(schema, inv_temperature_init=bad)
+
+
 def test_model_loss_and_temperature(setup):
   schema, batch, model, params = setup
   _, (logits, aux) = _compiled(schema, 'grad')(params, batch)
@@ -507,6 +542,7 @@ SWITCHES = [
     dict(scoring='mlp'),
     dict(situation='mean'),
     dict(situation='constant_query'),
+    dict(situation='off'),
     dict(cross_task=False),
     dict(task_mask='parallel'),
     dict(task_mask='full'),
@@ -549,11 +585,24 @@ def test_every_switch_changes_the_output(setup, switched, switch):
     assert p['task_tokens'].shape == (1, 16)
   else:
     assert not np.allclose(r[:, :, 0], r[:, :, 2])
-  if switch.get('scoring') == 'mlp':
-    assert aux['task_vectors'] is None and 'situation_discernment' not in p
-  if switch.get('situation') == 'mean':      # h_k = mean of the real candidates' r_k^i
+  if switch.get('scoring') == 'mlp':   # only the inner product is replaced: the channels stay
+    np.testing.assert_allclose(aux['task_vectors'], _forward(schema, params, batch)[1][
+        'task_vectors'], rtol=1e-5, atol=1e-5)
+    assert 'task_bias' not in p and p['tower_w1'].shape == (3, 2 * 16, 16)
+    # tower k reads [z_k ; r_k^i]: by hand for one candidate
+    z, rr = np.asarray(aux['task_vectors'])[0], r[0, 0]
+    hid = np.einsum('kd,kdh->kh', np.concatenate([z, rr], -1), p['tower_w1']) + p['tower_b1']
+    by_hand = np.einsum('kh,kh->k', hid / (1 + np.exp(-hid)), p['tower_w2']) + p['tower_b2']
+    np.testing.assert_allclose(np.asarray(logits)[0, 0], by_hand, rtol=1e-4, atol=1e-5)
+  if switch.get('situation') == 'mean':      # h_k = W_o,k W_v,k (mean of the real r_k^i)
     m = real[..., None, None]
-    np.testing.assert_allclose(aux['situation'], (r * m).sum(1) / m.sum(1), rtol=1e-5, atol=1e-6)
+    sd = p['situation_discernment']
+    want = np.einsum('rke,kef->rkf', np.einsum('rkd,kde->rke', (r * m).sum(1) / m.sum(1),
+                                               sd['mhca_value']), sd['mhca_out'])
+    np.testing.assert_allclose(aux['situation'], want, rtol=1e-4, atol=1e-5)
+  if switch.get('situation') == 'off':       # one learned vector per task, for every request
+    np.testing.assert_array_equal(aux['situation'][0], p['situation_discernment']['task_vector'])
+    np.testing.assert_array_equal(aux['situation'][0], aux['situation'][-1])
   if switch.get('situation') == 'constant_query':  # f_k and its LayerNorm are gone
     assert set(p['situation_discernment']) == {'query', 'mhca_query', 'mhca_key', 'mhca_value',
                                                'mhca_out'}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from onetrans_jax import sharding
+from onetrans_jax import models, sharding
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import onerank_ablation, rq1_baselines
 from onetrans_jax.models import build_model
@@ -22,6 +22,7 @@ from onetrans_jax.models.baselines import feature_interaction as fi
 from onetrans_jax.models.baselines import sequence_encoders as se
 from onetrans_jax.models.layers import partitioning
 from onetrans_jax.models.onerank.config import defaults as onerank_model
+from onetrans_jax.optimizers import count_params
 from onetrans_jax.schema import dummy_batch
 from tests.helpers import small_config, tiny_baseline
 
@@ -54,15 +55,21 @@ ONERANK = list(_model_variants(onerank_ablation.VARIANTS)) + [
     ('reference layout', dict(request_level=False)),
     ('no history time gaps', dict(time_gap_buckets=0)),
     ('timestamp-agnostic history', dict(seq_merge='timestamp_agnostic', time_gap_buckets=0)),
+    ('mlp head, own width', dict(scoring='mlp', head_hidden=24)),
+    ('mean, no cross-task', dict(situation='mean', cross_task=False)),
 ]
 
 
 @pytest.mark.parametrize('name,overrides', ONERANK, ids=[n for n, _ in ONERANK])
-def test_onerank_parameters_are_annotated(schema, name, overrides):
+def test_onerank_parameters_are_annotated_and_counted(schema, name, overrides):
+  """... and onerank/config.py's analytic count is the module's, row by row (the table's
+  Params column and the compute-matched rows rest on it)."""
   cfg = onerank_model(**{**dict(width=16, num_heads=2, num_layers=1, embed_dim=4,
                                time_gap_buckets=4), **overrides})
   model = build_model(cfg, schema)
-  _check(jax.eval_shape(model.init, jax.random.key(0), dummy_batch(schema, 1)))
+  abstract = jax.eval_shape(model.init, jax.random.key(0), dummy_batch(schema, 1))
+  _check(abstract)
+  assert count_params(partitioning.unbox(abstract['params'])) == models.param_count(cfg, schema)
 
 
 @pytest.mark.parametrize('name,sequence,interaction', rq1_baselines.BASELINES,

@@ -80,6 +80,26 @@ def split_validation(ds: Dataset, fraction: float) -> Dataset:
                  valid=(stop - n_valid, stop))
 
 
+def task_positive_rates(dataset: Dataset, index_range: tuple[int, int],
+                        max_requests: int = 4096) -> np.ndarray:
+  """Each task's positive rate over the real candidates of up to ``max_requests`` requests spread
+  evenly over ``index_range`` (deterministic: no seed): the unconditional base rates [T] that a
+  model may start its output biases from (onerank's ``task_bias_init='base_rate'``)."""
+  start, stop = index_range
+  if stop <= start:
+    raise DataConfigError(f'no requests in the range {start}..{stop - 1} to measure the tasks\' '
+                          'base rates on')
+  idx = np.unique(np.linspace(start, stop - 1, min(max_requests, stop - start)).astype(np.int64))
+  pos = np.zeros(dataset.schema.num_tasks)
+  count = 0
+  for i in idx:
+    req = dataset.source[int(i)]
+    real = np.asarray(req['cand']['mask'], bool)
+    pos += np.asarray(req['labels'], np.float64)[real].sum(axis=0)
+    count += int(real.sum())
+  return pos / max(count, 1)
+
+
 def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batch_size: int,
                   shuffle: bool, seed: int, repeat: bool, validate: bool = True,
                   num_threads: int = 2, worker_count: int = 0) -> grain.DatasetIterator:

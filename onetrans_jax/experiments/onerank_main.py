@@ -16,7 +16,10 @@ onetrans_jax/experiments/onetrans_s.py:small's. Every run logs the tasks' gradie
 shared encoder and their loss variance every 50 steps (``train.diagnostics_every``). The default is
 4 models x 3 seeds x 1000 steps of 64 requests: about 10 minutes a run on 2 CPU cores, 2 hours in
 all. ``:quick`` (100 steps of 16 requests, one seed) checks the pipeline in a few minutes; its
-numbers are too short-trained to compare models.
+numbers are too short-trained to compare models. ``:mechanisms`` is the study: the mechanism
+world (onetrans_jax/experiments/common.mechanism_data) under common.mechanism_study's protocol
+(validation split, early stopping on validation click AUC, at most 12000 steps), 5 seeds, with
+the two compute-matched OneRank rows (FLOPS_MATCHED, PARAMS_MATCHED below).
 """
 
 import ml_collections
@@ -33,8 +36,20 @@ def onerank_cpu(**overrides) -> ml_collections.ConfigDict:
   return onerank_config.defaults(**dict(dict(width=64), **overrides))
 
 
+# The compute-matched rows (SPEC B.7: OneRank at about 1.2x the training FLOPs of OneTrans + PLE,
+# 1.0G against 823.5M). At d=64 and 3 layers OneRank costs 0.17x OneTrans + PLE's training FLOPs
+# per impression on these worlds (its prefix runs once per request, and 1 + K tokens per
+# candidate), so the main row is both smaller and cheaper. Measured with ``onetrans accounting``
+# on the synthetic world against onetrans_s:small + PLE (76.6 MFLOPs, 1.78M dense parameters):
+#   width 128, 6 layers: 1.18x the FLOPs, 1.14x the dense parameters (the 1.2x-FLOPs row);
+#   width 144, 3 layers: 0.75x the FLOPs, 1.01x the dense parameters (the equal-params row).
+FLOPS_MATCHED = dict(width=128, num_layers=6)
+PARAMS_MATCHED = dict(width=144, num_layers=3)
+
+
 def onerank_base(arg: str | None) -> ml_collections.ConfigDict:
-  """onetrans_s:small's data, optimizer and steps, with the OneRank model and loss."""
+  """onetrans_s:small's data, optimizer and steps, with the OneRank model and loss; under
+  ``:mechanisms`` the mechanism world's study protocol (common.mechanism_study)."""
   c = onetrans_s.get_config('small')
   c.model = onerank_cpu()
   c.loss.mode = 'onerank'
@@ -43,24 +58,32 @@ def onerank_base(arg: str | None) -> ml_collections.ConfigDict:
   if arg == 'quick':
     common.quick(c)
     c.train.diagnostics_every = 25
+  elif arg == 'mechanisms':
+    common.mechanism_study(c)
+    c.train.diagnostics_every = 100
+    c.train.diagnostics_window = 20     # 2000 steps, detrended (onetrans_jax/diagnostics.py)
   return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, '', 'quick'):
+  if arg not in (None, '', 'quick', 'mechanisms'):
     raise ValueError(f'onetrans_jax/experiments/onerank_main.py: unknown variant {arg!r}; '
-                     'use :quick')
+                     'use :quick or :mechanisms')
   c = onerank_base(arg)
   small = onetrans_s.get_config('small').model
   onetrans = lambda predictor: ml_collections.ConfigDict(dict(small.to_dict(),
                                                               predictor=predictor))
   joint = ('loss.mode', 'joint')
+  sized = lambda size: tuple((f'model.{k}', v) for k, v in size.items())
+  seeds = {'quick': (0,), 'mechanisms': (0, 1, 2, 3, 4)}.get(arg, (0, 1, 2))
   c.sweep = common.sweep(
-      'onerank_main', 'OneRank', (
+      'onerank_main' + ('_mechanisms' if arg == 'mechanisms' else ''), 'OneRank', (
           ('OneTrans + shared-bottom', (('model', onetrans('shared_bottom')), joint)),
           ('OneTrans + MMoE', (('model', onetrans('mmoe')), joint)),
           ('OneTrans + PLE', (('model', onetrans('ple')), joint)),
           ('OneRank', ()),
-      ), seeds=(0,) if arg == 'quick' else (0, 1, 2), tasks=TASKS, commit=arg != 'quick',
+          ('OneRank, 1.2x the FLOPs of OneTrans + PLE', sized(FLOPS_MATCHED)),
+          ('OneRank, the dense params of OneTrans + PLE', sized(PARAMS_MATCHED)),
+      ), seeds=seeds, tasks=TASKS, commit=arg != 'quick',
       relative=False, metric_labels=('AUC', 'GAUC'))
   return c

@@ -10,6 +10,8 @@ module and config, never in the data path or the training loop. A family is one 
   param_count(cfg, schema)       analytic dense and embedding-table parameter counts
   forward_flops(cfg, schema)     analytic forward matmul FLOPs, by component
   training_flops_per_example(cfg, schema)   3 x forward, per impression
+  data_init(cfg, params, task_rates)        optional: initial parameters set from the training
+                                 data (``task_rates()`` -> [T] base rates, computed on demand)
 
 Shared building blocks live once, below the families, in ``models/layers/``; the multi-task
 predictors (towers, shared-bottom, MMoE, PLE) in ``models/multitask/``; the one validation helper
@@ -19,6 +21,8 @@ and dtype map in ``models/fields.py``.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import ml_collections
@@ -75,3 +79,10 @@ def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[s
 def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
   """Analytic training FLOPs per impression (3 x forward) of ``config.model``; 0 for a floor."""
   return (_floor(cfg) or family(cfg)).training_flops_per_example(cfg, schema)
+
+
+def data_init(cfg: ml_collections.ConfigDict, params: Any, task_rates: Callable[[], Any]) -> Any:
+  """``params`` with the family's data-dependent initial values (its ``data_init``), if any;
+  ``task_rates`` is called only by a family whose config asks for the base rates."""
+  hook = getattr(family(cfg), 'data_init', None)
+  return params if hook is None else hook(cfg, params, task_rates)

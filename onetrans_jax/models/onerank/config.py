@@ -7,7 +7,11 @@ Everything a OneRank run reads from ``config.model`` is defined here and only he
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from ml_collections.config_dict import placeholder  # a typed None: still overridable by flag
 
 from onetrans_jax.models import fields
@@ -19,6 +23,7 @@ from onetrans_jax.models.onetrans.config import history_params, sequence_mlp_flo
 from onetrans_jax.schema import FeatureSchema
 
 NAME = 'onerank'
+BIAS_INITS = ('zero', 'base_rate')
 
 
 def defaults(**overrides) -> ml_collections.ConfigDict:
@@ -39,15 +44,21 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
   m.s_position = 'from_recent'    # history position embedding counted from the most recent, or
                                   # 'none'
   m.task_tokens = 'per_task'      # K task tokens, or 'shared' (ablation: one token for all tasks)
-  m.scoring = 'matching'          # z_k . r_k^i matching, or 'mlp' (ablation: per-task towers)
-  m.situation = 'attention'       # per-task MHCA over the candidates, or 'mean' (ablation),
-                                  # 'constant_query' (ablation: learned query, context unused)
+  m.scoring = 'matching'          # z_k . r_k^i matching (the paper's inner product), or 'mlp'
+                                  # (ablation: a per-task MLP on [z_k ; r_k^i])
+  m.situation = 'attention'       # per-task MHCA over the candidates; ablations: 'mean' (uniform
+                                  # weights, projections kept), 'constant_query' (learned query,
+                                  # context unused), 'off' (a learned vector per task)
   m.cross_task = True             # False (ablation): no cross-task interaction, z_k = h_k
   m.task_mask = 'cascade'         # A[k][j] iff j <= k; or 'parallel', 'full', 'hybrid'
   m.task_edges = ()               # hybrid: ((reader, read), ...) task names added to the identity
   m.detach = True                 # cross-task gradient detachment (False: ablation)
   m.detach_kv_weights = False     # also no K/V weight gradient through off-diagonal reads
   m.head_hidden = 0               # scoring='mlp': tower width; 0: d
+  m.task_bias_init = 'zero'       # b_k at step 0: 'zero', or 'base_rate': logit of task k's
+                                  # positive rate over the training data's real candidates
+  m.inv_temperature_init = 1.0    # InfoNCE 1/tau at step 0 (tau = 1)
+  m.learn_temperature = True      # False: 1/tau fixed at inv_temperature_init
   m.request_level = True          # False: explicit-mask reference layout (same numbers, slower)
   m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this (1: as
                                   # the vocabulary), so the vocab axis splits evenly over a mesh
@@ -73,7 +84,13 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
   s_position = fields.check('s_position', cfg.s_position, tokenizer.S_POSITIONS)
   dtype = fields.check('dtype', cfg.dtype, 'dtype')
   flags = {f: fields.check(f, cfg[f], 'bool')
-           for f in ('cross_task', 'detach', 'detach_kv_weights', 'request_level')}
+           for f in ('cross_task', 'detach', 'detach_kv_weights', 'request_level',
+                     'learn_temperature')}
+  fields.check('task_bias_init', cfg.task_bias_init, BIAS_INITS)
+  inv_t = cfg.inv_temperature_init
+  if isinstance(inv_t, bool) or not isinstance(inv_t, (int, float)) or not 0 < inv_t < 1e4:
+    raise fields.error('inv_temperature_init', inv_t, 'must be a number in (0, 1e4): 1/tau at '
+                       'step 0 (1: tau = 1; about 14: tau = 0.07)')
   edges = cfg.task_edges or ()
   try:
     edges = tuple(tuple(str(n) for n in e) for e in edges)
@@ -95,6 +112,7 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
       seq_order=order, time_gap_buckets=fields.time_gap_buckets(cfg, merge),
       s_position=s_position, task_tokens=task_tokens, scoring=scoring, situation=situation,
       task_mask=mask, task_edges=edges, head_hidden=int(cfg.head_hidden),
+      inv_temperature_init=float(inv_t),
       embedding_row_multiple=int(cfg.embedding_row_multiple), dtype=dtype, **flags)
 
 
@@ -109,19 +127,23 @@ def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[s
   dense += (n_cc + n_cn) * e * d + d + d * d + d               # candidate token MLP
   dense += (k if cfg.task_tokens == 'per_task' else 1) * d     # task tokens
   dense += cfg.num_layers * (2 * d + 4 * d * d + 2 * m * d * d) + d   # blocks, final norm
+  if cfg.situation == 'off':
+    dense += k * d                                             # the task vectors
+  elif cfg.situation == 'mean':
+    dense += 2 * k * d * d                                     # value and output projections
+  elif cfg.situation == 'constant_query':
+    dense += k * d + 4 * k * d * d
+  else:
+    d_s = n_rc * e + n_rn                                      # f_k's input, the raw context
+    dense += k * d + k * d_s * d + 2 * k * d + 4 * k * d * d
+  if cfg.cross_task:
+    dense += 4 * d * d + 4 * k * d + 2 * k * m * d * d
   if cfg.scoring == 'mlp':
     hid = cfg.head_hidden or d
-    dense += k * (d * hid + 2 * hid + 1)
+    dense += k * (2 * d * hid + 2 * hid + 1)
   else:
-    if cfg.situation == 'constant_query':
-      dense += k * d + 4 * k * d * d
-    elif cfg.situation == 'attention':
-      d_s = n_rc * e + n_rn                                    # f_k's input, the raw context
-      dense += k * d + k * d_s * d + 2 * k * d + 4 * k * d * d
-    if cfg.cross_task:
-      dense += 4 * d * d + 4 * k * d + 2 * k * m * d * d
     dense += k                                                 # task biases
-  dense += 1                                                   # the InfoNCE temperature
+  dense += 1 if cfg.learn_temperature else 0                   # the InfoNCE temperature
   return {'dense': dense, 'sparse': table_params(schema, e, cfg.embedding_row_multiple)}
 
 
@@ -146,18 +168,21 @@ def forward_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict
   per_token = 2.0 * (4 * d * d + 2 * m * d * d)          # Q, K, V, O and the FFN
   request += cfg.num_layers * (p * per_token + 2.0 * 2 * p * p * d)
   candidate += cfg.num_layers * (g * per_token + 2.0 * 2 * g * (p + g) * d)
-  if cfg.scoring == 'mlp':
-    hid = cfg.head_hidden or d
-    candidate += 2.0 * k * (d * hid + hid)
-    return {'request': request, 'candidate': candidate}
-  if cfg.situation != 'mean':
+  if cfg.situation == 'mean':
+    request += 2.0 * 2 * k * d * d                        # W_v, W_o on the mean
+  elif cfg.situation != 'off':
     d_s = len(schema.request_categorical) * e + len(schema.request_numeric)
     request += 2.0 * k * (d_s * d if cfg.situation == 'attention' else 0) + 2.0 * 2 * k * d * d
     candidate += 2.0 * (2 * k * d * d + 2 * k * d)      # keys, values; scores and weighted sum
   if cfg.cross_task:
     kv = 4 if (cfg.detach or cfg.detach_kv_weights) else 2
     request += 2.0 * ((2 + kv) * k * d * d + 2 * k * k * d + 2 * k * m * d * d)
-  candidate += 2.0 * k * d                                # z_k . r_k^i
+  if cfg.scoring == 'mlp':
+    hid = cfg.head_hidden or d
+    request += 2.0 * k * d * hid                          # the z half of the first layer
+    candidate += 2.0 * k * (d * hid + hid)                # the r half, then the output
+  else:
+    candidate += 2.0 * k * d                              # z_k . r_k^i
   return {'request': request, 'candidate': candidate}
 
 
@@ -166,3 +191,22 @@ def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSc
   C candidate slots (OneRank's prefix is shared by construction)."""
   f = forward_flops(cfg, schema)
   return 3.0 * (f['request'] / schema.num_candidates + f['candidate'])
+
+
+def data_init(cfg: ml_collections.ConfigDict, params: dict, task_rates: Callable[[], np.ndarray]
+              ) -> dict:
+  """Initial parameters that depend on the training data: under ``task_bias_init='base_rate'``
+  each task's output bias (``task_bias``, or the 'mlp' head's ``tower_b2``) is the logit of its
+  positive rate, so step 0 predicts the base rate rather than 0.5 and the early gradient goes to
+  ranking rather than to calibrating the intercept. ``task_rates()`` -> [K] unconditional rates
+  over the real candidates (called only when needed). Any other setting returns ``params``."""
+  cfg = fields.with_defaults(cfg, defaults())
+  if cfg.task_bias_init != 'base_rate':
+    return params
+  rates = np.clip(np.asarray(task_rates(), np.float64), 1e-4, 1 - 1e-4)
+  name = 'task_bias' if cfg.scoring == 'matching' else 'tower_b2'
+  if params[name].shape != rates.shape:
+    raise ValueError(f'{len(rates)} task rates for the {params[name].shape} {name}')
+  out = dict(params)
+  out[name] = jnp.asarray(np.log(rates / (1 - rates)), params[name].dtype)
+  return out

@@ -29,16 +29,20 @@ Pipeline, R requests x C candidates x K tasks (K = schema.num_tasks):
   4. Matching-based scoring (B.6): s_k^i = z_k . r_k^i / sqrt(d) + b_k, logits [R, C, K] float32:
      per-task logits of the *unconditional* labels over all impressions (click, cart, order each
      as observed, not conditioned on the parent task). ``aux=True`` adds the InfoNCE logits
-     s * (1/tau), 1/tau = exp(log_inv_temperature), initialised to 1.
+     s * (1/tau): 1/tau = exp(log_inv_temperature), learned from ``inv_temperature_init`` (or
+     held there, ``learn_temperature=False``). b_k starts at 0 here; ``config.data_init`` sets it
+     to the logit of task k's base rate in the training data (``task_bias_init='base_rate'``).
 
 Training: ``logits, aux = model.apply(..., aux=True)`` then ``losses.onerank_loss(logits,
-aux['nce_logits'], batch['labels'], batch['cand']['mask'])`` (BCE + list-wise InfoNCE, 1:1).
+aux['nce_logits'], batch['labels'], batch['cand']['mask'], bce_weight=.., nce_weight=..)``.
 
 Padding candidates (cand/mask False) influence nothing real: groups never see each other, and the
 task channels mask them out; their own logits are computed but meaningless (the loss drops them).
 
-Ablation switches (module attributes; SPEC B.6 / C.6): ``task_tokens`` ('per_task' | 'shared'),
-``scoring`` ('matching' | 'mlp'), ``situation`` ('attention' | 'mean' | 'constant_query'),
+Ablation switches (module attributes; SPEC B.6 / C.6), each changing one part and keeping the
+rest: ``task_tokens`` ('per_task' | 'shared'), ``scoring`` ('matching' | 'mlp': an MLP head on
+[z_k ; r_k^i] in place of the inner product, task channels kept), ``situation`` ('attention' |
+'mean' | 'constant_query' | 'off', task_channels.py), ``learn_temperature`` (bool),
 ``cross_task`` (bool), ``task_mask`` ('cascade' | 'parallel' | 'full' | 'hybrid' with
 ``task_edges``), ``detach`` and ``detach_kv_weights`` (bool). Every choice the SPEC leaves open is
 marked [D] where it is made.
@@ -190,14 +194,16 @@ class OneRank(nn.Module):
   s_position: str = 'from_recent'
   # OneRank switches (SPEC B.3-B.6, ablations C.6)
   task_tokens: str = 'per_task'   # or 'shared': one task token whose state serves every task
-  scoring: str = 'matching'       # or 'mlp': per-task MLP towers on r_k^i (no task channel)
-  situation: str = 'attention'    # or 'mean', 'constant_query'
+  scoring: str = 'matching'       # or 'mlp': per-task MLP towers on [z_k ; r_k^i]
+  situation: str = 'attention'    # or 'mean', 'constant_query', 'off'
   cross_task: bool = True         # False: z_k = h_k (see _task_vectors)
   task_mask: str = 'cascade'      # or 'parallel', 'full', 'hybrid'
   task_edges: tuple[tuple[str, str], ...] = ()  # hybrid: (reader, read) task-name pairs
   detach: bool = True             # cross-task gradient detachment (B.5)
   detach_kv_weights: bool = False  # also stop the K/V weight gradient on the off-diagonal path
   head_hidden: int = 0            # mlp scoring: tower width; 0: d
+  inv_temperature_init: float = 1.0  # InfoNCE 1/tau at step 0
+  learn_temperature: bool = True  # False: 1/tau stays at inv_temperature_init
   request_level: bool = True      # False: the explicit-mask reference layout (same numbers)
   embedding_row_multiple: int = 1  # embedding-table rows rounded up to a multiple (even splits)
   dtype: Any = jnp.float32
@@ -214,8 +220,11 @@ class OneRank(nn.Module):
     _check_choice(self.scoring, 'scoring', SCORINGS)
     _check_choice(self.situation, 'situation', SITUATIONS)
     _check_choice(self.task_mask, 'task_mask', TASK_MASKS)
-    for field in ('cross_task', 'detach', 'detach_kv_weights', 'request_level'):
+    for field in ('cross_task', 'detach', 'detach_kv_weights', 'request_level',
+                  'learn_temperature'):
       _check_choice(getattr(self, field), field, (True, False))
+    if not self.inv_temperature_init > 0:
+      raise ValueError(f'OneRank.inv_temperature_init={self.inv_temperature_init} must be > 0')
     if self.width % self.num_heads:
       raise ValueError(f'OneRank.num_heads={self.num_heads} must divide OneRank.width={self.width}')
     return task_mask_matrix(self.task_mask, self.schema.task_names, self.task_edges, 'OneRank.')
@@ -255,33 +264,39 @@ class OneRank(nn.Module):
                    for i in range(self.num_layers)]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm [D].
     self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=jnp.float32, **lp.norm(bias=False))
+    # The task channels (B.4, B.5) serve both heads: 'mlp' replaces only the inner product.
+    self.situation_discernment = SituationDiscernment(k, d, self.num_heads, self.situation,
+                                                      self.dtype)
+    if self.cross_task:
+      self.cross_task_interaction = CrossTaskInteraction(
+          k, d, self.num_heads, tuple(tuple(bool(x) for x in row) for row in a),
+          detach=self.detach, detach_kv_weights=self.detach_kv_weights,
+          ffn_mult=self.ffn_mult, dtype=self.dtype)
     if self.scoring == 'matching':
-      self.situation_discernment = SituationDiscernment(k, d, self.num_heads, self.situation,
-                                                        self.dtype)
-      if self.cross_task:
-        self.cross_task_interaction = CrossTaskInteraction(
-            k, d, self.num_heads, tuple(tuple(bool(x) for x in row) for row in a),
-            detach=self.detach, detach_kv_weights=self.detach_kv_weights,
-            ffn_mult=self.ffn_mult, dtype=self.dtype)
       self.task_bias = lp.param(self, 'task_bias', nn.initializers.zeros, (k,), (lp.TASKS,))
     else:
       # [D] the 'mlp' ablation's towers: Dense(hidden) -> SiLU -> Dense(1) per task, as
-      # multitask.towers.TaskTowers, but tower k reads its own r_k^i (stacked [K, ...] weights).
+      # multitask.towers.TaskTowers, tower k reading [z_k ; r_k^i] (stacked [K, ...] weights):
+      # the same inputs as the inner product, combined by an MLP.
       hid = self.head_hidden or d
-      self.tower_w1 = lp.param(self, 'tower_w1', init_lib.stacked_fan_in(), (k, d, hid),
+      self.tower_w1 = lp.param(self, 'tower_w1', init_lib.stacked_fan_in(), (k, 2 * d, hid),
                                (lp.TASKS, lp.EMBED, lp.MLP))
       self.tower_b1 = lp.param(self, 'tower_b1', nn.initializers.zeros, (k, hid),
                                (lp.TASKS, lp.MLP))
       self.tower_w2 = lp.param(self, 'tower_w2', nn.initializers.normal(hid ** -0.5), (k, hid),
                                (lp.TASKS, lp.MLP))
       self.tower_b2 = lp.param(self, 'tower_b2', nn.initializers.zeros, (k,), (lp.TASKS,))
-    # InfoNCE inverse temperature 1/tau = exp(log_inv_temperature), [D] initialised to 1 and [D]
-    # one scalar for all tasks (B.6 names a single tau); the log keeps it positive.
-    self.log_inv_temperature = lp.param(self, 'log_inv_temperature', nn.initializers.zeros, (),
-                                        ())
+    # InfoNCE inverse temperature 1/tau = exp(log_inv_temperature); [D] one scalar for all tasks
+    # (B.6 names a single tau); the log keeps it positive. Held fixed, it is no parameter.
+    if self.learn_temperature:
+      self.log_inv_temperature = lp.param(
+          self, 'log_inv_temperature',
+          nn.initializers.constant(float(np.log(self.inv_temperature_init))), (), ())
 
   def inverse_temperature(self) -> jnp.ndarray:
     """The InfoNCE inverse temperature 1/tau (a float32 scalar), e.g. for logging."""
+    if not self.learn_temperature:
+      return jnp.asarray(self.inv_temperature_init, jnp.float32)
     return jnp.exp(self.log_inv_temperature.astype(jnp.float32))
 
   # ------------------------------------------------------------------ tokens (B.2)
@@ -355,22 +370,25 @@ class OneRank(nn.Module):
     h = self.situation_discernment(situation_input, r, cand_mask)
     if not self.cross_task:
       # [D] without cross-task interaction z_k = h_k (the whole B.5 layer, FFN included, is
-      # dropped): then situation='mean' gives z_k = mean of r_k^i, SPEC B.6's degenerate case.
+      # dropped).
       return h, h
     return h, self.cross_task_interaction(h)
 
-  def _mlp_scores(self, r: jnp.ndarray) -> jnp.ndarray:
-    """Per-task towers on each task's own state: r [R, C, K, d] -> [R, C, K]."""
-    dt = self.dtype
-    hid = nn.silu(jnp.einsum('rckd,kdh->rckh', r.astype(dt), self.tower_w1.astype(dt)) +
-                  self.tower_b1.astype(dt))
-    return jnp.einsum('rckh,kh->rck', hid, self.tower_w2.astype(dt)) + self.tower_b2.astype(dt)
+  def _mlp_scores(self, z: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
+    """Per-task towers on [z_k ; r_k^i]: z [R, K, d], r [R, C, K, d] -> [R, C, K]. The first
+    layer is split into its z and r halves, so z is projected once per request, not per
+    candidate."""
+    dt, d = self.dtype, self.width
+    w1 = self.tower_w1.astype(dt)
+    hid = (jnp.einsum('rkd,kdh->rkh', z.astype(dt), w1[:, :d])[:, None] +
+           jnp.einsum('rckd,kdh->rckh', r.astype(dt), w1[:, d:]) + self.tower_b1.astype(dt))
+    return jnp.einsum('rckh,kh->rck', nn.silu(hid), self.tower_w2.astype(dt)) + \
+        self.tower_b2.astype(dt)
 
   def __call__(self, batch: Mapping[str, Any], train: bool = False, aux: bool = False) -> Any:
     """Logits [R, C, K] float32; ``aux=True`` returns (logits, dict) with 'nce_logits' (logits x
     1/tau, for InfoNCE), 'inv_temperature', 'task_repr' (r [R, C, K, d]), 'prefix' (final prefix
-    states [R, P, d]), 'situation' (h [R, K, d]) and 'task_vectors' (z [R, K, d]); the last two
-    are None under ``scoring='mlp'``, which has no task channel."""
+    states [R, P, d]), 'situation' (h [R, K, d]) and 'task_vectors' (z [R, K, d])."""
     del train  # no dropout [D]
     tok = self.tokens(batch)
     encode = self.encode if self.request_level else self.encode_reference
@@ -379,13 +397,12 @@ class OneRank(nn.Module):
     num_r, c = batch['cand']['mask'].shape
     k = self.schema.num_tasks
     r = jnp.broadcast_to(r, (num_r, c, k, self.width))           # 'shared': one state, K tasks
-    h = z = None
+    h, z = self._task_vectors(tok['situation_input'], r, batch['cand']['mask'])
+    z = z.astype(jnp.float32)
     if self.scoring == 'matching':
-      h, z = self._task_vectors(tok['situation_input'], r, batch['cand']['mask'])
-      z = z.astype(jnp.float32)
       logits = jnp.einsum('rkd,rckd->rck', z, r) / np.sqrt(self.width) + self.task_bias
     else:
-      logits = self._mlp_scores(r)
+      logits = self._mlp_scores(z, r)
     logits = logits.astype(jnp.float32)
     if not aux:
       return logits

@@ -6,9 +6,18 @@ the result z_k is matched against r_k^i (onerank.py, SPEC B.6). Per-task weights
 ([K, ...]) and applied with one einsum each, never a Python loop over tasks.
 
   * ``SituationDiscernment`` (B.4): q_k = LayerNorm(f_k(s)) from the request's flattened contextual
-    features s, then h_k = MHCA_k(q_k, {r_k^i over this request's real candidates}). Ablations:
-    ``mode='mean'`` (h_k = mean of the real candidates' r_k^i, the paper's "without situation
-    discernment") and ``mode='constant_query'`` (q_k a learned constant per task, not read from s).
+    features s, then h_k = MHCA_k(q_k, {r_k^i over this request's real candidates}). Ablations,
+    each removing one part and keeping the rest:
+      - ``mode='constant_query'``: q_k a learned constant per task, not read from s (the
+        candidates are still weighted, by what task k learned in general);
+      - ``mode='mean'``: uniform weights over the real candidates, no query at all: h_k =
+        W_o,k W_v,k mean_i r_k^i, the same value and output projections as the attention. [D] The
+        projections are kept so that this row changes only the weighting: the bare mean (the
+        paper's "without situation discernment" read literally) lies along every r_k^i, so
+        z_k . r_k^i / sqrt(d) starts near sqrt(d) (BCE about 8 at step 0), a saturated start
+        that confounds the comparison;
+      - ``mode='off'``: no summary of the candidates: h_k is a learned vector per task, the same
+        for every request (matching then scores r_k^i against a fixed direction, a linear head).
   * ``CrossTaskInteraction`` (B.5): masked multi-head self-attention over the K task vectors,
         h~_k = sum_j A[k][j]-masked softmax_j(q_k . k_j) v_j   (output projection)
         h^_k = LayerNorm(h~_k) + h_k
@@ -38,7 +47,7 @@ from onetrans_jax.models.layers.embeddings import masked_mean
 from onetrans_jax.models.layers.norms import StackedLayerNorm
 
 TASK_MASKS = ('cascade', 'parallel', 'full', 'hybrid')
-SITUATIONS = ('attention', 'mean', 'constant_query')
+SITUATIONS = ('attention', 'mean', 'constant_query', 'off')
 
 
 def task_mask_matrix(kind: str, task_names: Sequence[str],
@@ -88,7 +97,7 @@ class SituationDiscernment(nn.Module):
   num_tasks: int
   width: int
   num_heads: int
-  mode: str = 'attention'          # or 'mean', 'constant_query' (ablations)
+  mode: str = 'attention'          # or 'mean', 'constant_query', 'off' (ablations)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -100,9 +109,19 @@ class SituationDiscernment(nn.Module):
     if self.mode not in SITUATIONS:
       raise ValueError(f'OneRank.situation={self.mode!r}: choose one of {list(SITUATIONS)}')
     k, d, heads = self.num_tasks, self.width, self.num_heads
-    if self.mode == 'mean':
-      return masked_mean(r.astype(jnp.float32), cand_mask, axis=1).astype(self.dtype)
     num_r = r.shape[0]
+    if self.mode == 'off':
+      # [D] unit-scale init: z . r / sqrt(d) then starts with a standard deviation of about 1.
+      h = lp.param(self, 'task_vector', nn.initializers.normal(1.0), (k, d), (lp.TASKS, lp.EMBED))
+      return jnp.broadcast_to(h.astype(self.dtype), (num_r, k, d))
+    # MHCA_k: task-specific projections (stacked [K, d, d]; [D] no biases, as the encoder).
+    proj = lambda n, axes: lp.param(self, n, init_lib.stacked_fan_in(), (k, d, d),
+                                    axes).astype(self.dtype)
+    value_axes, out_axes = (lp.TASKS, lp.EMBED, lp.HEADS), (lp.TASKS, lp.HEADS, lp.EMBED)
+    if self.mode == 'mean':   # uniform attention: the mean of the values, no query
+      mean = masked_mean(r.astype(jnp.float32), cand_mask, axis=1).astype(self.dtype)  # [R, K, d]
+      v = jnp.einsum('rkd,kde->rke', mean, proj('mhca_value', value_axes))
+      return jnp.einsum('rkd,kde->rke', v, proj('mhca_out', out_axes))
     if self.mode == 'constant_query':
       # [D] unit-scale init, the scale of the LayerNorm output it replaces.
       q = lp.param(self, 'query', nn.initializers.normal(1.0), (k, d), (lp.TASKS, lp.EMBED))
@@ -119,13 +138,9 @@ class SituationDiscernment(nn.Module):
                      (lp.TASKS, None, lp.EMBED))
         f = f + jnp.einsum('rs,ksd->rkd', s.astype(self.dtype), w.astype(self.dtype))
       q = StackedLayerNorm(k, dtype=self.dtype, name='q_norm')(jnp.broadcast_to(f, (num_r, k, d)))
-    # MHCA_k: task-specific projections (stacked [K, d, d]; [D] no biases, as the encoder).
-    w_q, w_k, w_v, w_o = (
-        lp.param(self, n, init_lib.stacked_fan_in(), (k, d, d), axes).astype(self.dtype)
-        for n, axes in (('mhca_query', (lp.TASKS, lp.EMBED, lp.HEADS)),
-                        ('mhca_key', (lp.TASKS, lp.EMBED, lp.HEADS)),
-                        ('mhca_value', (lp.TASKS, lp.EMBED, lp.HEADS)),
-                        ('mhca_out', (lp.TASKS, lp.HEADS, lp.EMBED))))
+    w_q = proj('mhca_query', (lp.TASKS, lp.EMBED, lp.HEADS))
+    w_k = proj('mhca_key', (lp.TASKS, lp.EMBED, lp.HEADS))
+    w_v, w_o = proj('mhca_value', value_axes), proj('mhca_out', out_axes)
     dh = d // heads
     qh = jnp.einsum('rkd,kde->rke', q, w_q).reshape(num_r, k, heads, dh)
     c = r.shape[1]
