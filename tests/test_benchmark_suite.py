@@ -25,6 +25,10 @@ def tiny_run(tmp_path_factory):
   return proc.stdout, result
 
 
+# The tiny suite end to end (about 80 s of compiles): slow, opt-in. The default run keeps the
+# suite's table and error paths (test_bad_flags_are_named, test_a_failing_variant_is_recorded_not_fatal)
+# and the profile of one step (test_profile_step_groups_the_time_by_component).
+@pytest.mark.slow
 def test_printed_table_and_record(tiny_run):
   stdout, result = tiny_run
   assert result['machine']['backend'] == 'cpu'
@@ -42,6 +46,7 @@ def test_printed_table_and_record(tiny_run):
     assert row['examples'] == 8 and row['peak_bytes'] > 0
 
 
+@pytest.mark.slow
 def test_layouts_and_savings(tiny_run):
   _, result = tiny_run
   rows = {r['variant']: r for r in result['train']}

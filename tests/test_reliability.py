@@ -166,7 +166,7 @@ def test_final_metrics_is_strict_json_with_nan(tmp_path):
 
 def test_the_first_step_is_step_one_in_a_nan_error():
   """The logs count steps from 1; so does the NaN record (the step from state.step = 0 is 1)."""
-  loss_fn = lambda p, b: (p['w'] * jnp.nan, jnp.zeros((1,)))
+  loss_fn = lambda p, b: (p['w'] * jnp.nan, {'task': jnp.zeros((1,)), 'bce': jnp.zeros((1,))})
   tx = optax.sgd(0.1)
   params = {'w': jnp.ones(())}
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.full((), -1, jnp.int32))

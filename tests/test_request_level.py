@@ -18,9 +18,12 @@ from tests.helpers import onetrans_model_config
 
 LAYOUTS = [
     dict(),
-    dict(pyramid=False),
+    # slow (opt-in): the default and the group-wise agnostic layouts cover both merge paths and
+    # both tokenizers in the default run; these two add the pyramid and sharing switches.
+    pytest.param(dict(pyramid=False), marks=pytest.mark.slow),
     dict(ns_tokenizer='group_wise', seq_merge='timestamp_agnostic'),
-    dict(seq_merge='timestamp_agnostic', use_sep=False, param_sharing='shared'),
+    pytest.param(dict(seq_merge='timestamp_agnostic', use_sep=False, param_sharing='shared'),
+                 marks=pytest.mark.slow),
 ]
 
 
