@@ -206,3 +206,26 @@ def test_base_rate_init_sets_each_tasks_bias_to_the_logit_of_its_rate():
   with pytest.raises(ConfigError, match=r"config.model.task_bias_init='mean': choose one of"):
     c.model.task_bias_init = 'mean'
     build_model(c.model, ds.schema)
+
+
+def test_the_tuning_sweep_gives_both_families_the_same_budget(data):
+  """onerank_main:tune: OneRank and OneTrans + PLE each get the same 2 x 2 grid (dense lr x
+  width), one seed, the study's protocol, chosen on validation click AUC."""
+  from onetrans_jax import tuning
+  from onetrans_jax.experiments import onerank_main
+  from onetrans_jax.sweep import variant_config
+  schema, _ = data
+  c = onerank_main.get_config('tune')
+  assert c.sweep.select == 'valid/click/auc' and c.sweep.seeds == (0,)
+  assert c.data.valid_fraction > 0 and c.train.early_stopping.metric == 'valid/click/auc'
+  families = {}
+  for name, overrides in c.sweep.variants:
+    family, _ = tuning.split_name(name)
+    cfg = variant_config(c, overrides, seed=0)
+    build_model(cfg.model, schema)
+    families.setdefault(family, []).append((cfg.optimizer.dense.learning_rate,
+                                            cfg.model.name, cfg.loss.mode))
+  assert {f: len(v) for f, v in families.items()} == {'OneRank': 4, 'OneTrans + PLE': 4}
+  assert {m for _, m, _ in families['OneRank']} == {'onerank'}
+  assert {(m, l) for _, m, l in families['OneTrans + PLE']} == {('onetrans', 'joint')}
+  assert sorted(lr for lr, _, _ in families['OneRank']) == [0.001, 0.001, 0.002, 0.002]

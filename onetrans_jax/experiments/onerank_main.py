@@ -19,7 +19,8 @@ all. ``:quick`` (100 steps of 16 requests, one seed) checks the pipeline in a fe
 numbers are too short-trained to compare models. ``:mechanisms`` is the study: the mechanism
 world (onetrans_jax/experiments/common.mechanism_data) under common.mechanism_study's protocol
 (validation split, early stopping on validation click AUC, at most 12000 steps), 5 seeds, with
-the two compute-matched OneRank rows (FLOPS_MATCHED, PARAMS_MATCHED below).
+the two compute-matched OneRank rows (FLOPS_MATCHED, PARAMS_MATCHED below). ``:tune`` is the
+equal tuning budget of OneRank and OneTrans + PLE on that world's validation split (TUNE_* below).
 """
 
 import ml_collections
@@ -65,15 +66,42 @@ def onerank_base(arg: str | None) -> ml_collections.ConfigDict:
   return c
 
 
+# The tuning budget (``:tune``), the same for OneRank and OneTrans + PLE: 2 dense learning rates x
+# 2 widths, one seed each, under the study's protocol, each family keeping the setting with the
+# best validation click AUC (onetrans_jax/tuning.py; never a hold-out number). OneRank's width is
+# its model width; OneTrans + PLE's the PLE experts' width (the encoder stays onetrans_s:small's,
+# the one the RQ1/RQ2 studies use).
+TUNE_DENSE_LRS = (0.001, 0.002)
+TUNE_WIDTHS = {'OneRank': ('model.width', (64, 128)),
+               'OneTrans + PLE': ('model.predictor_expert_hidden', (64, 128))}
+
+
+def _tuning_rows(rows: dict[str, tuple]) -> tuple:
+  """'<family> @ dense lr <lr>, width <w>' rows over TUNE_DENSE_LRS x TUNE_WIDTHS."""
+  out = []
+  for family, (field, widths) in TUNE_WIDTHS.items():
+    for lr in TUNE_DENSE_LRS:
+      for w in widths:
+        out.append((f'{family} @ dense lr {lr}, width {w}', rows[family] + (
+            ('optimizer.dense.learning_rate', lr), (field, w))))
+  return tuple(out)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, '', 'quick', 'mechanisms'):
+  if arg not in (None, '', 'quick', 'mechanisms', 'tune'):
     raise ValueError(f'onetrans_jax/experiments/onerank_main.py: unknown variant {arg!r}; '
-                     'use :quick or :mechanisms')
-  c = onerank_base(arg)
+                     'use :quick, :mechanisms or :tune')
+  c = onerank_base('mechanisms' if arg == 'tune' else arg)
   small = onetrans_s.get_config('small').model
   onetrans = lambda predictor: ml_collections.ConfigDict(dict(small.to_dict(),
                                                               predictor=predictor))
   joint = ('loss.mode', 'joint')
+  if arg == 'tune':
+    rows = _tuning_rows({'OneRank': (), 'OneTrans + PLE': (('model', onetrans('ple')), joint)})
+    c.sweep = common.sweep('onerank_tune', rows[0][0], rows, seeds=(0,), tasks=TASKS,
+                           relative=False, metric_labels=('AUC', 'GAUC'),
+                           select='valid/click/auc')
+    return c
   sized = lambda size: tuple((f'model.{k}', v) for k, v in size.items())
   seeds = {'quick': (0,), 'mechanisms': (0, 1, 2, 3, 4)}.get(arg, (0, 1, 2))
   c.sweep = common.sweep(
