@@ -229,3 +229,32 @@ def test_the_tuning_sweep_gives_both_families_the_same_budget(data):
   assert {m for _, m, _ in families['OneRank']} == {'onerank'}
   assert {(m, l) for _, m, l in families['OneTrans + PLE']} == {('onetrans', 'joint')}
   assert sorted(lr for lr, _, _ in families['OneRank']) == [0.001, 0.001, 0.002, 0.002]
+
+
+@pytest.mark.parametrize('arg', ['ml100k', 'ml1m'])
+def test_the_movielens_variants_compare_ple_and_onerank_under_the_studies_protocol(arg):
+  """onerank_main:ml100k / :ml1m: OneTrans + PLE and the three OneRank rows on like / love, the
+  MovieLens studies' protocol; with the real ML-100K files present every row builds on them."""
+  import os
+  from onetrans_jax.data import pipeline
+  from onetrans_jax.experiments import onerank_main
+  from onetrans_jax.sweep import variant_config
+  from tests.helpers import ROOT
+  c = onerank_main.get_config(arg)
+  assert [v for v, _ in c.sweep.variants] == [
+      'OneTrans + PLE', 'OneRank', 'OneRank, 1.2x the FLOPs of OneTrans + PLE',
+      'OneRank, the dense params of OneTrans + PLE']
+  assert c.sweep.tasks == (('like', 'like'), ('love', 'love')) and len(c.sweep.seeds) == 3
+  assert c.data.name == f'movielens_{arg[2:]}' and c.data.history_stats
+  assert c.train.early_stopping.metric == 'valid/like/auc' and c.data.valid_fraction == 0.1
+  assert c.optimizer.sparse.learning_rate == (0.02 if arg == 'ml100k' else 0.1)
+  real = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
+  if arg != 'ml100k' or not os.path.isdir(real):
+    return
+  c.data.path = real
+  schema = pipeline.build_dataset(c.data).schema
+  assert schema.task_names == ('like', 'love')
+  for _, overrides in c.sweep.variants:
+    cfg = variant_config(c, overrides, seed=0)
+    build_model(cfg.model, schema)
+    assert cfg.loss.mode == ('onerank' if cfg.model.name == 'onerank' else 'joint')
