@@ -522,11 +522,15 @@ def test_model_loss_and_temperature(setup):
   hot = dict(params, log_inv_temperature=jnp.asarray(np.log(2.0), jnp.float32))
   _, (logits2, aux2) = _compiled(schema, 'grad')(hot, batch)
   np.testing.assert_allclose(aux2['nce_logits'], 2.0 * logits2, rtol=1e-6)
-  # The real initialiser sets 1/tau = 1 (only the top-level parameters are created).
+  # The real initialiser sets 1/tau to config.py's default, 3 (only the top-level parameters
+  # are created).
   init = partitioning.unbox(jax.jit(functools.partial(
       model.init, method=OneRank.inverse_temperature))(jax.random.key(0)))
-  assert float(init['params']['log_inv_temperature']) == 0.0
-  assert float(model.apply(init, method=OneRank.inverse_temperature)) == 1.0
+  assert model.inv_temperature_init == onerank_model().inv_temperature_init == 3.0
+  np.testing.assert_allclose(float(init['params']['log_inv_temperature']), np.log(3.0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(model.apply(init, method=OneRank.inverse_temperature)), 3.0,
+                             rtol=1e-6)
   total, parts = losses.onerank_loss(logits, aux['nce_logits'], batch['labels'],
                                      batch['cand']['mask'])
   assert np.isfinite(float(total)) and np.all(np.asarray(parts['num_positives']) > 0)

@@ -202,7 +202,7 @@ class OneRank(nn.Module):
   detach: bool = True             # cross-task gradient detachment (B.5)
   detach_kv_weights: bool = False  # also stop the K/V weight gradient on the off-diagonal path
   head_hidden: int = 0            # mlp scoring: tower width; 0: d
-  inv_temperature_init: float = 1.0  # InfoNCE 1/tau at step 0
+  inv_temperature_init: float = 1.0  # InfoNCE 1/tau at step 0 (config.py's default: 3)
   learn_temperature: bool = True  # False: 1/tau stays at inv_temperature_init
   request_level: bool = True      # False: the explicit-mask reference layout (same numbers)
   embedding_row_multiple: int = 1  # embedding-table rows rounded up to a multiple (even splits)
