@@ -57,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           ('logistic regression', (('model', floors_config.defaults('logistic')),)),
           ('LightGBM', (('model', floors_config.defaults('lightgbm')),)),
           ('OneTrans', ()),
-          ('OneRank', (('model', onerank_main.onerank_cpu()), ('loss.mode', 'onerank'))),
+          ('OneRank', (('model', onerank_main.onerank_cpu()), ('loss.mode', 'onerank'),
+                       ('loss.nce_weight', onerank_main.NCE_WEIGHT))),
       ), seeds=(0,) if arg == 'quick' else (0, 1, 2), tasks=TASKS, commit=arg != 'quick',
       relative=False)
   return c
