@@ -148,7 +148,9 @@ def sharded_more(tmp_path_factory):
 def _check_matches_one_device(report, model, mesh):
   one, run = report[model]['one'], report[model][mesh]
   assert len(run['loss']) == len(one['loss']) == 3
-  np.testing.assert_allclose(run['loss'], one['loss'], rtol=0, atol=LOSS_TOL)
+  # rtol too: OneRank's loss (BCE + InfoNCE at 1/tau 3) is about 7, where float32 sums taken in
+  # another order over 8 devices differ by a few 1e-6 relative (measured 2.7e-6).
+  np.testing.assert_allclose(run['loss'], one['loss'], rtol=1e-5, atol=LOSS_TOL)
   assert run['max_param_diff'] < PARAM_TOL, run['max_param_diff']
 
 
