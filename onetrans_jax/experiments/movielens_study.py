@@ -59,6 +59,15 @@ TUNED_SPARSE_LR: dict[str, dict[str, float]] = {
     '1m': {}}
 
 
+def protocol(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """The MovieLens studies' protocol on ``c``: the latest 10% of training as validation, early
+  stopping on validation like AUC with patience 6, at most 2000 / 6000 steps scored every 50 /
+  150 (ML-100K: ~6,400 training requests, 100 steps an epoch; 1M subset: ~31,500, 490)."""
+  steps = (2000, 50) if variant == '100k' else (6000, 150)
+  return common.study_protocol(c, valid_fraction=0.1, max_steps=steps[0], eval_every=steps[1],
+                               patience=6, metric='valid/like/auc')
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in ARGS:
     raise ValueError(f'onetrans_jax/experiments/movielens_study.py: unknown variant {arg!r}; '
@@ -84,10 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (loss.listwise_weight=1.0) lowered every UAUC: OneTrans_S 0.6727 / 0.6876, DCNv2 + DIN
   # 0.6761 / 0.6887. Coupled L2 on the embeddings (optimizer.sparse.weight_decay) moved OneTrans_S
   # within noise: 0.01 -> 0.6785 / 0.6971, 0.001 -> 0.6828 / 0.6950.
-  # ML-100K: ~6,400 training requests, 100 steps an epoch; 1M subset: ~31,500, 490 an epoch.
-  steps = (2000, 50) if variant == '100k' else (6000, 150)
-  common.study_protocol(c, valid_fraction=0.1, max_steps=steps[0], eval_every=steps[1],
-                        patience=6, metric='valid/like/auc')
+  protocol(c, variant)
   variants = tuple(c.sweep.variants)
   reference = c.sweep.reference
   if tune:   # every neural family at each SPARSE_LRS value, one seed, selection on validation

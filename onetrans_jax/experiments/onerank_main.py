@@ -107,10 +107,8 @@ def movielens(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDi
   from onetrans_jax.experiments import movielens_study
   variant = arg[2:]
   c.data = movielens_data(variant, history_stats=True)
-  steps = (2000, 50) if variant == '100k' else (6000, 150)
-  common.study_protocol(c, valid_fraction=0.1, max_steps=steps[0], eval_every=steps[1],
-                        patience=6, metric='valid/like/auc')
-  c.train.diagnostics_every = steps[1]
+  movielens_study.protocol(c, variant)
+  c.train.diagnostics_every = c.train.eval_every
   tuned = movielens_study.TUNED_SPARSE_LR[variant].get('OneTrans_S')
   if tuned is not None:
     c.optimizer.sparse.learning_rate = tuned
