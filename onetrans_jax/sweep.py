@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import glob
 import os
 import re
 import shutil
@@ -73,6 +74,7 @@ class PlannedRun:
   action: str                     # 'reuse', 'resume' or 'train'
   reason: str                     # why, for the plan and the log
   record: dict[str, Any] | None   # the matching record when reused
+  copy_from: str | None = None    # another study's committed record this run reuses
 
 
 def _record_paths(sw: ml_collections.ConfigDict, run_dir: str, name: str, seed: int,
@@ -117,6 +119,25 @@ def _latest_committed(sw: ml_collections.ConfigDict, name: str, seed: int) -> di
   return max(recs, key=lambda r: r.get('finished', ''), default=None)
 
 
+def _other_study_record(sw: ml_collections.ConfigDict, seed: int, fp: str
+                        ) -> tuple[str, dict[str, Any]] | None:
+  """A record of this very run (same fingerprint: config and data) committed by another study
+  beside this one (``results/<study>/runs/<variant>/``), e.g. OneTrans_S of the RQ2 table reused
+  by the RQ1 table on the same world: the run is trained once."""
+  if not sw.get('results_dir', None):
+    return None
+  studies = os.path.dirname(os.path.dirname(os.path.normpath(sw.results_dir)))
+  own = os.path.normpath(sw.results_dir)
+  for path in sorted(glob.glob(os.path.join(studies, '*', 'runs', '*',
+                                            f'seed_{seed}-{fp[:12]}.json'))):
+    if os.path.normpath(os.path.dirname(os.path.dirname(path))) == own:
+      continue
+    rec = records.read_record(path)
+    if rec is not None and rec['fingerprint'] == fp:
+      return path, rec
+  return None
+
+
 def _set_aside(run_dir: str, why: str) -> str:
   """Move a run directory made with another config out of the way (nothing is deleted)."""
   k, target = 0, f'{run_dir}.stale'
@@ -158,6 +179,12 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str, name: str,
       return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'reuse', f'matching record {path}',
                         rec)
     stale = stale or rec
+  other = _other_study_record(sw, seed, fp)
+  if other is not None:
+    path, rec = other
+    return PlannedRun(name, seed, cfg, fp, flat, run_dir, 'reuse',
+                      f'the same run committed by another study: {path}',
+                      dict(rec, variant=name), copy_from=path)
   stale = stale or _latest_committed(sw, name, seed)
   why = '' if stale is None else 'its config changed: ' + records.config_changes(
       stale['config'], records.canonical(flat))
@@ -197,6 +224,8 @@ def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
     if records.read_record(path) is None or path.endswith('record.json'):
       records.write_record(path, record)
   own = os.path.join(run.run_dir, records.PREDICTIONS_FILE)
+  if run.copy_from is not None:   # the other study's committed predictions of this run
+    own = run.copy_from[:-len('.json')] + '.predictions.npz'
   committed = _committed_predictions(sw, run.variant, run.seed, run.fingerprint)
   if committed and os.path.exists(own) and not os.path.exists(committed):
     shutil.copyfile(own, committed + '.tmp')   # a few hundred KB: commit it beside the record

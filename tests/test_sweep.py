@@ -116,6 +116,30 @@ def test_a_committed_record_is_reused_on_another_machine(tmp_path):
     assert (tmp_path / 'study' / name).exists(), name
 
 
+def test_a_run_committed_by_another_study_is_reused_and_copied(tmp_path):
+  """The same (config, data, seed) in two tables (OneTrans_S of RQ2 and of RQ1) trains once: the
+  second study reuses the first's committed record and predictions under its own variant name."""
+  first = _one_run_config(tmp_path)
+  first.sweep.results_dir = str(tmp_path / 'rq2' / 'runs')
+  trained = run_sweep(first, str(tmp_path / 'w2'))['results']['base']['records'][0]
+  second = _one_run_config(tmp_path)
+  second.sweep.results_dir = str(tmp_path / 'rq1' / 'runs')
+  second.sweep.variants = (('OneTrans', ()), ('wider', (('model.hidden', (40,)),)))
+  second.sweep.reference = 'OneTrans'
+  out = run_sweep(second, str(tmp_path / 'w1'))
+  assert [r.action for r in out['plan']] == ['reuse', 'train']
+  assert 'another study' in out['plan'][0].reason and 'rq2/runs/base/' in out['plan'][0].reason
+  stem = f'seed_0-{trained["fingerprint"][:12]}'
+  copied = json.loads((tmp_path / 'rq1' / 'runs' / 'OneTrans' / f'{stem}.json').read_text())
+  assert copied['variant'] == 'OneTrans' and copied['metrics'] == trained['metrics']
+  assert ((tmp_path / 'rq1' / 'runs' / 'OneTrans' / f'{stem}.predictions.npz').read_bytes() ==
+          (tmp_path / 'rq2' / 'runs' / 'base' / f'{stem}.predictions.npz').read_bytes())
+  assert not (tmp_path / 'w1' / 'OneTrans' / 'seed_0' / 'checkpoints').exists()
+  # Another seed is another run: never taken from the other study.
+  second.sweep.seeds = (1,)
+  assert [r.action for r in run_sweep(second, str(tmp_path / 'w1'))['plan']] == ['train'] * 2
+
+
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
   c = _sweep_config()
   c.sweep.dry_run = True
