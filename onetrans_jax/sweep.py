@@ -37,9 +37,9 @@ fields changed; an interrupted run with the same config resumes from its checkpo
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
-import glob
 import os
 import re
 import shutil
@@ -138,6 +138,31 @@ def _other_study_record(sw: ml_collections.ConfigDict, seed: int, fp: str
   return None
 
 
+WALL_TIME_FILE = 'wall_time.json'
+
+
+def _add_wall_time(run_dir: str, seconds: float) -> tuple[float, int]:
+  """Adds one invocation's seconds to the run's running total (``run_dir/wall_time.json``) and
+  returns (total seconds, invocations): a run resumed across sessions records all of its time, not
+  only its last piece's (the estimate of the other seeds scales it). A process killed without
+  unwinding (SIGKILL, power loss) loses that invocation's share."""
+  path = os.path.join(run_dir, WALL_TIME_FILE)
+  total, n = 0.0, 0
+  if os.path.exists(path):
+    try:
+      with open(path, encoding='utf-8') as f:
+        saved = json.load(f)
+      total, n = float(saved['seconds']), int(saved['invocations'])
+    except (OSError, ValueError, KeyError, TypeError):
+      reporting.log(f'[sweep] {path} is unreadable: the wall time restarts from this invocation')
+  total, n = total + seconds, n + 1
+  os.makedirs(run_dir, exist_ok=True)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump({'seconds': total, 'invocations': n}, f)
+  os.replace(path + '.tmp', path)
+  return total, n
+
+
 def _set_aside(run_dir: str, why: str) -> str:
   """Move a run directory made with another config out of the way (nothing is deleted)."""
   k, target = 0, f'{run_dir}.stale'
@@ -213,13 +238,16 @@ def execute(run: PlannedRun, sw: ml_collections.ConfigDict) -> dict[str, Any]:
     reporting.log(f'[sweep] {run.variant} seed {run.seed}: {run.action} in {run.run_dir} '
                   f'({run.reason})')
     t0 = time.time()
-    if models.is_floor(run.config.model):  # a classical floor row: fitted, not trained
-      from onetrans_jax.floors.fit import fit_and_evaluate  # local: scikit-learn, LightGBM
-      final = fit_and_evaluate(run.config, run.run_dir)
-    else:
-      final = train_and_evaluate(run.config, run.run_dir)
-    record = records.make_record(run.variant, run.seed, run.fingerprint, run.flat, final,
-                                 time.time() - t0)
+    try:
+      if models.is_floor(run.config.model):  # a classical floor row: fitted, not trained
+        from onetrans_jax.floors.fit import fit_and_evaluate  # local: scikit-learn, LightGBM
+        final = fit_and_evaluate(run.config, run.run_dir)
+      else:
+        final = train_and_evaluate(run.config, run.run_dir)
+    finally:   # also when interrupted: the next invocation resumes and adds its own time
+      wall, invocations = _add_wall_time(run.run_dir, time.time() - t0)
+    record = records.make_record(run.variant, run.seed, run.fingerprint, run.flat, final, wall)
+    record['invocations'] = invocations
   for path in _record_paths(sw, run.run_dir, run.variant, run.seed, run.fingerprint):
     if records.read_record(path) is None or path.endswith('record.json'):
       records.write_record(path, record)

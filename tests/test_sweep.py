@@ -236,6 +236,30 @@ def test_an_unfinished_run_resumes_across_logging_only_changes(tmp_path):
   assert [r.action for r in run_sweep(c, work)['plan']] == ['train']
 
 
+def test_a_resumed_run_records_the_time_of_every_invocation(tmp_path, monkeypatch):
+  """An invocation stopped part-way (SIGTERM at a session's end) keeps its seconds: the record of
+  the run that resumes says the time of both pieces, so the plan's estimate is not 'the last
+  piece only'."""
+  import time as time_mod
+  from onetrans_jax import train as train_mod
+  real = train_mod.train_and_evaluate
+
+  def interrupted(cfg, workdir):   # as train.py does first: the config beside the run
+    os.makedirs(workdir, exist_ok=True)
+    (tmp_path / 'work' / 'base' / 'seed_0' / 'config.json').write_text(cfg.to_json())
+    time_mod.sleep(1.5)
+    raise KeyboardInterrupt('stopped at the end of a session')
+  monkeypatch.setattr(train_mod, 'train_and_evaluate', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    run_sweep(_one_run_config(tmp_path), str(tmp_path / 'work'))
+  saved = json.loads((tmp_path / 'work' / 'base' / 'seed_0' / 'wall_time.json').read_text())
+  assert saved['invocations'] == 1 and saved['seconds'] >= 1.5
+  monkeypatch.setattr(train_mod, 'train_and_evaluate', real)
+  rec = run_sweep(_one_run_config(tmp_path), str(tmp_path / 'work'))['results']['base'][
+      'records'][0]
+  assert rec['invocations'] == 2 and rec['wall_seconds'] >= saved['seconds'] + 0.1
+
+
 def test_a_study_finished_elsewhere_keeps_its_one_seed_bootstrap(tmp_path):
   """The committed predictions travel with the records: a fresh workdir that reuses every
   committed run (another machine) reports the same bootstrap interval as the workdir that
