@@ -197,6 +197,12 @@ def test_bad_logs_and_configs():
     el.EventLogSource(_log(), dataclasses.replace(CFG, max_len={'click': 2}))
   with pytest.raises(ConfigError, match="side feature 'brand'"):
     el.EventLogSource(_log(), dataclasses.replace(CFG, seq_side_features=('brand',)))
+  with pytest.raises(ConfigError, match="event feature 'rating' is not a per-event"):
+    el.EventLogSource(_log(), dataclasses.replace(CFG, seq_event_features=('rating',)))
+  with pytest.raises(ValueError, match=r"event_cat\['rating'\]: expected \[8\] int32"):
+    el.EventLogSource(_log(event_cat={'rating': np.ones(7, np.int32)}), CFG)
+  with pytest.raises(ValueError, match=r"event_cat\['rating'\] holds ids < 1"):
+    el.EventLogSource(_log(event_cat={'rating': np.zeros(8, np.int32)}), CFG)
 
 
 def test_read_table_and_ids(tmp_path):

@@ -92,6 +92,35 @@ def test_fixture_batch_is_exact(tmp_path, variant):
       assert np.all(seq['time'][r][seq['mask'][r]] < b['request']['time'][r])
 
 
+@pytest.mark.parametrize('variant', ['100k', '1m'])
+def test_history_events_can_carry_their_rating(tmp_path, variant):
+  """``data.seq_rating``: every 'rated' / 'liked' event carries the rating the user gave (a third
+  id column, vocabulary 'rating' of size 6); off, no column and no table."""
+  path = (write_100k if variant == '100k' else write_1m)(tmp_path / variant)
+  plain = pipeline.build_dataset(_data(variant, path)).schema
+  assert 'rating' not in plain.vocab_sizes
+  assert plain.sequence('rated').side_features == (('item_genre', 'genre'),)
+  ds = pipeline.build_dataset(_data(variant, path, seq_rating=True))
+  assert ds.schema.vocab_sizes['rating'] == 6
+  for name in ('rated', 'liked'):
+    assert ds.schema.sequence(name).side_features == (('item_genre', 'genre'),
+                                                     ('rating', 'rating'))
+  b = all_requests(ds)
+  ds.schema.check_batch(b)
+  # (item, rating) of the events before requests C (u2 @300), D (u1 @7200), F (u2 @9000).
+  rated = {2: [(2, 4), (1, 1), (3, 5)], 3: [(1, 5), (2, 3), (3, 4)], 4: [(1, 1), (3, 5), (5, 4)]}
+  liked = {2: [(2, 4), (3, 5)], 3: [(1, 5), (3, 4)], 4: [(3, 5), (5, 4)]}
+  for name, expect in (('rated', rated), ('liked', liked)):
+    ids = b['seq'][name]['ids']
+    assert ids.shape[-1] == 3
+    for r, events in expect.items():
+      k = len(events)
+      np.testing.assert_array_equal(ids[r, -k:][:, [0, 2]], events, err_msg=f'{name} {r}')
+    assert not ids[0].any() and not ids[5].any()     # no earlier ratings: all padding
+    np.testing.assert_array_equal(ids[..., :2], all_requests(pipeline.build_dataset(
+        _data(variant, path)))['seq'][name]['ids'])   # the other columns are unchanged
+
+
 def test_session_gap_and_candidates_config(tmp_path):
   path = write_100k(tmp_path)
   # A 10 s gap already ends a request; C = 16 never splits: u1 @0, @10, @20 are three requests.

@@ -425,6 +425,10 @@ class EventLog:
   user_num: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [num_users+1] f32
   vocab: dict[str, str] = dataclasses.field(default_factory=dict)
   vocab_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Per-event categorical features ([E] int32, ids >= 1), e.g. the rating a user gave: they can
+  # ride on the sequence events (RequestConfig.seq_event_features), so a history token says what
+  # the user did with the item, not only which item it was.
+  event_cat: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   # Optional, for logs whose requests are given rather than cut by time (own_data.py): [E] int64
   # request key of each event; a request is then one user's impressions of one key.
   request: np.ndarray | None = None
@@ -484,7 +488,16 @@ class EventLog:
           raise ValueError(f'EventLog.{kind}[{name!r}] holds non-finite values; impute them')
         if dtype == np.int32 and arr.min() < 0:
           raise ValueError(f'EventLog.{kind}[{name!r}] holds negative ids')
-    for f in list(self.item_cat) + list(self.user_cat):
+    for name, arr in self.event_cat.items():
+      if name in names:
+        raise ValueError(f'EventLog.event_cat[{name!r}]: the feature name is reserved or used twice')
+      names.add(name)
+      if arr.shape != (e,) or arr.dtype != np.int32:
+        raise ValueError(f'EventLog.event_cat[{name!r}]: expected [{e}] int32 (one id per event), '
+                         f'got {arr.shape} {arr.dtype}')
+      if e and arr.min() < 1:
+        raise ValueError(f'EventLog.event_cat[{name!r}] holds ids < 1 (0 is the padding id)')
+    for f in list(self.item_cat) + list(self.user_cat) + list(self.event_cat):
       v = self.vocab_of(f)
       if v in RESERVED_VOCABS:
         raise ValueError(f'EventLog feature {f!r}: vocabulary name {v!r} is reserved')
@@ -502,8 +515,8 @@ class EventLog:
         raise ValueError(f'EventLog.{name}_vocab_id holds id {ids.max()}; declare the size of '
                          f'vocabulary {name!r} in vocab_sizes')
     for v, size in self.vocab_sizes.items():
-      top = max((int(a.max()) for t in (self.item_cat, self.user_cat) for f, a in t.items()
-                 if self.vocab_of(f) == v), default=0)
+      top = max((int(a.max()) for t in (self.item_cat, self.user_cat, self.event_cat)
+                 for f, a in t.items() if self.vocab_of(f) == v and a.size), default=0)
       if top >= size:
         raise ValueError(f'EventLog.vocab_sizes[{v!r}] = {size}, but an id {top} uses it')
 
@@ -519,6 +532,7 @@ class RequestConfig:
   max_len: Mapping[str, int]        # per behaviour sequence
   eval_fraction: float              # the latest requests by start time that evaluate
   seq_side_features: tuple[str, ...] = ()  # item_cat features attached to every sequence event
+  seq_event_features: tuple[str, ...] = ()  # event_cat features of the event itself, after those
   user_id_feature: bool = True      # the user id as a request feature (vocabulary 'user')
   time_context: bool = True         # hour of day and weekday of the request as features
   utc_offset: int = 0               # seconds added to the UTC request time before taking hour /
@@ -556,6 +570,10 @@ class RequestConfig:
       if f not in log.item_cat:
         raise ConfigError(f'sequence side feature {f!r} is not an item categorical feature of '
                           f'the data; known: {sorted(log.item_cat)}')
+    for f in self.seq_event_features:
+      if f not in log.event_cat:
+        raise ConfigError(f'sequence event feature {f!r} is not a per-event categorical feature '
+                          f'of the data; known: {sorted(log.event_cat) or "none"}')
 
 
 def event_schema(log: EventLog, cfg: RequestConfig) -> FeatureSchema:
@@ -565,11 +583,17 @@ def event_schema(log: EventLog, cfg: RequestConfig) -> FeatureSchema:
   item id + ``seq_side_features``; cand/cat: item_id + item_cat; cand/num: item_num.
   """
   sizes: dict[str, int] = {'user': log.num_users + 1, 'item': log.num_items + 1}
-  for table in (log.user_cat, log.item_cat):
+  for table in (log.user_cat, log.item_cat, log.event_cat):
     for f, arr in table.items():
       v = log.vocab_of(f)
       sizes[v] = max(sizes.get(v, 2), int(arr.max()) + 1 if arr.size else 2)
   sizes.update(log.vocab_sizes)
+  # A per-event feature no sequence carries gets no table (the model would never read it).
+  used = {log.vocab_of(f) for f in list(log.user_cat) + list(log.item_cat) +
+          list(cfg.seq_event_features)}
+  for f in log.event_cat:
+    if log.vocab_of(f) not in used:
+      sizes.pop(log.vocab_of(f), None)
   if cfg.time_context:
     sizes.update(hour=25, weekday=8)
   req_cat = [CategoricalFeature('user_id', 'user', 'user')] if cfg.user_id_feature else []
@@ -577,7 +601,7 @@ def event_schema(log: EventLog, cfg: RequestConfig) -> FeatureSchema:
   if cfg.time_context:
     req_cat += [CategoricalFeature('hour', 'hour', 'context'),
                 CategoricalFeature('weekday', 'weekday', 'context')]
-  side = tuple((f, log.vocab_of(f)) for f in cfg.seq_side_features)
+  side = tuple((f, log.vocab_of(f)) for f in cfg.seq_side_features + cfg.seq_event_features)
   req_num = [NumericFeature(f, 'user') for f in log.user_num]
   cand_num = [NumericFeature(f, 'item') for f in log.item_num]
   if cfg.history_stats:
@@ -801,6 +825,8 @@ class EventLogSource:
     self._item_num = table(log.num_items, list(log.item_num.values()), np.float32)
     self._seq_ids = table(log.num_items, [log.item_cat[f] for f in cfg.seq_side_features],
                           np.int32, item_ids)
+    self._seq_event = (np.stack([log.event_cat[f] for f in cfg.seq_event_features], -1)
+                       if cfg.seq_event_features else None)   # [E, S_e] int32
     self._labels = log.labels
     self._req_stats = self._imp_stats = None
     if cfg.history_stats:
@@ -831,11 +857,14 @@ class EventLogSource:
       length = self.cfg.max_len[name]
       ev = ix.seq_events[name][ix.seq_begin[name][i]:ix.seq_end[name][i]]
       k = ev.size
-      ids = np.zeros((length, self._seq_ids.shape[1]), np.int32)
+      width = self._seq_ids.shape[1]
+      ids = np.zeros((length, width + len(self.cfg.seq_event_features)), np.int32)
       time = np.zeros((length,), np.int32)
       mask = np.zeros((length,), np.bool_)
       if k:  # right-aligned: padding on the left, the most recent event last
-        ids[length - k:] = self._seq_ids[log.item[ev]]
+        ids[length - k:, :width] = self._seq_ids[log.item[ev]]
+        if self._seq_event is not None:
+          ids[length - k:, width:] = self._seq_event[ev]
         time[length - k:] = log.time[ev]
         mask[length - k:] = True
       seqs[name] = {'ids': ids, 'time': time, 'mask': mask}

@@ -91,6 +91,12 @@ def movielens_data(variant: str = '100k', path: str | None = None,
   d.rated_len = 50                # [D] the median 100K request has 65 earlier ratings (p25: 20)
   d.liked_len = 30                # [D] and 38 earlier likes: 55% of ratings are >= 4
   d.eval_fraction = 0.1           # [D] the latest 10% of requests (by start time) evaluate
+  d.user_id_feature = True        # the user id as a request feature; False: users are known only
+                                  # by demographics, history and statistics (most evaluation users
+                                  # are unseen in training under the chronological split)
+  d.seq_rating = False            # True: every history event carries the rating given (1..5)
+                                  # as a side feature; False: the item and its genre only (the
+                                  # 'liked' sequence alone says which were rated >= 4)
   d.history_stats = False         # True: leak-free user / item counts and smoothed positive rates
                                   # before each request as numeric features (event_log.py)
   d.stats_prior = 10.0            # pseudo-impressions of those rates
@@ -113,6 +119,8 @@ def _request_config(cfg: ml_collections.ConfigDict) -> RequestConfig:
       max_len={'rated': int(cfg.get('rated_len', 50)), 'liked': int(cfg.get('liked_len', 30))},
       eval_fraction=float(cfg.get('eval_fraction', 0.1)),
       seq_side_features=('item_genre',),
+      seq_event_features=('rating',) if bool(cfg.get('seq_rating', False)) else (),
+      user_id_feature=bool(cfg.get('user_id_feature', True)),
       history_stats=bool(cfg.get('history_stats', False)),
       stats_prior=float(cfg.get('stats_prior', 10.0)),
       stats_scale=str(cfg.get('stats_scale', 'raw')),
@@ -194,7 +202,8 @@ def _ratings_log(ratings: Table, users: np.ndarray, items: np.ndarray, user_file
       vocab={'item_genre': 'genre', 'item_genre_2': 'genre', 'item_genre_3': 'genre',
              'item_year': 'year_bucket', 'age': 'age', 'gender': 'gender',
              'occupation': 'occupation', 'zip_region': 'zip_region'},
-      vocab_sizes=dict(VOCAB_SIZES),
+      vocab_sizes=dict(VOCAB_SIZES, rating=6),
+      event_cat={'rating': rating.astype(np.int32)},
   )
 
 
