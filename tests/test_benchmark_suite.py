@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory):
   # Through the `onetrans` command (cli.py): the same program as python -m ...benchmarks.suite.
   proc = subprocess.run(
       [sys.executable, '-m', 'onetrans_jax.cli', 'benchmark', '--shapes=tiny', '--repeats=1',
-       f'--json={out}'],
+       '--workloads=tiny', '--workload_steps=3', f'--json={out}'],
       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
@@ -38,8 +38,10 @@ def test_printed_table_and_record(tiny_run):
   variants = [r['variant'] for r in result['train']]
   assert variants == ['default', 'attention=xla', 'unfused dots', 'xla attn, unfused dots',
                       'no pyramid', '4x2 per candidate']
-  for name in ('ceiling:', 'attention (layer 0, fwd+bwd)', 'train step', 'optimization'):
+  for name in ('ceiling:', 'attention (layer 0, fwd+bwd)', 'train step', 'optimization',
+               'compile s', 'e2e ex/s'):
     assert name in stdout
+  assert result['complete'] and [w['workload'] for w in result['workloads']] == ['tiny']
   for row in result['train']:
     assert row['flops_per_s'] == pytest.approx(row['flops'] / row['seconds'])
     assert row['mfu'] == pytest.approx(row['flops_per_s'] / result['ceiling']['matmul_float32'])
@@ -110,3 +112,83 @@ def test_a_failing_variant_is_recorded_not_fatal():
   text = suite.tables({'machine': {'device': 'H100', 'backend': 'gpu', 'jax': '0.10.2',
                                    'cpu_count': 16}, 'command': 'suite.py', 'failed': failed})
   assert 'FAILED onetrans_s / 128x16 per candidate: RESOURCE_EXHAUSTED' in text
+
+
+def _parsed_flags():
+  from absl import flags
+  from onetrans_jax.benchmarks import suite
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['suite'], known_only=True)
+  return suite
+
+
+def test_variants_are_selected_by_name_or_attention_path():
+  suite = _parsed_flags()
+  rows = [('default', 0), ('attention=xla', 1), ('attention=cudnn', 2), ('no pyramid', 3)]
+  assert suite.select_variants(rows, None, 's') == rows
+  assert suite.select_variants(rows, ['default', 'cudnn'], 's') == [rows[0], rows[2]]
+  assert suite.select_variants(rows, ['attention=xla', 'no pyramid'], 's') == rows[1::2]
+  from absl import app
+  with pytest.raises(app.UsageError, match=r"--variants: \['flash'\] match no train row of "
+                                           r"shape 's'.*'no pyramid'"):
+    suite.select_variants(rows, ['default', 'flash'], 's')
+
+
+def test_study_workloads_are_the_studies_own_runs():
+  """Each workload is its study row's config: OneTrans_S of the mechanism world has the
+  fingerprint of the committed RQ2 record (results/rq2_mechanisms), seed 0."""
+  from onetrans_jax import records
+  from onetrans_jax.benchmarks import workloads
+  names = {k: (lambda m: m.name if m.name != 'baseline' else f'{m.interaction}+{m.sequence}')(
+      workloads.workload_config(k).model) for k in workloads.WORKLOADS}
+  assert names == {'onetrans_s_mech': 'onetrans', 'dcnv2_din_mech': 'dcnv2+din',
+                   'rankmixer_transformer_mech': 'rankmixer+transformer',
+                   'onerank_mech': 'onerank', 'onetrans_ple_mech': 'onetrans',
+                   'onetrans_s_small': 'onetrans'}
+  fp = records.fingerprint(workloads.workload_config('onetrans_s_mech'))[0]
+  assert fp.startswith('89a2443545a8')
+  assert workloads.workload_config('onetrans_ple_mech').model.predictor == 'ple'
+  with pytest.raises(ValueError, match="unknown workload 'bert'"):
+    workloads.workload_config('bert')
+
+
+def test_the_json_keeps_every_finished_row_when_a_run_is_cut_short(tmp_path, monkeypatch):
+  """A time limit part-way: the record on disk has the rows measured so far and says it is
+  incomplete (the H200 run lost its ceiling and finished rows when it wrote only at the end)."""
+  suite = _parsed_flags()
+  from onetrans_jax.benchmarks import workloads
+  calls = []
+
+  def fake_row(key, cfg, peak, steps, repeats):
+    if calls:
+      raise KeyboardInterrupt('time limit')
+    calls.append(key)
+    return {'workload': key, 'model': 'onetrans', 'requests': 4, 'candidates': 2,
+            'compile_seconds': 1.0, 'step_seconds': 0.01, 'e2e_seconds_per_step': 0.02,
+            'e2e_examples_per_s': 400.0, 'data_examples_per_s': 1e4, 'input_share': 0.5,
+            'flops': 1e6, 'flops_per_s': 1e8, 'mfu': 0.1}
+  monkeypatch.setattr(workloads, 'workload_row', fake_row)
+  monkeypatch.setattr(workloads, 'workload_config', lambda key: suite.shape_config('tiny'))
+  path = tmp_path / 'out' / 'bench.json'
+  with pytest.raises(KeyboardInterrupt):
+    suite.run([], ['workloads'], str(path), None, ['onetrans_s_mech', 'dcnv2_din_mech'], 3)
+  saved = json.loads(path.read_text())
+  assert saved['complete'] is False and [w['workload'] for w in saved['workloads']] == [
+      'onetrans_s_mech']
+  assert 'onetrans_s_mech' in '\n'.join(
+      __import__('onetrans_jax.benchmarks.workloads', fromlist=['table']).table(
+          saved['workloads']))
+
+
+def test_a_workload_row_times_the_trainers_run():
+  suite = _parsed_flags()
+  from onetrans_jax.benchmarks import workloads
+  row = workloads.workload_row('tiny', suite.shape_config('tiny'), 1e11, num_steps=3, repeats=2)
+  assert row['requests'] == 4 and row['candidates'] == 2 and row['e2e_steps'] == 3
+  assert row['flops_per_s'] == pytest.approx(row['flops'] / row['step_seconds'])
+  assert row['mfu'] == pytest.approx(row['flops_per_s'] / 1e11)
+  assert row['flops'] == pytest.approx(suite.step_flops(
+      suite.shape_config('tiny'), __import__('onetrans_jax.data.pipeline', fromlist=['x'])
+      .build_dataset(suite.shape_config('tiny').data).schema, True))
+  assert 0 < row['e2e_examples_per_s'] <= 8 / row['e2e_seconds_per_step'] + 1e-6
+  assert 0.0 <= row['input_share'] < 1.0 and row['compile_seconds'] > 0

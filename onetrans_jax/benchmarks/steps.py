@@ -15,6 +15,7 @@ import ml_collections
 
 from onetrans_jax import sharding, xla_options
 from onetrans_jax.models import build_model
+from onetrans_jax.models.onetrans import config as onetrans_config
 from onetrans_jax.optimizers import make_optimizer
 from onetrans_jax.schema import FeatureSchema
 from onetrans_jax.train import (TrainState, init_train_state, jit_train_step, make_loss_fn,
@@ -29,6 +30,7 @@ class Step(NamedTuple):
   batch: Any  # on the mesh, split as the trainer splits it
   schema: Any
   model: Any
+  mesh: Any   # the one-device mesh the step runs on (sharding.put_batch of further batches)
 
 
 def trainer_step(config: ml_collections.ConfigDict, schema: FeatureSchema, host_batch: Any
@@ -50,4 +52,14 @@ def trainer_step(config: ml_collections.ConfigDict, schema: FeatureSchema, host_
   t0 = time.perf_counter()
   with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
     compiled = jitted.lower(state, batch).compile()
-  return Step(compiled, time.perf_counter() - t0, state, batch, schema, model)
+  return Step(compiled, time.perf_counter() - t0, state, batch, schema, model, mesh)
+
+
+def onetrans_step_flops(config: ml_collections.ConfigDict, schema: FeatureSchema,
+                        request_level: bool) -> float:
+  """Analytic training FLOPs of one OneTrans step in the layout that runs (3 x forward)."""
+  r, c = config.data.batch_size, config.data.num_candidates
+  if request_level:
+    f = onetrans_config.shared_forward_flops(config.model, schema)
+    return 3.0 * r * (f['user'] + c * f['candidate'])
+  return 3.0 * r * c * onetrans_config.forward_flops(config.model, schema)['total']

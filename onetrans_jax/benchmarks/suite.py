@@ -21,6 +21,14 @@ Sections (``--sections``):
   savings    the pyramid and request-level sharing (SPEC A.5, A.6): time and memory ratios from
              the train section beside the analytic FLOP ratio and the paper's reported savings
              (SPEC A.10, OneTrans_S, each optimization alone).
+  workloads  the studies' own runs (benchmarks/workloads.py: the mechanism-world OneTrans_S,
+             DCNv2 + DIN, RankMixer + Transformer, OneRank and OneTrans + PLE rows, and
+             onetrans_s.py:small): compile time, the step alone, ``--workload_steps`` steps end to
+             end through the trainer's iterator (examples/s with data loading), the iterator
+             alone, and MFU. ``--workloads`` picks some.
+``--variants`` keeps some rows of the train section (a name, or what follows 'attention=': e.g.
+``--variants=default,cudnn``). The JSON is rewritten after every row, so a run stopped by a time
+limit keeps what it measured ('complete': false until the end).
 Shapes: 'cpu' (the fixed CPU bench shape: 256 token lists = 256 requests x 1 candidate, L_S=256,
 L_NS=8, d=128, 4 heads, 4 layers, pyramid to 8 in multiples of 8, FFN x4, fp32);
 'onetrans_s' / 'onetrans_l' (onetrans_jax/experiments/onetrans_{s,l}.py paper shapes, bf16, 128
@@ -46,14 +54,14 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, xla_options
-from onetrans_jax.benchmarks import steps
+from onetrans_jax.benchmarks import steps, workloads
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common, onetrans_l, onetrans_s
 from onetrans_jax.models.layers.attention import resolve_implementation
 from onetrans_jax.models.layers.attention import tail_attention
 from onetrans_jax.models.onetrans import config as onetrans_config
 
-SECTIONS = ('ceiling', 'attention', 'train', 'savings')
+SECTIONS = ('ceiling', 'attention', 'train', 'savings', 'workloads')
 # SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
 # and the FLOP ratio of the pyramid from the ablation table (2.64 vs 8.08 TFLOPs).
 PAPER_SAVINGS = {'pyramid': {'time': -0.287, 'memory': -0.426, 'flops': 2.64 / 8.08 - 1},
@@ -65,6 +73,11 @@ _SECTIONS = flags.DEFINE_list('sections', list(SECTIONS), f'Any of {SECTIONS}.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per cell after one warm-up (median).')
 _JSON = flags.DEFINE_string('json', 'benchmark_results.json', 'Where the results are written.')
 _BATCH = flags.DEFINE_integer('requests', None, 'Override the requests per step of every shape.')
+_VARIANTS = flags.DEFINE_list('variants', None, "Train-section rows to run (default: all), by "
+                              "name or by the part after 'attention=' (e.g. default,cudnn).")
+_WORKLOADS = flags.DEFINE_list('workloads', None, 'Study workloads to time (default: all of '
+                               'benchmarks/workloads.WORKLOADS).')
+_WORKLOAD_STEPS = flags.DEFINE_integer('workload_steps', 20, 'End-to-end steps per workload.')
 
 
 # ---------------------------------------------------------------------------------- shapes
@@ -124,6 +137,20 @@ def variants(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collection
   return out
 
 
+def select_variants(rows: list[tuple[str, ml_collections.ConfigDict]], wanted: Sequence[str] | None,
+                    shape: str) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """The rows named in ``wanted`` (None: all): by name, or by the part after 'attention='; a name
+  that matches no row of the shape is an error listing the rows it has."""
+  if not wanted:
+    return rows
+  key = lambda name: {name, name.split('=', 1)[1]} if name.startswith('attention=') else {name}
+  unknown = [w for w in wanted if not any(w in key(n) for n, _ in rows)]
+  if unknown:
+    raise app.UsageError(f'--variants: {unknown} match no train row of shape {shape!r} on this '
+                         f'backend; its rows: {[n for n, _ in rows]}')
+  return [(n, c) for n, c in rows if key(n) & set(wanted)]
+
+
 def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]) -> ml_collections.ConfigDict:
   c = config.copy_and_resolve_references()
   for section, fields in sections.items():
@@ -141,13 +168,7 @@ def _batch(config: ml_collections.ConfigDict):
   return data.schema, batch
 
 
-def step_flops(config: ml_collections.ConfigDict, schema, request_level: bool) -> float:
-  """Analytic training FLOPs of one step in the layout that runs (3 x forward)."""
-  r, c = config.data.batch_size, config.data.num_candidates
-  if request_level:
-    f = onetrans_config.shared_forward_flops(config.model, schema)
-    return 3.0 * r * (f['user'] + c * f['candidate'])
-  return 3.0 * r * c * onetrans_config.forward_flops(config.model, schema)['total']
+step_flops = steps.onetrans_step_flops
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -322,7 +343,7 @@ def tables(result: dict[str, Any]) -> str:
     lines.append('')
   if result.get('train'):
     lines.append(f"{'shape':<11} {'train step':<26} {'ms':>9} {'ex/s':>9} {'peak GB':>8} "
-                 f"{'GFLOP':>8} {'GFLOP/s':>9} {'MFU':>6} {'time/def':>8}")
+                 f"{'GFLOP':>8} {'GFLOP/s':>9} {'MFU':>6} {'time/def':>8} {'compile s':>9}")
     defaults = {r['shape']: r for r in result['train'] if r['variant'] == 'default'}
     for r in result['train']:
       rel = r['seconds'] / defaults[r['shape']]['seconds'] if r['shape'] in defaults else None
@@ -330,8 +351,10 @@ def tables(result: dict[str, Any]) -> str:
                    f"{r['examples_per_s']:>9.0f} {r['peak_bytes'] / 2**30:>8.2f} "
                    f"{r['flops'] / 1e9:>8.1f} {r['flops_per_s'] / 1e9:>9.1f} "
                    f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '5.1f'):>5}% "
-                   f"{_fmt(rel, '7.2f'):>7}x")
+                   f"{_fmt(rel, '7.2f'):>7}x {r['compile_seconds']:>9.1f}")
     lines.append('')
+  if result.get('workloads'):
+    lines += workloads.table(result['workloads']) + ['']
   for f in result.get('failed', []):
     lines.append(f"FAILED {f['shape']} / {f['what']}: {f['error']}")
   if result.get('failed'):
@@ -354,32 +377,70 @@ def machine() -> dict[str, Any]:
           'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine()}
 
 
-def run(shapes: Sequence[str], sections: Sequence[str]) -> dict[str, Any]:
+def write_json(result: dict[str, Any], path: str | None) -> None:
+  """Atomic rewrite of the JSON record (after every row: a time limit loses nothing measured)."""
+  if not path:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = None,
+        wanted_variants: Sequence[str] | None = None,
+        wanted_workloads: Sequence[str] | None = None, workload_steps: int = 20
+        ) -> dict[str, Any]:
   unknown = set(sections) - set(SECTIONS)
   if unknown:
     raise app.UsageError(f'--sections: unknown {sorted(unknown)}; choose from {SECTIONS}')
+  if workload_steps < 1:
+    raise app.UsageError(f'--workload_steps must be >= 1, got {workload_steps}')
+  for key in wanted_workloads or ():
+    if key not in workloads.WORKLOADS and key != workloads.TEST_WORKLOAD:
+      raise app.UsageError(f'--workloads: unknown {key!r}; choose from '
+                           f'{", ".join(workloads.WORKLOADS)}')
   configs = {name: shape_config(name) for name in shapes}
+  # Every selection is checked before the first (slow) measurement.
+  runs = {name: select_variants(variants(config), wanted_variants, name)
+          for name, config in configs.items()}
   result: dict[str, Any] = {'machine': machine(), 'command': ' '.join(sys.argv),
-                            'repeats': _REPEATS.value}
+                            'repeats': _REPEATS.value, 'complete': False}
   dtypes = sorted({c.model.dtype for c in configs.values()} | {'float32'})
   ceil = ceiling(dtypes) if 'ceiling' in sections else {}
-  result['ceiling'] = ceil
-  result['attention'] = []
-  result['train'] = []
-  result['failed'] = []
+  result.update(ceiling=ceil, attention=[], train=[], workloads=[], failed=[])
+  write_json(result, json_path)
   for name, config in configs.items():
     if 'attention' in sections:
       schema = pipeline.build_dataset(config.data).schema
       result['attention'] += attention_rows(name, config, schema, result['failed'])
+      write_json(result, json_path)
     if 'train' in sections or 'savings' in sections:
       peak = ceil.get(f'matmul_{config.model.dtype}')
-      for variant, cfg in variants(config):
+      for variant, cfg in runs[name]:
         row = _guarded(result['failed'], name, variant, train_row, name, variant, cfg, peak)
         if row is not None:
           result['train'].append(row)
           print(f"  {name} / {variant}: {row['seconds'] * 1e3:.1f} ms, "
-                f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+                f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s, compiled in "
+                f"{row['compile_seconds']:.1f} s", flush=True)
+        write_json(result, json_path)
   result['savings'] = savings_rows(result['train']) if 'savings' in sections else []
+  if 'workloads' in sections:
+    for key in wanted_workloads or list(workloads.WORKLOADS):
+      cfg = (shape_config('tiny') if key == workloads.TEST_WORKLOAD else
+             workloads.workload_config(key))
+      peak = ceil.get(f"matmul_{cfg.model.get('dtype', 'float32')}")
+      row = _guarded(result['failed'], key, 'workload', workloads.workload_row, key, cfg, peak,
+                     workload_steps, _REPEATS.value)
+      if row is not None:
+        result['workloads'].append(row)
+        print(f"  workload {key}: step {row['step_seconds'] * 1e3:.1f} ms, end to end "
+              f"{row['e2e_examples_per_s']:,.0f} ex/s, compiled in "
+              f"{row['compile_seconds']:.1f} s", flush=True)
+      write_json(result, json_path)
+  result['complete'] = True
+  write_json(result, json_path)
   return result
 
 
@@ -388,10 +449,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   shapes = _SHAPES.value or (['cpu'] if jax.default_backend() == 'cpu'
                              else ['onetrans_s', 'onetrans_l'])
-  result = run(shapes, _SECTIONS.value)
+  result = run(shapes, _SECTIONS.value, _JSON.value, _VARIANTS.value, _WORKLOADS.value,
+               _WORKLOAD_STEPS.value)
   print(tables(result))
-  with open(_JSON.value, 'w') as f:
-    json.dump(result, f, indent=1)
   print(f'\nwritten: {_JSON.value}')
 
 
