@@ -2,6 +2,7 @@ r"""Where a training step's time goes: one profiled step, grouped by model compo
 
   python -m onetrans_jax.benchmarks.profile_step                       # the CPU bench shape
   python -m onetrans_jax.benchmarks.profile_step --shape=onetrans_s    # on a GPU
+  python -m onetrans_jax.benchmarks.profile_step --shape=onerank_mech  # a study's own run
   python -m onetrans_jax.benchmarks.profile_step --set=model.attention_impl=xla \
       --set=train.cpu_fused_dots=False
 
@@ -29,9 +30,10 @@ import time
 from absl import app, flags
 import jax
 
-from onetrans_jax.benchmarks import suite
+from onetrans_jax.benchmarks import suite, workloads
 
-_SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py shape.')
+_SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py shape, or a '
+                             'study workload of benchmarks/workloads.py (e.g. onetrans_s_mech).')
 _TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
 _SET = flags.DEFINE_multi_string('set', [], 'section.field=value: override a config field.')
 
@@ -102,7 +104,8 @@ def profile(config) -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  config = suite.shape_config(_SHAPE.value)
+  config = (workloads.workload_config(_SHAPE.value) if _SHAPE.value in workloads.WORKLOADS
+            else suite.shape_config(_SHAPE.value))
   for item in _SET.value:
     path, sep, raw = item.partition('=')
     section, _, field = path.partition('.')
