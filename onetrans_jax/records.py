@@ -33,6 +33,7 @@ NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_ch
 # invalidate every earlier record (any other value is part of it as usual).
 NEUTRAL_DEFAULTS = {'data.duplicate_rows': 'error', 'data.stats_scale': 'raw',
                     'data.user_id_feature': True, 'data.seq_rating': False,
+                    'data.history_fraction': 1.0,
                     'loss.listwise_weight': 0.0, 'optimizer.sparse.weight_decay': 0.0,
                     'optimizer.dense.weight_decay': 0.0}
 _SAMPLE_BYTES = 1 << 20   # a data file is identified by its size and its first and last MiB

@@ -64,3 +64,31 @@ def test_bad_data_config(config):
   config.data.min_candidates = 99
   with pytest.raises(ConfigError, match='config.data.min_candidates'):
     pipeline.build_dataset(config.data)
+
+
+def test_histories_cut_to_their_latest_fraction(config):
+  """data.history_fraction: every sequence keeps its latest ceil(f x max_len) positions (the most
+  recent events, right-aligned), the world and everything else unchanged (RQ3's length axis)."""
+  full = pipeline.build_dataset(config.data)
+  config.data.history_fraction = 0.3
+  cut = pipeline.build_dataset(config.data)
+  lengths = {s.name: s.max_len for s in full.schema.sequences}
+  assert {s.name: s.max_len for s in cut.schema.sequences} == {
+      n: int(np.ceil(0.3 * m)) for n, m in lengths.items()}
+  assert cut.train_range == full.train_range and cut.eval_range == full.eval_range
+  a, b = next(_iter(full)), next(_iter(cut))
+  cut.schema.check_batch(b)
+  for name, seq in a['seq'].items():
+    n = cut.schema.sequence(name).max_len
+    for k in ('ids', 'time', 'mask'):
+      np.testing.assert_array_equal(b['seq'][name][k], seq[k][:, -n:], err_msg=f'{name}/{k}')
+  for part in ('request', 'cand'):
+    for k, v in a[part].items():
+      np.testing.assert_array_equal(b[part][k], v)
+  np.testing.assert_array_equal(b['labels'], a['labels'])
+  # The source's own attributes still answer (the synthetic world), its schema is the cut one.
+  assert cut.source.world.cfg == full.source.world.cfg and cut.source.schema == cut.schema
+  for bad in (0.0, 1.5, -0.5):
+    config.data.history_fraction = bad
+    with pytest.raises(ConfigError, match=r'config.data.history_fraction must lie in \(0, 1\]'):
+      pipeline.build_dataset(config.data)

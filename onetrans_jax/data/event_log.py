@@ -785,6 +785,7 @@ def add_pipeline_fields(d: ml_collections.ConfigDict, batch_size: int) -> None:
   d.validate = True               # check every batch against the schema (ids in range, ...)
   d.num_threads = 2
   d.worker_count = 0              # >0: grain worker processes build batches
+  d.history_fraction = 1.0        # < 1: the model reads the latest fraction of every history
 
 def chronological_split(num_requests: int, eval_fraction: float
                         ) -> tuple[tuple[int, int], tuple[int, int]]:

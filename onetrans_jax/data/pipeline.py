@@ -8,6 +8,7 @@ exactly the batches it would have read.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,11 +51,61 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
 
 
 def build_dataset(cfg: ml_collections.ConfigDict) -> Dataset:
-  """The named loader's dataset, with the validation split of ``valid_fraction`` carved out."""
+  """The named loader's dataset, its histories cut to ``history_fraction`` (1: whole), with the
+  validation split of ``valid_fraction`` carved out."""
   if cfg.name not in DATASETS:
     raise DataConfigError(f'config.data.name={cfg.name!r} is not a known dataset; '
                           f'choose one of {sorted(DATASETS)}')
-  return split_validation(DATASETS[cfg.name](cfg), float(cfg.get('valid_fraction', 0.0)))
+  ds = shorten_histories(DATASETS[cfg.name](cfg), cfg.get('history_fraction', 1.0))
+  return split_validation(ds, float(cfg.get('valid_fraction', 0.0)))
+
+
+def history_lengths(schema: FeatureSchema, fraction: float) -> dict[str, int]:
+  """Each sequence's length when the model reads only the latest ``fraction`` of it:
+  ceil(fraction x max_len), at least 1."""
+  return {s.name: max(1, int(np.ceil(fraction * s.max_len - 1e-9))) for s in schema.sequences}
+
+
+class _LatestEvents:
+  """A source whose sequences keep their latest ``lengths[name]`` positions. Every loader
+  right-aligns a history (oldest first, the most recent last, padding on the left), so the last
+  positions are the most recent events; everything else (candidates, labels, the planted
+  probabilities of the synthetic world) is the underlying request's."""
+
+  def __init__(self, source: Any, lengths: Mapping[str, int], schema: FeatureSchema):
+    self.source, self.lengths, self.schema = source, dict(lengths), schema
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    request = self.source[index]
+    request['seq'] = {name: {k: v[-self.lengths[name]:] for k, v in seq.items()}
+                      for name, seq in request['seq'].items()}
+    return request
+
+  def __getattr__(self, name: str) -> Any:   # the underlying source's other methods
+    return getattr(self.source, name)
+
+
+def shorten_histories(ds: Dataset, fraction: Any) -> Dataset:
+  """``ds`` with every behaviour sequence cut to its latest ``fraction`` (``data.history_fraction``
+  in (0, 1]), the data itself unchanged: the scaling study's length axis (RQ3) varies what the
+  model reads of one world, not the world."""
+  try:
+    fraction = float(fraction)
+  except (TypeError, ValueError):
+    fraction = float('nan')
+  if not 0.0 < fraction <= 1.0:
+    raise DataConfigError(f'config.data.history_fraction must lie in (0, 1] (1: whole '
+                          f'histories), got {fraction}')
+  if fraction == 1.0:
+    return ds
+  lengths = history_lengths(ds.schema, fraction)
+  schema = dataclasses.replace(ds.schema, sequences=tuple(
+      dataclasses.replace(s, max_len=lengths[s.name]) for s in ds.schema.sequences))
+  return Dataset(schema, _LatestEvents(ds.source, lengths, schema), ds.train_range, ds.eval_range,
+                 ds.has_true_prob, valid=ds.valid_range)
 
 
 def split_validation(ds: Dataset, fraction: float) -> Dataset:

@@ -73,6 +73,9 @@ def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDic
   if 'valid_fraction' not in c.data:  # every dataset: onetrans_jax/data/pipeline.split_validation
     c.data.valid_fraction = 0.0   # > 0: the latest fraction of the training requests is held
                                   # out of training as a validation split (0: none)
+  if 'history_fraction' not in c.data:   # every dataset: pipeline.shorten_histories
+    c.data.history_fraction = 1.0  # < 1: the model reads only the latest fraction of every
+                                   # behaviour sequence (the world is unchanged; RQ3's length axis)
   c.model = model
   c.optimizer = paper_optimizer()
   c.loss = ml_collections.ConfigDict()
