@@ -50,7 +50,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, models, records, reporting, study_report, tuning
+from onetrans_jax import accounting, models, records, reporting, scaling, study_report, tuning
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
@@ -326,6 +326,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   summ = study_report.write_report(workdir, config, names, results, comparison, table, run_dirs,
                                    wall)
   reporting.log(f'[sweep] wrote {workdir}/report.md, summary.json and the plots')
+  if sw.get('scaling', ()):   # RQ3: the slopes of quality against FLOPs (scaling.py)
+    scaling.write(workdir, results, sw)
+    reporting.log(f'[sweep] wrote {workdir}/scaling.md, scaling.json and scaling.png')
   if select:
     sel = tuning.write_selection(workdir, {n: results[n]['records'] for n in names}, select,
                                  'min' if select.endswith('logloss') else 'max')
@@ -341,7 +344,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 REPORT_FILES = ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves.png',
-                'deltas.png', 'selection.json', 'selection.md')
+                'deltas.png', 'selection.json', 'selection.md') + scaling.FILES
 
 
 def _dense_params(model_cfg: ml_collections.ConfigDict, schema: Any,

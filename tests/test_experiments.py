@@ -4,6 +4,7 @@ variant overrides, fingerprints, the time estimate); the slow step trains each o
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
 import pytest
@@ -12,7 +13,7 @@ from onetrans_jax.sweep import run_sweep
 from tests.helpers import ROOT
 
 SWEEPS = ('onerank_main', 'onerank_ablation', 'rq1_baselines', 'onetrans_rq2_ablation',
-          'movielens_100k', 'movielens_study')
+          'movielens_100k', 'movielens_study', 'onetrans_rq3_scaling')
 ML100K = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
 ML1M = os.path.join(ROOT, '..', 'shared', 'data', 'ml-1m-users1-2998')
 
@@ -51,13 +52,36 @@ def test_quick_sweeps_run(name, tmp_path):
       assert 0.0 < row['metrics'][f'{task}/auc']['mean'] < 1.0, (row['variant'], task)
   for f in ('report.md', 'summary.json', 'sweep_table.txt', 'learning_curves.png', 'deltas.png'):
     assert (tmp_path / f).stat().st_size > 0, f
+  if c.sweep.get('scaling', ()):   # RQ3: the slopes, the claims and the three-panel plot
+    for f in ('scaling.md', 'scaling.json', 'scaling.png'):
+      assert (tmp_path / f).stat().st_size > 0, f
+    assert len(json.loads((tmp_path / 'scaling.json').read_text())['claims']) == 3
+
+
+def test_rq3_scaling_points_move_one_axis_at_a_time():
+  from onetrans_jax.experiments import onetrans_rq3_scaling as rq3
+  c = rq3.get_config()
+  rows = {r[0]: r[1:] for r in c.sweep.scaling}
+  assert len(rows) == 16 and len(c.sweep.seeds) == 3 and c.sweep.study == 'rq3_scaling'
+  assert rows['OneTrans | base'] == ('OneTrans', 1.0, 2, 32)
+  assert rows['RankMixer + Transformer | length 0.125'] == ('RankMixer + Transformer', 0.125, 2, 32)
+  assert rows['OneTrans | width 64'] == ('OneTrans', 1.0, 2, 64)
+  overrides = dict(c.sweep.variants)
+  deep = dict(overrides['RankMixer + Transformer | depth 4'])['model']
+  assert deep.transformer.num_layers == 4 and deep.rankmixer.num_layers == 4
+  wide = dict(overrides['OneTrans | width 64'])
+  assert wide['model'].width == 64 and wide['data.history_fraction'] == 1.0
+  assert c.data.click_len == 64 and c.train.early_stopping.metric == 'valid/click/auc'
+  with pytest.raises(ValueError, match='unknown variant'):
+    rq3.get_config('huge')
 
 
 @pytest.mark.parametrize('name, arg', [('onetrans_rq2_ablation', 'mechanisms'),
                                        ('rq1_baselines', 'mechanisms'),
                                        ('movielens_study', '100k'), ('movielens_study', '1m'),
                                        ('movielens_study', '100k_rq2'),
-                                       ('movielens_study', '1m_rq2')])
+                                       ('movielens_study', '1m_rq2'),
+                                       ('onetrans_rq3_scaling', None)])
 def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
   """Each study of issue 20 plans every (row, seed), commits its records under results/<study>/
   and trains to convergence: a validation split, early stopping on it, the hold-out never used."""

@@ -34,6 +34,7 @@ def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   d.validate = True               # check every batch against the schema (ids in range, ...)
   d.num_threads = 2
   d.worker_count = 0              # >0: grain worker processes generate batches
+  d.history_fraction = 1.0        # < 1: the model reads the latest fraction of every history
   d.update(overrides)
   return d
 
@@ -159,6 +160,9 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
   s.select = ''                   # tuning sweep: 'valid/<task>/<metric>' each family is chosen on
   s.only = ()                     # variant names: run only these, write records, no report
   s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
+  s.scaling = ()                  # RQ3: (variant, model, history fraction, depth, width) per
+                                  # row; non-empty: the report adds scaling.py's slopes and plot
+  s.scaling_base = ()             # the base point's (history fraction, depth, width)
   s.update(options)
   return s
 
