@@ -30,6 +30,9 @@ PROBES = {
     'nce03': (('loss.nce_weight', 0.3),),
     'nce01': (('loss.nce_weight', 0.1),),
     'tau3_nce01': (('model.inv_temperature_init', 3.0), ('loss.nce_weight', 0.1)),
+    # The reference at the same budget: the study's OneTrans + PLE row as it is (its overrides
+    # replace the whole model and the loss mode, so BASE's OneRank knobs do not reach it).
+    'ple': 'OneTrans + PLE',
 }
 
 
@@ -39,12 +42,17 @@ def main(name: str, steps: int, workdir: str) -> None:
   from onetrans_jax.records import variant_config
   from onetrans_jax.train import train_and_evaluate
   c = onerank_main.get_config('mechanisms')
-  cfg = variant_config(c, BASE + PROBES[name], 0)   # later overrides win
+  probe = PROBES[name]
+  if isinstance(probe, str):   # another row of the study, unchanged
+    cfg = variant_config(c, dict(c.sweep.variants)[probe], 0)
+  else:
+    cfg = variant_config(c, BASE + probe, 0)   # later overrides win
   cfg.train.total_steps = steps
   cfg.train.early_stopping.patience = 100            # a fixed budget: no early stop
   out = train_and_evaluate(cfg, os.path.join(workdir, f'{name}_{steps}'))
   with open(os.path.join(HERE, f'{name}_{steps}.json'), 'w', encoding='utf-8') as f:
-    json.dump({'probe': name, 'overrides': PROBES[name], 'steps': steps,
+    json.dump({'probe': name, 'overrides': probe if isinstance(probe, str) else PROBES[name],
+               'steps': steps,
                'valid_curve': out.get('valid_curve')}, f, indent=1)
 
 
@@ -57,8 +65,9 @@ def table() -> str:
     if not os.path.exists(path):
       continue
     r = json.load(open(path, encoding='utf-8'))
-    change = ', '.join(f'{k.split(".")[-1]}={v:.3g}' if isinstance(v, float) else
-                       f'{k.split(".")[-1]}={v}' for k, v in r['overrides']) or '-'
+    change = (f"the study's {r['overrides']} row" if isinstance(r['overrides'], str) else
+              ', '.join(f'{k.split(".")[-1]}={v:.3g}' if isinstance(v, float) else
+                        f'{k.split(".")[-1]}={v}' for k, v in r['overrides']) or '-')
     for p in r['valid_curve']:
       if p['step'] in (1000, 2000):
         cells = [f"{p[t][m]:.4f}" for t in ('click', 'cart', 'order') for m in ('auc', 'uauc')]
