@@ -180,6 +180,7 @@ def test_the_json_keeps_every_finished_row_when_a_run_is_cut_short(tmp_path, mon
           saved['workloads']))
 
 
+@pytest.mark.slow   # a compile and a few steps (~15 s); the default run keeps the JSON and flags
 def test_a_workload_row_times_the_trainers_run():
   suite = _parsed_flags()
   from onetrans_jax.benchmarks import workloads
