@@ -809,7 +809,8 @@ def _diagnose(run: _Run, steps: _Steps, writer: reporting.MetricWriter,
   cos = np.asarray(jax.device_get(steps.gradient_cosine(params, batch)))
   diag = loss_variance.summary(cos)
   writer.write(step, 'diagnostics', diag)
-  reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4f}' for k, v in diag.items()
+  # 4 significant digits: a detrended BCE variance is often ~1e-5, which '.4f' printed as 0.
+  reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4g}' for k, v in diag.items()
                                              if not k.startswith(('loss_mean', 'loss_var_raw'))))
 
 
