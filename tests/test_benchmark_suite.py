@@ -193,3 +193,9 @@ def test_a_workload_row_times_the_trainers_run():
       .build_dataset(suite.shape_config('tiny').data).schema, True))
   assert 0 < row['e2e_examples_per_s'] <= 8 / row['e2e_seconds_per_step'] + 1e-6
   assert 0.0 <= row['input_share'] < 1.0 and row['compile_seconds'] > 0
+
+
+def test_ns_layout_ab_times_both_layouts_of_the_same_function():
+  from onetrans_jax.benchmarks import ns_layout
+  t = ns_layout.measure(r=4, c=2, n=3, d=8, mult=2, repeats=2)   # asserts the gradients agree
+  assert set(t) == {'token-last [R,C,N,d]', 'token-first [N,R,C,d]'} and min(t.values()) > 0
