@@ -27,7 +27,11 @@ RECORD_VERSION = 1
 # fingerprint so that, e.g., logging more often does not invalidate a finished result.
 NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'train.plot_curves',
-                     'data.num_threads', 'data.worker_count', 'data.validate')
+                     'data.num_threads', 'data.worker_count', 'data.validate',
+                     # a memory layout of the same computation (equal logits and gradients up
+                     # to float summation order, tests/test_request_level.py); each record's
+                     # config says which ran; records made before the field existed: token_last
+                     'model.ns_layout')
 # Fields added after results were committed, at the value that computes what the code computed
 # before they existed: left out of the fingerprint at that value, so adding an option does not
 # invalidate every earlier record (any other value is part of it as usual).

@@ -102,3 +102,45 @@ def test_request_level_refused_with_full_attention(data):
   # The default follows the attention: full attention runs per candidate.
   assert not build_model(onetrans_model_config(attention='full'), schema).request_level
   assert build_model(onetrans_model_config(), schema).request_level
+
+
+@pytest.mark.parametrize('layout', [
+    dict(),
+    pytest.param(dict(param_sharing='shared', pyramid=False), marks=pytest.mark.slow),
+    pytest.param(dict(remat='full'), marks=pytest.mark.slow)],
+    ids=['default', 'shared,no-pyramid', 'remat'])
+def test_token_first_ns_layout_computes_the_same_model(data, layout):
+  """model.ns_layout='token_first' holds the candidate side's NS tokens [N, R, C, d] (a speed
+  layout, benchmarks/ns_layout.py): the same parameters, logits, every layer's states, cached
+  scoring and gradients as the default [R, C, N, d]."""
+  schema, batch = data
+  last = build_model(onetrans_model_config(request_level=True, **layout), schema)
+  first = build_model(onetrans_model_config(request_level=True, ns_layout='token_first',
+                                            **layout), schema)
+  boxed = first.init(jax.random.key(0), dummy_batch(schema, 1))['params']
+  params = partitioning.unbox(last.init(jax.random.key(0), dummy_batch(schema, 1))['params'])
+  assert jax.tree.structure(partitioning.unbox(boxed)) == jax.tree.structure(params)
+  fwd = lambda m: jax.jit(lambda p, b: m.apply({'params': p}, b, collect=True))
+  (a, a_states), (b, b_states) = fwd(last)(params, batch), fwd(first)(params, batch)
+  np.testing.assert_allclose(b, a, atol=1e-6)
+  for layer, (x, y) in enumerate(zip(a_states, b_states)):
+    np.testing.assert_allclose(y['ns'], x['ns'], atol=1e-5, err_msg=f'layer {layer}')
+  user_only = {'request': batch['request'], 'seq': batch['seq']}
+  cands_only = {'request': batch['request'], 'cand': batch['cand']}
+  cache = first.apply({'params': params}, user_only, method=OneTrans.user_cache)
+  cached = first.apply({'params': params}, cands_only, cache, method=OneTrans.score_with_cache)
+  np.testing.assert_allclose(cached, a, atol=1e-5)
+  parents = schema.task_parents
+
+  def grads(model):
+    f = lambda p: losses.multitask_bce(model.apply({'params': p}, batch), batch['labels'],
+                                       batch['cand']['mask'], parents, [1.0] * len(parents))[0]
+    return jax.jit(jax.grad(f))(params)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(
+      y, x, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(x).max()))), grads(last), grads(first))
+
+
+def test_ns_layout_is_validated(data):
+  schema, _ = data
+  with pytest.raises(ConfigError, match='ns_layout'):
+    build_model(onetrans_model_config(ns_layout='diagonal'), schema)

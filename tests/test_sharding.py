@@ -162,7 +162,7 @@ def test_sharded_steps_match_one_device(sharded, model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', ['onetrans', 'onerank'])
+@pytest.mark.parametrize('model', ['onetrans', 'onerank', 'onetrans_token_first'])
 @pytest.mark.parametrize('mesh', ['8x1x1', '2x4x1', '2x2x2'])
 def test_sharded_steps_match_one_device_on_more_meshes(sharded_more, model, mesh):
   """Pure data parallelism (8,1,1), data x FSDP (2,4,1), and all three steps on (2,2,2)."""

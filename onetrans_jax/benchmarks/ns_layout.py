@@ -9,26 +9,21 @@ it transposes around every such einsum, forward and backward (profile_step on on
 copy / transpose fusions around ffn_in and the kv projection among the slowest ops). This times
 the FFN (two token-specific einsums and SiLU, forward + backward, the trainer's compiler options)
 in that layout and token-first [N, R, C, d], alternating the two so machine load hits both alike,
-and prints the medians and their ratio. It measures a candidate change; the model is unchanged.
+and prints the medians and their ratio. ``--workload`` also times a study's whole training step
+under ``model.ns_layout`` 'token_last' and 'token_first' (the model's two layouts).
 """
 
 from __future__ import annotations
 
 import time
 
-from absl import app, flags
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from onetrans_jax import xla_options
-
-_R = flags.DEFINE_integer('requests', 64, 'R: requests per step.')
-_C = flags.DEFINE_integer('candidates', 8, 'C: candidates per request.')
-_N = flags.DEFINE_integer('ns_tokens', 8, 'N: NS tokens.')
-_D = flags.DEFINE_integer('width', 64, 'd: model width.')
-_MULT = flags.DEFINE_integer('ffn_mult', 4, 'FFN expansion.')
-_REPEATS = flags.DEFINE_integer('repeats', 15, 'Timed calls per layout (alternating).')
 
 
 def ffn_token_last(x, w1, w2):
@@ -66,16 +61,58 @@ def measure(r: int, c: int, n: int, d: int, mult: int, repeats: int) -> dict[str
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  t = measure(_R.value, _C.value, _N.value, _D.value, _MULT.value, _REPEATS.value)
+def measure_workload(key: str, repeats: int) -> dict[str, float]:
+  """Median seconds of the trainer's step (benchmarks/steps.py) of workload ``key`` under each
+  ``model.ns_layout``, on the same first batch, the two alternating."""
+  from onetrans_jax.benchmarks import steps, workloads  # local: heavier imports
+  from onetrans_jax.data import pipeline
+  built = {}
+  for layout in ('token_last', 'token_first'):
+    cfg = workloads.workload_config(key)
+    cfg.model.ns_layout = layout
+    data = pipeline.build_dataset(cfg.data)
+    host = next(pipeline.make_iterator(data, data.train_range,
+                                       global_batch_size=cfg.data.batch_size, shuffle=False,
+                                       seed=0, repeat=False, num_threads=1))
+    step = steps.trainer_step(cfg, data.schema, host)
+    built[layout] = [step.compiled, step.state, step.batch]
+  times: dict[str, list[float]] = {k: [] for k in built}
+  for i in range(repeats + 1):
+    for layout, run in built.items():
+      t = time.perf_counter()
+      run[1], _ = run[0](run[1], run[2])
+      jax.block_until_ready(run[1])
+      if i:   # the first call of each warms up
+        times[layout].append(time.perf_counter() - t)
+  return {f'{key} step, {k}': float(np.median(v)) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+  # argparse, not absl flags: the suite's flags live in the same registry when both are imported.
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--requests', type=int, default=64, help='R: requests per step')
+  ap.add_argument('--candidates', type=int, default=8, help='C: candidates per request')
+  ap.add_argument('--ns_tokens', type=int, default=8, help='N: NS tokens')
+  ap.add_argument('--width', type=int, default=64, help='d: model width')
+  ap.add_argument('--ffn_mult', type=int, default=4, help='FFN expansion')
+  ap.add_argument('--repeats', type=int, default=15, help='timed calls per layout (alternating)')
+  ap.add_argument('--workload', default=None,
+                  help="also time the trainer's whole step of this benchmarks/workloads.py "
+                       'workload (e.g. onetrans_s_mech) under model.ns_layout token_last and '
+                       'token_first, alternating')
+  a = ap.parse_args(argv)
+  t = measure(a.requests, a.candidates, a.ns_tokens, a.width, a.ffn_mult, a.repeats)
   base = t['token-last [R,C,N,d]']
-  print(f'NS-token FFN fwd+bwd, R {_R.value} x C {_C.value} x N {_N.value}, d {_D.value}, '
-        f'x{_MULT.value}; {jax.devices()[0].device_kind}, jax {jax.__version__}')
+  print(f'NS-token FFN fwd+bwd, R {a.requests} x C {a.candidates} x N {a.ns_tokens}, '
+        f'd {a.width}, x{a.ffn_mult}; {jax.devices()[0].device_kind}, jax {jax.__version__}')
   for name, sec in t.items():
     print(f'{name:<24} {sec * 1e3:8.1f} ms   {base / sec:5.2f}x')
+  if a.workload:
+    w = measure_workload(a.workload, a.repeats)
+    base = next(iter(w.values()))
+    for name, sec in w.items():
+      print(f'{name:<40} {sec * 1e3:8.1f} ms   {base / sec:5.2f}x')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -38,13 +38,14 @@ class MixedLinear(nn.Module):
   axes: tuple[str, str] = (EMBED, MLP)
 
   @nn.compact
-  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
+  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None, token_first: bool = False
                ) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
     """Either side may be None (request-level sharing runs the S and NS sides separately).
 
     A kernel is created on the first call that needs it: a layer whose S side never runs (the
     last pyramid layer queries NS tokens only) has no S kernel, so no weight is left without a
-    gradient. ``ns`` may carry extra leading axes ([R, C, N, d] for candidates of a request).
+    gradient. ``ns`` may carry extra leading axes ([R, C, N, d] for candidates of a request);
+    ``token_first``: ``ns`` is [N, ..., d] instead, the layout XLA's batched dot wants.
     """
     init = self.kernel_init or init_lib.fan_in()
     s_out = ns_out = None
@@ -62,7 +63,8 @@ class MixedLinear(nn.Module):
         w_ns = partitioning.param(self, 'ns_kernel', _stacked(init),
                                   (self.num_ns, ns.shape[-1], self.features),
                                   (TOKENS, *self.axes), self.param_dtype)
-        ns_out = jnp.einsum('...nd,nde->...ne', ns.astype(self.dtype), w_ns.astype(self.dtype))
+        spec = 'n...d,nde->n...e' if token_first else '...nd,nde->...ne'
+        ns_out = jnp.einsum(spec, ns.astype(self.dtype), w_ns.astype(self.dtype))
     return s_out, ns_out
 
 

@@ -24,9 +24,10 @@ class MixedRMSNorm(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None
+  def __call__(self, s: jnp.ndarray | None, ns: jnp.ndarray | None, token_first: bool = False
                ) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
-    """Either side may be None; gains are created on first use (see MixedLinear)."""
+    """Either side may be None; gains are created on first use (see MixedLinear);
+    ``token_first``: ``ns`` is [N, ..., d]."""
     d = (s if s is not None else ns).shape[-1]
 
     def norm(x, g):
@@ -44,6 +45,8 @@ class MixedRMSNorm(nn.Module):
       g_ns = g_s[None] if self.shared else partitioning.param(
           self, 'ns_scale', nn.initializers.ones, (self.num_ns, d), (TOKENS, NORM),
           self.param_dtype)
+      if token_first:   # gain j on token j, the leading axis
+        g_ns = g_ns.reshape((g_ns.shape[0],) + (1,) * (ns.ndim - 2) + (d,))
       ns_out = norm(ns, g_ns)
     return s_out, ns_out
 

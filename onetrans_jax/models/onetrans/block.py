@@ -28,19 +28,23 @@ from onetrans_jax.models.layers.norms import MixedRMSNorm
 from onetrans_jax.models.layers.partitioning import (ACT_EMBED, ACT_HEADS, ACT_MLP, BATCH, EMBED,
                                                      HEADS, LENGTH, MLP)
 
-def _hint(x: jnp.ndarray | None, feature: str, trailing: int = 0) -> jnp.ndarray | None:
+def _hint(x: jnp.ndarray | None, feature: str, trailing: int = 0,
+          token_first: bool = False) -> jnp.ndarray | None:
   """Sharding hint for a token activation [B, L, ..feature, (trailing)] or, candidates sharing a
-  request, [R, C, L, ..]: batch, (candidates,) length, then ``feature`` and ``trailing`` whole
-  axes. None passes through (a side that does not run)."""
+  request, [R, C, L, ..] ([L, R, C, ..] ``token_first``): batch, (candidates,) length, then
+  ``feature`` and ``trailing`` whole axes. None passes through (a side that does not run)."""
   if x is None:
     return None
-  lead = (BATCH, LENGTH) if x.ndim == 2 + 1 + trailing else (BATCH, None, LENGTH)
+  if token_first:
+    lead = (LENGTH, BATCH, None)
+  else:
+    lead = (BATCH, LENGTH) if x.ndim == 2 + 1 + trailing else (BATCH, None, LENGTH)
   return partitioning.constrain(x, lead + (feature,) + (None,) * trailing)
 
 
-def _stream(x: jnp.ndarray | None) -> jnp.ndarray | None:
-  """A token stream [B, L, d] / [R, C, N, d] entering or leaving a block."""
-  return _hint(x, ACT_EMBED)
+def _stream(x: jnp.ndarray | None, token_first: bool = False) -> jnp.ndarray | None:
+  """A token stream [B, L, d] / [R, C, N, d] / [N, R, C, d] entering or leaving a block."""
+  return _hint(x, ACT_EMBED, token_first=token_first)
 
 
 def _head_hint(x: jnp.ndarray) -> jnp.ndarray:
@@ -59,6 +63,7 @@ class OneTransBlock(nn.Module):
   causal: bool = True           # False: the "full attention" ablation
   attention_impl: str = 'auto'
   dtype: Any = jnp.float32
+  ns_token_first: bool = False  # candidate_side's NS tokens are [N, R, C, d] (model.ns_layout)
 
   def setup(self):
     kw = dict(num_ns=self.num_ns, shared=self.shared, dtype=self.dtype)
@@ -81,15 +86,17 @@ class OneTransBlock(nn.Module):
     kv = self._heads(x.reshape(x.shape[:-1] + (2, self.width)))
     return _head_hint(kv[..., 0, :, :]), _head_hint(kv[..., 1, :, :])
 
-  def _ffn(self, zs: jnp.ndarray | None, zns: jnp.ndarray | None):
-    """Residual mixed FFN on either side or both; a None side stays None."""
+  def _ffn(self, zs: jnp.ndarray | None, zns: jnp.ndarray | None, tf: bool = False):
+    """Residual mixed FFN on either side or both; a None side stays None; ``tf``: the NS side
+    is token-first [N, ..., d]."""
     act = ACTIVATIONS[self.activation]
-    zs, zns = _stream(zs), _stream(zns)  # whole features into the (EMBED, MLP) kernel
-    ys, yns = self.ffn_in(*self.ffn_norm(zs, zns))
-    ys, yns = (_hint(None if y is None else act(y), ACT_MLP) for y in (ys, yns))
-    ys, yns = self.ffn_out(ys, yns)
+    zs, zns = _stream(zs), _stream(zns, tf)  # whole features into the (EMBED, MLP) kernel
+    ys, yns = self.ffn_in(*self.ffn_norm(zs, zns, token_first=tf), token_first=tf)
+    ys = _hint(None if ys is None else act(ys), ACT_MLP)
+    yns = _hint(None if yns is None else act(yns), ACT_MLP, token_first=tf)
+    ys, yns = self.ffn_out(ys, yns, token_first=tf)
     return (_stream(None if zs is None else zs + ys.astype(zs.dtype)),
-            _stream(None if zns is None else zns + yns.astype(zns.dtype)))
+            _stream(None if zns is None else zns + yns.astype(zns.dtype), tf))
 
   # ------------------------------------------------------------------ per-list (reference) layout
   def __call__(self, s: jnp.ndarray, s_valid: jnp.ndarray, ns: jnp.ndarray
@@ -144,7 +151,10 @@ class OneTransBlock(nn.Module):
 
   def candidate_side(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
                      s_valid: jnp.ndarray) -> jnp.ndarray:
-    """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d]."""
+    """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d]
+    (with ``ns_token_first``: [N, R, C, d] in and out)."""
+    if self.ns_token_first:
+      return self._candidate_side_token_first(ns, k_s, v_s, s_valid)
     ns = _stream(ns)
     _, xns = self.attn_norm(None, ns)
     k_ns, v_ns = self._kv(self.kv(None, xns)[1])
@@ -152,3 +162,18 @@ class OneTransBlock(nn.Module):
     o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
     zns = ns + self.out(None, o.reshape(ns.shape))[1].astype(ns.dtype)
     return self._ffn(None, zns)[1]
+
+  def _candidate_side_token_first(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
+                                  s_valid: jnp.ndarray) -> jnp.ndarray:
+    """``candidate_side`` on ns [N, R, C, d]: the norms, projections and FFN read the token axis
+    first (no transposes around their batched einsums); only the attention, small at N tokens,
+    runs in the shared [R, C, N, H, Dh] layout."""
+    to_last = lambda x: jnp.moveaxis(x, 0, -2)
+    ns = _stream(ns, True)
+    _, xns = self.attn_norm(None, ns, token_first=True)
+    k_ns, v_ns = self._kv(to_last(self.kv(None, xns, token_first=True)[1]))
+    q = self._q(to_last(self.q(None, xns, token_first=True)[1]))
+    o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
+    o = jnp.moveaxis(o.reshape(o.shape[:3] + (self.width,)), -2, 0)
+    zns = ns + self.out(None, o, token_first=True)[1].astype(ns.dtype)
+    return self._ffn(None, zns, True)[1]

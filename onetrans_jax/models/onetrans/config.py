@@ -27,6 +27,7 @@ from onetrans_jax.schema import FeatureSchema
 NAME = 'onetrans'
 PARAM_SHARING = ('mixed', 'shared')
 ATTENTION = ('causal', 'full')
+NS_LAYOUTS = ('auto', 'token_last', 'token_first')   # config.model.ns_layout
 
 
 def defaults(**overrides) -> ml_collections.ConfigDict:
@@ -67,6 +68,13 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
   m.attention_impl = 'auto'       # 'blocked' on CPU, 'xla' elsewhere; or 'blocked' (cache-blocked,
                                   # skips masked blocks), 'xla', 'cudnn' (GPU flash, bf16)
   m.remat = 'none'                # or 'full', 'dots' (activation recomputation)
+  m.ns_layout = 'auto'            # request-level candidate side: NS tokens held [R, C, N, d]
+                                  # ('token_last'), or [N, R, C, d] ('token_first': the per-token
+                                  # einsums need no transposes; 1.38x the mechanism-world step on
+                                  # 2 CPU cores, benchmarks/ns_layout.py). 'auto': token_first on
+                                  # CPU, token_last elsewhere (not measured on a GPU yet). The same
+                                  # function either way (tests/test_request_level.py), so not part
+                                  # of a run's fingerprint (records.NON_RESULT_FIELDS)
   m.dtype = 'float32'             # compute dtype; 'bfloat16' keeps float32 parameters
   m.embedding_row_multiple = 1    # embedding-table rows rounded up to a multiple of this, so the
                                   # row split over the mesh is even (e.g. 8 on 8 devices)
@@ -131,6 +139,9 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneTra
   attention = fields.check('attention', cfg.attention, ATTENTION)
   impl = fields.check('attention_impl', cfg.attention_impl, IMPLEMENTATIONS)
   remat = fields.check('remat', cfg.remat, REMAT_POLICIES)
+  ns_layout = fields.check('ns_layout', cfg.get('ns_layout', 'auto'), NS_LAYOUTS)
+  if ns_layout == 'auto':
+    ns_layout = 'token_first' if jax.default_backend() == 'cpu' else 'token_last'
   s_position = fields.check('s_position', cfg.s_position, tokenizer.S_POSITIONS)
   fields.check('pyramid', cfg.pyramid, 'bool')
   dtype = fields.check('dtype', cfg.dtype, 'dtype')
@@ -162,7 +173,7 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneTra
       time_gap_buckets=fields.time_gap_buckets(cfg, cfg.seq_merge), s_position=s_position,
       shared_params=sharing == 'shared',
       causal=attention == 'causal', request_level=_request_level(cfg, attention),
-      attention_impl=impl, remat=remat,
+      attention_impl=impl, remat=remat, ns_token_first=ns_layout == 'token_first',
       head_hidden=int(cfg.head_hidden), predictor=predictor, dtype=dtype,
       embedding_row_multiple=check_row_multiple(cfg.embedding_row_multiple))
 

@@ -101,6 +101,7 @@ class OneTrans(nn.Module):
   request_level: bool = True      # share the S side across a request's candidates (causal only)
   attention_impl: str = 'auto'
   remat: str = 'none'
+  ns_token_first: bool = False    # the candidate side holds NS tokens [N, R, C, d] (ns_layout)
   head_hidden: int = 0            # 0: d
   # The multi-task predictor over the pooled NS tokens (SPEC B.7 baselines): ('predictor', kind)
   # and its size fields as (name, value) pairs, hashable for the module; () = per-task towers.
@@ -131,7 +132,7 @@ class OneTrans(nn.Module):
         block(self.width, self.num_heads, self.num_ns_tokens, queries - self.num_ns_tokens,
               ffn_mult=self.ffn_mult, activation=self.activation, shared=self.shared_params,
               causal=self.causal, attention_impl=self.attention_impl, dtype=self.dtype,
-              name=f'block_{i}')
+              ns_token_first=self.ns_token_first, name=f'block_{i}')
         for i, queries in enumerate(self.schedule)
     ]
     # Pre-norm blocks leave the residual stream unnormalised: one final RMSNorm before the head.
@@ -178,10 +179,12 @@ class OneTrans(nn.Module):
                         ) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
     """Stage II: ns [R, C, N, d] against the user cache -> (final NS, each layer's NS states)."""
     states = []
+    if self.ns_token_first:   # one transpose in and out instead of around every NS einsum
+      ns = jnp.moveaxis(ns, -2, 0)
     for blk, k, v, valid in zip(self.blocks, cache['k'], cache['v'], cache['valid']):
       ns = blk.candidate_side(ns, k, v, valid)
-      states.append(ns)
-    return ns, states
+      states.append(jnp.moveaxis(ns, 0, -2) if self.ns_token_first else ns)
+    return states[-1] if states else ns, states
 
   def _logits(self, ns: jnp.ndarray) -> jnp.ndarray:
     """Final NS tokens [..., N, d] -> logits [..., T]."""
