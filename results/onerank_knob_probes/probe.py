@@ -33,6 +33,8 @@ PROBES = {
     # The reference at the same budget: the study's OneTrans + PLE row as it is (its overrides
     # replace the whole model and the loss mode, so BASE's OneRank knobs do not reach it).
     'ple': 'OneTrans + PLE',
+    # OneRank at 1.2x the PLE row's training FLOPs (d 128, 6 layers; the study's row as it is).
+    'flops_matched': 'OneRank, 1.2x the FLOPs of OneTrans + PLE',
 }
 
 
