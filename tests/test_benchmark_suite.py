@@ -37,7 +37,7 @@ def test_printed_table_and_record(tiny_run):
       'xla', 'xla, unfused dots', 'blocked']
   variants = [r['variant'] for r in result['train']]
   assert variants == ['default', 'attention=xla', 'unfused dots', 'xla attn, unfused dots',
-                      'no pyramid', '4x2 per candidate']
+                      'ns token-last', 'no pyramid', '4x2 per candidate']
   for name in ('ceiling:', 'attention (layer 0, fwd+bwd)', 'train step', 'optimization',
                'compile s', 'e2e ex/s'):
     assert name in stdout

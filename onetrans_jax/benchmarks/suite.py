@@ -123,6 +123,8 @@ def variants(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collection
     # jax's own defaults: XLA's attention and XLA's default CPU dot emission (the 'before').
     out.append(('xla attn, unfused dots',
                 _with(config, model={'attention_impl': 'xla'}, train={'cpu_fused_dots': False})))
+  if jax.default_backend() == 'cpu':   # 'auto' runs token-first NS tokens here: the old layout
+    out.append(('ns token-last', _with(config, model={'ns_layout': 'token_last'})))
   out.append(('no pyramid', _with(config, model={'pyramid': False})))
   r, c = config.data.batch_size, config.data.num_candidates
   grouped = config
