@@ -116,7 +116,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                    num_items=600, num_train_requests=4000,
                                    num_eval_requests=256, batch_size=16)
     common.study_protocol(c, valid_fraction=0.0625, max_steps=30, eval_every=15, patience=4)
-  elif arg != 'paper':
+  elif arg == 'paper':   # the paper-shape world of onetrans_s.py:paper (1M training requests)
+    common.study_protocol(c, valid_fraction=0.004096, max_steps=20000, eval_every=1000,
+                          patience=4)
+  else:
     c.data = common.mechanism_data(click_len=64, num_train_requests=100_000,
                                    batch_size=c.data.batch_size)
     common.study_protocol(c, valid_fraction=0.04096, max_steps=3000, eval_every=250,
