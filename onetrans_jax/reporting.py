@@ -89,6 +89,11 @@ def _truncate_after(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+def or_dash(x: Any, spec: str) -> str:
+  """``format(x, spec)``, or '—' for a value that does not exist (None) in a printed table."""
+  return '—' if x is None else format(x, spec)
+
+
 def hms(seconds: float) -> str:
   seconds = max(0, int(seconds))
   return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'

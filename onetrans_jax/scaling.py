@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from onetrans_jax import stats
+from onetrans_jax.reporting import or_dash as _fmt
 
 AXES = ('length', 'depth', 'width')
 FILES = ('scaling.json', 'scaling.md', 'scaling.png')
@@ -157,10 +158,6 @@ def claims(fits: Mapping[str, Any], diffs: Mapping[str, Any], models: Sequence[s
                      f'above 0 on {steeper or "no axis"}'),
     })
   return out
-
-
-def _fmt(x: Any, spec: str) -> str:
-  return '—' if x is None else format(x, spec)
 
 
 def _ci(ci: Sequence[float] | None) -> str:

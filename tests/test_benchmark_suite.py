@@ -175,9 +175,7 @@ def test_the_json_keeps_every_finished_row_when_a_run_is_cut_short(tmp_path, mon
   saved = json.loads(path.read_text())
   assert saved['complete'] is False and [w['workload'] for w in saved['workloads']] == [
       'onetrans_s_mech']
-  assert 'onetrans_s_mech' in '\n'.join(
-      __import__('onetrans_jax.benchmarks.workloads', fromlist=['table']).table(
-          saved['workloads']))
+  assert 'onetrans_s_mech' in '\n'.join(workloads.table(saved['workloads']))
 
 
 @pytest.mark.slow   # a compile and a few steps (~15 s); the default run keeps the JSON and flags
@@ -188,9 +186,10 @@ def test_a_workload_row_times_the_trainers_run():
   assert row['requests'] == 4 and row['candidates'] == 2 and row['e2e_steps'] == 3
   assert row['flops_per_s'] == pytest.approx(row['flops'] / row['step_seconds'])
   assert row['mfu'] == pytest.approx(row['flops_per_s'] / 1e11)
-  assert row['flops'] == pytest.approx(suite.step_flops(
-      suite.shape_config('tiny'), __import__('onetrans_jax.data.pipeline', fromlist=['x'])
-      .build_dataset(suite.shape_config('tiny').data).schema, True))
+  from onetrans_jax.data import pipeline
+  tiny = suite.shape_config('tiny')
+  assert row['flops'] == pytest.approx(
+      suite.step_flops(tiny, pipeline.build_dataset(tiny.data).schema, True))
   assert 0 < row['e2e_examples_per_s'] <= 8 / row['e2e_seconds_per_step'] + 1e-6
   assert 0.0 <= row['input_share'] < 1.0 and row['compile_seconds'] > 0
 

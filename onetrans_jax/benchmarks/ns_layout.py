@@ -65,16 +65,11 @@ def measure_workload(key: str, repeats: int) -> dict[str, float]:
   """Median seconds of the trainer's step (benchmarks/steps.py) of workload ``key`` under each
   ``model.ns_layout``, on the same first batch, the two alternating."""
   from onetrans_jax.benchmarks import steps, workloads  # local: heavier imports
-  from onetrans_jax.data import pipeline
   built = {}
   for layout in ('token_last', 'token_first'):
     cfg = workloads.workload_config(key)
     cfg.model.ns_layout = layout
-    data = pipeline.build_dataset(cfg.data)
-    host = next(pipeline.make_iterator(data, data.train_range,
-                                       global_batch_size=cfg.data.batch_size, shuffle=False,
-                                       seed=0, repeat=False, num_threads=1))
-    step = steps.trainer_step(cfg, data.schema, host)
+    step = steps.build_step(cfg)
     built[layout] = [step.compiled, step.state, step.batch]
   times: dict[str, list[float]] = {k: [] for k in built}
   for i in range(repeats + 1):

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from onetrans_jax import sharding, xla_options
+from onetrans_jax.data import pipeline
 from onetrans_jax.models import build_model
 from onetrans_jax.models.onetrans import config as onetrans_config
 from onetrans_jax.optimizers import make_optimizer
@@ -53,6 +54,16 @@ def trainer_step(config: ml_collections.ConfigDict, schema: FeatureSchema, host_
   with sharding.mesh_context(mesh, rules):  # as the trainer traces it: activation hints resolve
     compiled = jitted.lower(state, batch).compile()
   return Step(compiled, time.perf_counter() - t0, state, batch, schema, model, mesh)
+
+
+def build_step(config: ml_collections.ConfigDict) -> Step:
+  """The trainer's own step of ``config`` on its first training batch, read through the same
+  iterator (and checks) as train.py."""
+  data = pipeline.build_dataset(config.data)
+  host_batch = next(pipeline.make_iterator(
+      data, data.train_range, global_batch_size=config.data.batch_size, shuffle=False,
+      seed=config.seed, repeat=False, num_threads=1))
+  return trainer_step(config, data.schema, host_batch)
 
 
 def onetrans_step_flops(config: ml_collections.ConfigDict, schema: FeatureSchema,

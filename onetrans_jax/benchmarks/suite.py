@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, xla_options
+from onetrans_jax import accounting, reporting, xla_options
 from onetrans_jax.benchmarks import steps, workloads
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common, onetrans_l, onetrans_s
@@ -161,15 +161,6 @@ def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]) -> ml_c
   return c
 
 
-def _batch(config: ml_collections.ConfigDict):
-  """The first training batch of ``config``, through the same iterator (and checks) as train.py."""
-  data = pipeline.build_dataset(config.data)
-  batch = next(pipeline.make_iterator(
-      data, data.train_range, global_batch_size=config.data.batch_size, shuffle=False,
-      seed=config.seed, repeat=False, num_threads=1))
-  return data.schema, batch
-
-
 step_flops = steps.onetrans_step_flops
 
 
@@ -269,10 +260,7 @@ def attention_rows(name: str, config: ml_collections.ConfigDict, schema,
   return rows
 
 
-def build_step(config: ml_collections.ConfigDict) -> steps.Step:
-  """The trainer's own step of ``config`` on its first batch (onetrans_jax/benchmarks/steps.py)."""
-  schema, host_batch = _batch(config)
-  return steps.trainer_step(config, schema, host_batch)
+build_step = steps.build_step   # profile_step.py's name for it
 
 
 def train_row(name: str, variant: str, config: ml_collections.ConfigDict,
@@ -321,8 +309,7 @@ def savings_rows(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- printing
-def _fmt(x: Any, spec: str) -> str:
-  return '—' if x is None else format(x, spec)
+_fmt = reporting.or_dash
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -389,6 +376,16 @@ def write_json(result: dict[str, Any], path: str | None) -> None:
   os.replace(path + '.tmp', path)
 
 
+def _keep(result: dict[str, Any], section: str, row: dict[str, Any] | None,
+          json_path: str | None, describe: Callable[[dict[str, Any]], str]) -> None:
+  """A measured row (None: it failed, ``_guarded`` recorded why) into ``result[section]``, its
+  progress line with the compile time, and the JSON rewritten either way."""
+  if row is not None:
+    result[section].append(row)
+    print(f"  {describe(row)}, compiled in {row['compile_seconds']:.1f} s", flush=True)
+  write_json(result, json_path)
+
+
 def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = None,
         wanted_variants: Sequence[str] | None = None,
         wanted_workloads: Sequence[str] | None = None, workload_steps: int = 20
@@ -421,12 +418,9 @@ def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = 
       peak = ceil.get(f'matmul_{config.model.dtype}')
       for variant, cfg in runs[name]:
         row = _guarded(result['failed'], name, variant, train_row, name, variant, cfg, peak)
-        if row is not None:
-          result['train'].append(row)
-          print(f"  {name} / {variant}: {row['seconds'] * 1e3:.1f} ms, "
-                f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s, compiled in "
-                f"{row['compile_seconds']:.1f} s", flush=True)
-        write_json(result, json_path)
+        _keep(result, 'train', row, json_path, lambda r: (
+            f"{name} / {variant}: {r['seconds'] * 1e3:.1f} ms, "
+            f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s"))
   result['savings'] = savings_rows(result['train']) if 'savings' in sections else []
   if 'workloads' in sections:
     for key in wanted_workloads or list(workloads.WORKLOADS):
@@ -435,12 +429,9 @@ def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = 
       peak = ceil.get(f"matmul_{cfg.model.get('dtype', 'float32')}")
       row = _guarded(result['failed'], key, 'workload', workloads.workload_row, key, cfg, peak,
                      workload_steps, _REPEATS.value)
-      if row is not None:
-        result['workloads'].append(row)
-        print(f"  workload {key}: step {row['step_seconds'] * 1e3:.1f} ms, end to end "
-              f"{row['e2e_examples_per_s']:,.0f} ex/s, compiled in "
-              f"{row['compile_seconds']:.1f} s", flush=True)
-      write_json(result, json_path)
+      _keep(result, 'workloads', row, json_path, lambda r: (
+          f"workload {key}: step {r['step_seconds'] * 1e3:.1f} ms, end to end "
+          f"{r['e2e_examples_per_s']:,.0f} ex/s"))
   result['complete'] = True
   write_json(result, json_path)
   return result

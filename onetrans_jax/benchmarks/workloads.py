@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from onetrans_jax import models, records, sharding
+from onetrans_jax import models, records, reporting, sharding
 from onetrans_jax.benchmarks import steps
 from onetrans_jax.data import pipeline
 
@@ -126,7 +126,7 @@ def workload_row(key: str, config: ml_collections.ConfigDict, ceiling_flops: flo
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
   """The workloads' printed table (the suite's ``tables``)."""
-  fmt = lambda x, spec: '—' if x is None else format(x, spec)
+  fmt = reporting.or_dash
   lines = [f"{'workload':<27} {'R x C':>7} {'compile s':>9} {'step ms':>8} {'GFLOP/s':>8} "
            f"{'MFU':>6} {'e2e ms':>8} {'e2e ex/s':>9} {'input ex/s':>10} {'input %':>7}"]
   for r in rows:

@@ -151,29 +151,19 @@ class OneTransBlock(nn.Module):
 
   def candidate_side(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
                      s_valid: jnp.ndarray) -> jnp.ndarray:
-    """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d]
-    (with ``ns_token_first``: [N, R, C, d] in and out)."""
-    if self.ns_token_first:
-      return self._candidate_side_token_first(ns, k_s, v_s, s_valid)
-    ns = _stream(ns)
-    _, xns = self.attn_norm(None, ns)
-    k_ns, v_ns = self._kv(self.kv(None, xns)[1])
-    q = self._q(self.q(None, xns)[1])
-    o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
-    zns = ns + self.out(None, o.reshape(ns.shape))[1].astype(ns.dtype)
-    return self._ffn(None, zns)[1]
+    """Per candidate: ns [R, C, N, d] against the request's S keys/values -> ns' [R, C, N, d].
 
-  def _candidate_side_token_first(self, ns: jnp.ndarray, k_s: jnp.ndarray, v_s: jnp.ndarray,
-                                  s_valid: jnp.ndarray) -> jnp.ndarray:
-    """``candidate_side`` on ns [N, R, C, d]: the norms, projections and FFN read the token axis
-    first (no transposes around their batched einsums); only the attention, small at N tokens,
-    runs in the shared [R, C, N, H, Dh] layout."""
-    to_last = lambda x: jnp.moveaxis(x, 0, -2)
-    ns = _stream(ns, True)
-    _, xns = self.attn_norm(None, ns, token_first=True)
-    k_ns, v_ns = self._kv(to_last(self.kv(None, xns, token_first=True)[1]))
-    q = self._q(to_last(self.q(None, xns, token_first=True)[1]))
+    With ``ns_token_first`` ns is [N, R, C, d] in and out: the norms, projections and FFN read
+    the token axis first (no transposes around their batched einsums); only the attention, small
+    at N tokens, runs in the shared [R, C, N, H, Dh] layout."""
+    tf = self.ns_token_first
+    tokens_last = (lambda x: jnp.moveaxis(x, 0, -2)) if tf else (lambda x: x)
+    ns = _stream(ns, tf)
+    _, xns = self.attn_norm(None, ns, token_first=tf)
+    k_ns, v_ns = self._kv(tokens_last(self.kv(None, xns, token_first=tf)[1]))
+    q = self._q(tokens_last(self.q(None, xns, token_first=tf)[1]))
     o = shared_prefix_attention(q, k_s, v_s, s_valid, k_ns, v_ns)
-    o = jnp.moveaxis(o.reshape(o.shape[:3] + (self.width,)), -2, 0)
-    zns = ns + self.out(None, o, token_first=True)[1].astype(ns.dtype)
-    return self._ffn(None, zns, True)[1]
+    o = o.reshape(o.shape[:3] + (self.width,))                  # [R, C, N, d]
+    o = jnp.moveaxis(o, -2, 0) if tf else o
+    zns = ns + self.out(None, o, token_first=tf)[1].astype(ns.dtype)
+    return self._ffn(None, zns, tf)[1]
