@@ -227,6 +227,89 @@ def plot_deltas(path: str, comparison: Mapping[str, Any], names: Sequence[str], 
   return True
 
 
+# ----------------------------------------------------------------------------- convergence
+def _curve_value(curve: Sequence[Mapping[str, Any]], step: int, task: str, metric: str
+                 ) -> float | None:
+  """The validation ``task``/``metric`` at the latest evaluation at or before ``step``."""
+  picked = [p for p in curve if p['step'] <= step and task in p and metric in p[task]]
+  return float(picked[-1][task][metric]) if picked else None
+
+
+def convergence(run_records: Mapping[str, Sequence[Mapping[str, Any]]]
+                ) -> dict[str, dict[str, Any]]:
+  """Per variant, whether its runs converged under the study's early stopping: steps trained,
+  the best step, how many stopped early and how many reached the step cap; for a run at the cap,
+  its early-stopping metric's gain over the patience window before the end (patience x
+  eval_every steps), the amount by which it was still improving when the cap cut it off. Read
+  from the run records (their config and validation curve), so reused runs count too."""
+  out: dict[str, dict[str, Any]] = {}
+  for name, recs in run_records.items():
+    rows = []
+    for r in recs:
+      cfg = r.get('config') or {}
+      cap = cfg.get('train.total_steps')
+      key = str(cfg.get('train.early_stopping.metric') or '')
+      parts = key.split('/')
+      if cap is None or len(parts) != 3 or not r.get('step'):
+        continue
+      window = int(cfg.get('train.early_stopping.patience') or 0) * int(
+          cfg.get('train.eval_every') or 0)
+      at_cap = int(r['step']) >= int(cap)
+      gain = None
+      curve = r.get('valid_curve') or []
+      if at_cap and window and curve:
+        end = _curve_value(curve, int(r['step']), parts[1], parts[2])
+        before = _curve_value(curve, int(r['step']) - window, parts[1], parts[2])
+        values = [float(p[parts[1]][parts[2]]) for p in curve
+                  if parts[1] in p and parts[2] in p[parts[1]]]
+        if end is not None and before is not None and values:
+          gain = max(values) - before
+      rows.append({'cap': int(cap), 'step': int(r['step']), 'best_step': r.get('best_step'),
+                   'at_cap': at_cap, 'gain': gain, 'window': window, 'metric': key})
+    if not rows:
+      continue
+    capped = [x for x in rows if x['at_cap']]
+    gains = [x['gain'] for x in capped if x['gain'] is not None]
+    out[name] = {
+        'runs': len(rows), 'cap': max(x['cap'] for x in rows), 'metric': rows[0]['metric'],
+        'mean_step': float(np.mean([x['step'] for x in rows])),
+        'mean_best_step': float(np.mean([x['best_step'] for x in rows
+                                         if x['best_step'] is not None] or [np.nan])),
+        'stopped_early': len(rows) - len(capped), 'at_cap': len(capped),
+        'at_cap_best_last': sum(1 for x in capped if x['best_step'] == x['step']),
+        'window': rows[0]['window'],
+        'at_cap_gain_mean': float(np.mean(gains)) if gains else None,
+        'at_cap_gain_max': float(np.max(gains)) if gains else None,
+    }
+  return out
+
+
+def convergence_markdown(conv: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """The report's convergence section: one line per variant and a count of runs at the cap."""
+  if not conv:
+    return []
+  total = sum(c['runs'] for c in conv.values())
+  capped = sum(c['at_cap'] for c in conv.values())
+  lines = ['## Convergence', '',
+           f'{total - capped} of {total} runs stopped early (no better validation '
+           f'{next(iter(conv.values()))["metric"]} for the patience window); {capped} reached '
+           'the step cap. For those, "gain" is the best validation value minus the value one '
+           'patience window before the end: how much the run was still improving when the cap '
+           'stopped it (near 0: it had plateaued).', '',
+           '```',
+           f"{'variant':<40} {'runs':>4} {'cap':>6} {'mean step':>9} {'best step':>9} "
+           f"{'early':>5} {'at cap':>6} {'best last':>9} {'gain mean':>9} {'gain max':>9}"]
+  for name, c in conv.items():
+    lines.append(
+        f"{name[:40]:<40} {c['runs']:>4} {c['cap']:>6} {c['mean_step']:>9.0f} "
+        f"{c['mean_best_step']:>9.0f} {c['stopped_early']:>5} {c['at_cap']:>6} "
+        f"{c['at_cap_best_last']:>9} "
+        + ' '.join('—'.rjust(9) if v is None else f'{v:>+9.4f}'
+                   for v in (c['at_cap_gain_mean'], c['at_cap_gain_max'])))
+  lines += ['```', '']
+  return lines
+
+
 # ---------------------------------------------------------------------------------- report
 def write_report(workdir: str, config: Any, names: Sequence[str], results: Mapping[str, Any],
                  comparison: Mapping[str, Any], table: str,
@@ -238,9 +321,6 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
   study = sw.get('study', None) or os.path.basename(os.path.abspath(workdir))
   summ = summary(study, str(config.data.get('name', '?')), sw.reference, sw.seeds, tasks, names,
                  results, comparison)
-  with open(os.path.join(workdir, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summ, f, indent=1, default=float)
-    f.write('\n')
   curves = plot_learning_curves(os.path.join(workdir, 'learning_curves.png'), run_dirs, tasks,
                                 {n: results[n].get('records', ()) for n in names})
   deltas = plot_deltas(os.path.join(workdir, 'deltas.png'), comparison, names, sw.reference,
@@ -270,10 +350,16 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
       cells.append(f'{t} AUC {c["rel_pct"]:+.2f}% {ci}')
     lines.append(f'- {name}: ' + '; '.join(cells))
   lines.append('')
+  conv = convergence({n: results[n].get('records', ()) for n in names})
+  summ['convergence'] = conv
+  lines += convergence_markdown(conv)
   if curves:
     lines += ['## Learning curves', '', '![learning curves](learning_curves.png)', '']
   if deltas:
     lines += ['## Differences from the reference', '', '![differences](deltas.png)', '']
+  with open(os.path.join(workdir, 'summary.json'), 'w', encoding='utf-8') as f:
+    json.dump(summ, f, indent=1, default=float)
+    f.write('\n')
   with open(os.path.join(workdir, 'report.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines))
   return summ

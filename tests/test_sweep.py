@@ -324,3 +324,29 @@ def test_study_runs_checkpoint_on_evaluation_steps_without_changing_their_finger
   assert name == 'OneTrans_S' and os.path.exists(committed), fp[:12]
   c.train.checkpoint_every = 0
   assert records.fingerprint(variant_config(c, overrides, 0))[0] == fp
+
+
+def _conv_record(step: int, best_step: int, curve: list[float], cap: int = 1000) -> dict:
+  cfg = {'train.total_steps': cap, 'train.eval_every': 100, 'train.early_stopping.patience': 3,
+         'train.early_stopping.metric': 'valid/click/auc'}
+  return {'config': cfg, 'step': step, 'best_step': best_step,
+          'valid_curve': [{'step': 100 * (i + 1), 'click': {'auc': v}}
+                          for i, v in enumerate(curve)]}
+
+
+def test_convergence_counts_runs_at_the_cap_and_their_last_window_gain():
+  stopped = _conv_record(600, 300, [0.60, 0.65, 0.70, 0.69, 0.69, 0.68])
+  # Still rising at the cap: best 0.80 at step 1000, 0.74 one window (300 steps) before the end.
+  rising = _conv_record(1000, 1000, [0.5, 0.6, 0.65, 0.7, 0.72, 0.73, 0.74, 0.76, 0.78, 0.80])
+  conv = study_report.convergence({'a': [stopped, rising], 'b': [stopped]})
+  a = conv['a']
+  assert (a['runs'], a['stopped_early'], a['at_cap'], a['at_cap_best_last']) == (2, 1, 1, 1)
+  assert a['cap'] == 1000 and a['window'] == 300 and a['mean_step'] == 800
+  assert a['mean_best_step'] == 650
+  assert a['at_cap_gain_mean'] == pytest.approx(0.80 - 0.74)
+  assert conv['b']['at_cap'] == 0 and conv['b']['at_cap_gain_mean'] is None
+  text = '\n'.join(study_report.convergence_markdown(conv))
+  assert '2 of 3 runs stopped early' in text and '1 reached the step cap' in text
+  assert '+0.0600' in text
+  # A record without the protocol's fields (an old or hand-made one) is left out, not guessed.
+  assert study_report.convergence({'c': [{'step': 5, 'config': {}}]}) == {}
