@@ -406,7 +406,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   return out
 
 
-# The CPU bench step's measured MFU (README, Speed: 27.8%), rounded down: the estimate's basis.
+# The CPU bench step's measured MFU (README, Speed: 27.8% on a Xeon, 35.9% on an EPYC in
+# results/speed/cpu_suite.json), rounded down: the estimate's basis.
 ASSUMED_MFU = 0.25
 STARTUP_SECONDS = 60.0           # compile + final evaluation of a CPU-sized run (measured ~1 min)
 FLOOR_SECONDS = 30.0             # a classical floor row (MovieLens-100K: 3-5 s measured, 2 cores)

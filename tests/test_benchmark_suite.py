@@ -198,3 +198,14 @@ def test_ns_layout_ab_times_both_layouts_of_the_same_function():
   from onetrans_jax.benchmarks import ns_layout
   t = ns_layout.measure(r=4, c=2, n=3, d=8, mult=2, repeats=2)   # asserts the gradients agree
   assert set(t) == {'token-last [R,C,N,d]', 'token-first [N,R,C,d]'} and min(t.values()) > 0
+
+
+def test_the_suite_records_the_cpu_model_beside_the_jax_version():
+  from onetrans_jax.benchmarks import suite
+  m = suite.machine()
+  assert isinstance(m['cpu_model'], str) and m['cpu_model'] and m['cpu_model'] != 'unknown'
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    if names:
+      assert m['cpu_model'] == names[0]

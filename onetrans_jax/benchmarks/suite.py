@@ -359,11 +359,25 @@ def tables(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def cpu_model() -> str:
+  """The CPU's marketing name (/proc/cpuinfo on Linux; else the platform's processor string):
+  a ceiling is only comparable between runs on the same kind of CPU."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
   dev = jax.devices()[0]
   return {'backend': jax.default_backend(), 'device': getattr(dev, 'device_kind', str(dev)),
           'device_count': jax.device_count(), 'jax': jax.__version__,
-          'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine()}
+          'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine(),
+          'cpu_model': cpu_model()}
 
 
 def write_json(result: dict[str, Any], path: str | None) -> None:
