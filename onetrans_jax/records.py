@@ -126,7 +126,7 @@ def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
   return {'version': RECORD_VERSION, 'variant': variant, 'seed': seed, 'fingerprint': fp,
           'metrics': final['final'], 'step': final['step'], 'params': final['params'],
           'best_step': final.get('best_step'), 'valid_curve': final.get('valid_curve'),
-          'wall_seconds': wall_seconds,
+          'wall_seconds': wall_seconds, 'train_step_seconds': final.get('train_step_seconds'),
           'machine': machine(), 'finished': datetime.datetime.now(datetime.timezone.utc)
           .isoformat(timespec='seconds'), 'config': canonical(dict(flat))}
 

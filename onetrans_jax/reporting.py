@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -100,23 +101,43 @@ def hms(seconds: float) -> str:
 
 
 class Progress:
-  """Throughput and ETA measured from this process's (re)start, so the ETA survives a resume."""
+  """Throughput and ETA measured from this process's (re)start, so the ETA survives a resume.
+
+  Time spent outside training (validation, evaluation, diagnostics, checkpoint saves) is
+  ``pause``d out of the throughput, so ex/s and ``step_seconds`` are the training step's own
+  rate (with its input pipeline); the ETA keeps it, since a run pays for it too."""
 
   def __init__(self, total_steps: int, start_step: int):
     self.total_steps = total_steps
     self.start_step = start_step
     self.t0 = time.perf_counter()
     self.last_t, self.last_step, self.examples = self.t0, start_step, 0.0
+    self.paused = 0.0                  # non-training seconds since the last update
+    self.intervals: list[float] = []   # training seconds per step of each interval
+
+  def pause(self, seconds: float) -> None:
+    """Take ``seconds`` of non-training work out of the current interval's throughput."""
+    self.paused += max(0.0, seconds)
 
   def update(self, step: int, examples: float) -> dict[str, float]:
-    """Call at a log step with the real impressions seen since the last call."""
+    """Call at a log step with the real impressions seen since the last call (the steps' work
+    is finished: the caller fetched their outputs)."""
     now = time.perf_counter()
     self.examples += examples
-    rate = examples / max(now - self.last_t, 1e-9)
+    busy = max(now - self.last_t - self.paused, 1e-9)
+    rate = examples / busy
+    if step > self.last_step:
+      self.intervals.append(busy / (step - self.last_step))
     steps_per_s = (step - self.start_step) / max(now - self.t0, 1e-9)
     eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
-    self.last_t, self.last_step = now, step
+    self.last_t, self.last_step, self.paused = now, step, 0.0
     return {'examples_per_s': rate, 'elapsed_s': now - self.t0, 'eta_s': eta}
+
+  def step_seconds(self) -> float | None:
+    """Median training seconds per step over this process's log intervals, the first one left
+    out when there are others (it holds the compile); None before the first interval."""
+    kept = self.intervals[1:] if len(self.intervals) > 1 else self.intervals
+    return float(statistics.median(kept)) if kept else None
 
   def line(self, step: int, loss: float, stats: Mapping[str, float]) -> str:
     return (f'step {step}/{self.total_steps} | loss {loss:.4f} | '

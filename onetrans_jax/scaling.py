@@ -32,16 +32,23 @@ FILES = ('scaling.json', 'scaling.md', 'scaling.png')
 
 def points(results: Mapping[str, Any], rows: Sequence[Sequence[Any]], tasks: Sequence[str]
            ) -> list[dict[str, Any]]:
-  """One entry per sweep row: its coordinates, analytic training FLOPs per example, measured
-  seconds per step (mean over its records) and per task the hold-out AUC / UAUC of every seed."""
+  """One entry per sweep row: its coordinates, analytic training FLOPs per example, two
+  measured times per step (means over its records): the training step's own
+  (``train_step_seconds``: the trainer's median over log intervals, evaluations and saves left
+  out; None for records written before the trainer kept it) and the whole run's (wall seconds
+  over steps: compile, evaluations and saves included), and per task the hold-out AUC / UAUC of
+  every seed."""
   out = []
   for name, model, length, depth, width in rows:
     res = results[name]
     recs = res.get('records', ())
     per_step = [r['wall_seconds'] / r['step'] for r in recs
                 if r.get('wall_seconds') and r.get('step')]
+    train_step = [r['train_step_seconds'] for r in recs if r.get('train_step_seconds')]
     entry = {'variant': name, 'model': model, 'length': float(length), 'depth': int(depth),
              'width': int(width), 'flops_per_example': float(res['train_flops_per_example']),
+             'train_step_seconds': float(np.mean(train_step)) if train_step else None,
+             'train_step_runs': len(train_step),
              'seconds_per_step': float(np.mean(per_step)) if per_step else None}
     for t in tasks:
       for metric in ('auc', 'uauc'):
@@ -169,11 +176,13 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
   tasks, models = analysis['tasks'], analysis['models']
   lines = ['## Scaling (RQ3)', '',
            'Every point: hold-out AUC mean ± std over seeds, analytic training FLOPs per example '
-           '(each family\'s own count, onetrans_jax/models/<family>/config.py) and the measured '
-           'wall seconds per step of its runs (the whole run: compile, evaluations and training, '
-           'over its steps).', '', '```']
+           '(each family\'s own count, onetrans_jax/models/<family>/config.py) and two measured '
+           'times per step, means over its runs: `step s`, the training step\'s own (the '
+           'trainer\'s median over its log intervals, input included, evaluations and saves '
+           'left out; `—` where the runs predate it) and `run s/step`, the whole run\'s wall time '
+           'over its steps (compile and evaluations included).', '', '```']
   head = (f"{'model':<26} {'length':>6} {'depth':>5} {'width':>5} {'MFLOPs/ex':>10} "
-          f"{'run s/step':>10} " + ' '.join(f'{t + " AUC":>17}' for t in tasks))
+          f"{'step s':>7} {'run s/step':>10} " + ' '.join(f'{t + " AUC":>17}' for t in tasks))
   lines += [head, '-' * len(head)]
   for p in sorted(pts, key=lambda p: (p['model'], p['flops_per_example'])):
     cells = []
@@ -182,7 +191,9 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
       cells.append('—' if not v else f'{np.mean(v):.4f}' + (
           f' ±{np.std(v, ddof=1):.4f}' if len(v) > 1 else ''))
     lines.append(f"{p['model']:<26} {p['length']:>6.3g} {p['depth']:>5} {p['width']:>5} "
-                 f"{p['flops_per_example'] / 1e6:>10.3f} {_fmt(p['seconds_per_step'], '10.3f')} "
+                 f"{p['flops_per_example'] / 1e6:>10.3f} "
+                 f"{_fmt(p.get('train_step_seconds'), '7.3f'):>7} "
+                 f"{_fmt(p['seconds_per_step'], '10.3f')} "
                  + ' '.join(f'{c:>17}' for c in cells))
   lines += ['```', '', 'Slopes: AUC per decade of training FLOPs (least squares over every seed '
             'of the axis\'s points), 95% t-interval, R^2:', '', '```']

@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -454,12 +455,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ the loop
   writer = reporting.MetricWriter(workdir, start_step=int(jax.device_get(state.step)))
-  state, step = _train_loop(run, steps, ckpt, writer, train_iter, state, days, loss_variance,
-                            valid)
+  state, step, step_seconds = _train_loop(run, steps, ckpt, writer, train_iter, state, days,
+                                          loss_variance, valid)
   ckpt.wait()
   ckpt.close()
-  # ``state``: the final TrainState (sharded device arrays) for callers that go on from it.
-  result: dict[str, Any] = {'step': step, 'params': counts, 'state': state}
+  # ``state``: the final TrainState (sharded device arrays) for callers that go on from it;
+  # ``train_step_seconds``: this process's median training step, evaluations and saves left out.
+  result: dict[str, Any] = {'step': step, 'params': counts, 'state': state,
+                            'train_step_seconds': step_seconds}
   if step < run.total_steps and not _stopped(valid):  # stop_at_step: a later call resumes
     writer.close()
     if valid is not None:
@@ -711,9 +714,10 @@ def _restore(run: _Run, ckpt: checkpointing.Checkpointer, state: TrainState,
 def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
                 writer: reporting.MetricWriter, train_iter: Any, state: TrainState, days: _Days,
                 loss_variance: diagnostics.LossVariance, valid: _Validation | None
-                ) -> tuple[TrainState, int]:
+                ) -> tuple[TrainState, int, float | None]:
   """From the state's step to ``run.end_step`` or an early stop: (score,) train, log, diagnose,
-  evaluate, validate, save; SIGTERM / SIGINT save and raise ``Interrupted``."""
+  evaluate, validate, save; SIGTERM / SIGINT save and raise ``Interrupted``. -> the state, its
+  step and the measured training seconds per step (Progress.step_seconds)."""
   step = int(jax.device_get(state.step))
   progress = reporting.Progress(run.total_steps, step)
   ckpt_every = int(run.config.train.checkpoint_every)
@@ -728,7 +732,7 @@ def _train_loop(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
         ckpt.wait()
         writer.close()
         raise Interrupted(signals.received, step, os.path.join(run.workdir, 'checkpoints'))
-  return state, step
+  return state, step, progress.step_seconds()
 
 
 class _StopSignals:
@@ -781,6 +785,7 @@ def _one_step(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
     seen = 0.0
     reporting.log(progress.line(step, float(out['loss']), stats))
     writer.write(step, 'train', {**out, **stats})
+  other = time.perf_counter()  # what follows is not the training step's time (Progress.pause)
   if diag_every and (step % diag_every == 0 or step == run.end_step):
     _diagnose(run, steps, writer, loss_variance, state.params, batch, out, step)
   if run.mode == 'next_batch' and step % config.eval.day_steps == 0:
@@ -796,6 +801,7 @@ def _one_step(run: _Run, steps: _Steps, ckpt: checkpointing.Checkpointer,
     _validate(run, steps.eval, writer, valid, state, step)
   if (ckpt_every and step % ckpt_every == 0) or step == run.end_step or _stopped(valid):
     _save(run, ckpt, train_iter, state, days, valid, step)
+  progress.pause(time.perf_counter() - other)
   return state, step, seen
 
 

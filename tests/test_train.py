@@ -70,6 +70,8 @@ def test_outputs_written(config, tmp_path):
   assert os.listdir(tmp_path / 'tensorboard')
   assert 'oracle AUC' in result['table'] and 'click' in result['table']
   assert not (tmp_path / 'learning_curves.png').exists()   # train.plot_curves is off
+  # Two log intervals: the second one's seconds per step (the first holds the compile).
+  assert 0 < result['train_step_seconds'] < 60
 
 
 def test_learning_curves_png_on_request(config, tmp_path):
