@@ -372,22 +372,44 @@ class _Schemas:
     return self._seen[key]
 
 
+def _family(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """What shares an analytic-count bias: the model family and, for baselines, its modules."""
+  return tuple(str(model_cfg.get(k, '')) for k in ('name', 'sequence', 'interaction'))
+
+
 def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
                      ) -> dict[tuple[str, int], float]:
-  """Seconds each run will take: 0 for a reuse; otherwise scaled from a finished record of the
-  same variant (its measured wall time per step: measure one seed first, then plan the rest),
-  else from the analytic training FLOPs of the reference per-candidate pass at the machine's
-  measured matmul rate x ASSUMED_MFU, plus a fixed start-up cost (compile, evaluation). The
-  analytic figure overestimates models that share the user side across candidates (OneTrans
-  with request-level sharing, OneRank): onerank_main's OneTrans rows are estimated at 24 min a
-  run on 2 cores against the ~10 min its docstring reports. A classical floor row
-  (onetrans_jax/floors) takes FLOOR_SECONDS.
+  """Seconds each run will take at its step cap (an upper bound: early stopping ends most runs
+  sooner): 0 for a reuse; scaled from a finished record of the same variant (its measured wall
+  time per step: measure one seed first, then plan the rest); else the analytic training FLOPs
+  of the reference per-candidate pass at the machine's measured matmul rate x ASSUMED_MFU. That
+  figure is calibrated by the finished records of the same model family in the plan (median of
+  measured / analytic seconds per step; the families' counts differ in bias: request-level
+  OneTrans and OneRank share the user side the reference pass does not, so uncalibrated it
+  overstated ML-1M's OneTrans base 13x), and without any it adds a fixed start-up cost
+  (compile, evaluation). A classical floor row (onetrans_jax/floors) takes FLOOR_SECONDS.
   """
+  rate: list[float] = []
+  schemas = schemas or _Schemas()
+
+  def analytic(run: PlannedRun) -> float:
+    if not rate:
+      rate.append(_matmul_rate())
+    schema = schemas(run.config.data)
+    per_step = (models.training_flops_per_example(run.config.model, schema) *
+                run.config.data.batch_size * schema.num_candidates)
+    return per_step / (rate[0] * ASSUMED_MFU)
+
   measured: dict[str, float] = {}
+  ratios: dict[tuple[str, ...], list[float]] = {}
   for run in plan:
-    if run.record is not None and run.record.get('wall_seconds') and run.record.get('step'):
-      measured.setdefault(run.variant, run.record['wall_seconds'] / run.record['step'])
-  rate = None
+    rec = run.record
+    if rec is None or not rec.get('wall_seconds') or not rec.get('step'):
+      continue
+    per_step = rec['wall_seconds'] / rec['step']
+    if run.variant not in measured and not models.is_floor(run.config.model):
+      ratios.setdefault(_family(run.config.model), []).append(per_step / analytic(run))
+    measured.setdefault(run.variant, per_step)
   out = {}
   for run in plan:
     steps = int(run.config.train.total_steps)
@@ -397,12 +419,11 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       out[(run.variant, run.seed)] = FLOOR_SECONDS
     elif run.variant in measured:
       out[(run.variant, run.seed)] = measured[run.variant] * steps
+    elif _family(run.config.model) in ratios:
+      ratio = float(np.median(ratios[_family(run.config.model)]))
+      out[(run.variant, run.seed)] = steps * analytic(run) * ratio
     else:
-      rate = rate or _matmul_rate()
-      schema = (schemas or _Schemas())(run.config.data)
-      per_step = (models.training_flops_per_example(run.config.model, schema) *
-                  run.config.data.batch_size * schema.num_candidates)
-      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * per_step / (rate * ASSUMED_MFU)
+      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * analytic(run)
   return out
 
 

@@ -350,3 +350,28 @@ def test_convergence_counts_runs_at_the_cap_and_their_last_window_gain():
   assert '+0.0600' in text
   # A record without the protocol's fields (an old or hand-made one) is left out, not guessed.
   assert study_report.convergence({'c': [{'step': 5, 'config': {}}]}) == {}
+
+
+def test_the_estimate_is_calibrated_by_a_finished_run_of_the_same_family(tmp_path, monkeypatch):
+  import dataclasses
+  from onetrans_jax import sweep as sweep_lib
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  c = _sweep_config()
+  c.sweep.seeds = (0,)
+  c.sweep.dry_run = True
+  plan = run_sweep(c, str(tmp_path))['plan']
+  base, wide = plan
+  raw = sweep_lib.estimate_seconds(plan)
+  # Uncalibrated: the analytic step time at the cap plus the start-up cost.
+  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
+  # 'base' finished at 4x its analytic step time: 'wide' (same family) is scaled by that 4x.
+  done = dataclasses.replace(base, action='reuse', record={
+      'wall_seconds': 4 * analytic['base'] * 3, 'step': 3})
+  est = sweep_lib.estimate_seconds([done, wide])
+  assert est[('base', 0)] == 0.0
+  assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
+  # Another family's record does not calibrate it.
+  other = dataclasses.replace(done, config=done.config.copy_and_resolve_references())
+  from onetrans_jax.models.baselines import config as baselines_config
+  other.config.model = baselines_config.defaults('transformer', 'rankmixer')
+  assert sweep_lib.estimate_seconds([other, wide])[('wide', 0)] == pytest.approx(raw[('wide', 0)])

@@ -22,16 +22,22 @@ The points. From a CPU-sized base (history fraction 1, depth 2, width 32), each 
 Both models get the same axes, data, steps, optimizer and seeds (3), each point trained to
 convergence (early stopping on validation click AUC, patience 1500 steps, at most 6000 steps)
 and scored on the hold-out: 8 points x 2 models x 3 seeds = 48 runs, committed per run under
-results/rq3_scaling/runs/. On 2 CPU cores a run takes 5-15 minutes, the study about 7 hours; it
-spans sessions through the committed records (run ``--config.sweep.seeds='(0,)'`` first so that
-every point has one seed early).
+results/rq3_scaling/runs/. Measured on 2 CPU cores (seed 0): OneTrans base 749 s (to the cap,
+best step 5250), 1/8 of the history 350 s (to the cap, best 5750); the larger points cost up to
+~3x the base, so the study is about 7-8 hours of those cores, not the "few hours" first planned:
+at the first 3000-step cap (about half that) the runs had not converged, and convergence was
+kept over time. It spans sessions through the committed records (run
+``--config.sweep.seeds='(0,)'`` first so that every point has one seed early).
 
 The data: the mechanism world (onetrans_jax/data/synthetic.py, each mechanism documented there)
 with a longer click history, 64 events instead of 32, so that ``deep_match`` (re-targets of the
 older half of the clicks) lies beyond what the shorter settings read: length can matter.
 Its settings were fixed before any result of this study was read. ``:ml1m`` runs the same axes on
 MovieLens-1M users 1-2998 (like / love) with the MovieLens protocol (movielens_study.protocol).
-``:quick`` (a small world, 2 values per axis, one seed, 30 steps) checks the pipeline, the fits
+On ML-1M a run stops early after 1800-3000 steps (OneTrans base, seed 0: best step 1800, stopped
+at 2700, 521 s), so ``:ml1m`` is of the same order as the default (the dry run's analytic
+estimate, ~118 h, assumes every run reaches its 6000-step cap at 25% MFU: it overstates this
+run 13x). ``:quick`` (a small world, 2 values per axis, one seed, 30 steps) checks the pipeline, the fits
 and the plot end to end. ``:paper`` documents the axes around the paper's OneTrans_S (d 256, 6
 layers, the 1658-event histories) for an accelerator: lengths 1/8..1 of those histories, depth 3,
 6, 12, width 128, 256, 512.
