@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 
 import pytest
 
@@ -99,3 +100,12 @@ def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
   c.sweep.results_dir = str(tmp_path / 'runs')
   out = run_sweep(c, str(tmp_path / 'work'))
   assert len({r.fingerprint for r in out['plan']}) == len(out['plan'])
+
+
+def test_the_study_queue_names_only_experiments_and_variants_that_exist():
+  text = open(os.path.join(ROOT, 'tools', 'study_queue.sh'), encoding='utf-8').read()
+  found = re.findall(r'--config \$E/(\w+)\.py(?::(\w+))?', text)
+  assert len(found) >= 12
+  for module, arg in found:
+    m = importlib.import_module(f'onetrans_jax.experiments.{module}')
+    assert m.get_config(arg or None).sweep.study   # a sweep with a study name: it commits
