@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onetrans_jax import records, stats
+from onetrans_jax import records, reporting, stats
 
 METRICS = ('auc', 'uauc', 'logloss')
 
@@ -273,8 +273,8 @@ def convergence(run_records: Mapping[str, Sequence[Mapping[str, Any]]]
     out[name] = {
         'runs': len(rows), 'cap': max(x['cap'] for x in rows), 'metric': rows[0]['metric'],
         'mean_step': float(np.mean([x['step'] for x in rows])),
-        'mean_best_step': float(np.mean([x['best_step'] for x in rows
-                                         if x['best_step'] is not None] or [np.nan])),
+        'mean_best_step': (float(np.mean(best)) if (best := [
+            x['best_step'] for x in rows if x['best_step'] is not None]) else None),
         'stopped_early': len(rows) - len(capped), 'at_cap': len(capped),
         'at_cap_best_last': sum(1 for x in capped if x['best_step'] == x['step']),
         'window': rows[0]['window'],
@@ -302,7 +302,8 @@ def convergence_markdown(conv: Mapping[str, Mapping[str, Any]]) -> list[str]:
   for name, c in conv.items():
     lines.append(
         f"{name[:40]:<40} {c['runs']:>4} {c['cap']:>6} {c['mean_step']:>9.0f} "
-        f"{c['mean_best_step']:>9.0f} {c['stopped_early']:>5} {c['at_cap']:>6} "
+        f"{reporting.or_dash(c['mean_best_step'], '9.0f'):>9} {c['stopped_early']:>5} "
+        f"{c['at_cap']:>6} "
         f"{c['at_cap_best_last']:>9} "
         + ' '.join('—'.rjust(9) if v is None else f'{v:>+9.4f}'
                    for v in (c['at_cap_gain_mean'], c['at_cap_gain_max'])))
