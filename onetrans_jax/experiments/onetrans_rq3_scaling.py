@@ -34,8 +34,9 @@ with a longer click history, 64 events instead of 32, so that ``deep_match`` (re
 older half of the clicks) lies beyond what the shorter settings read: length can matter.
 Its settings were fixed before any result of this study was read. ``:ml1m`` runs the same axes on
 MovieLens-1M users 1-2998 (like / love) with the MovieLens protocol (movielens_study.protocol).
-On ML-1M a run stops early after 1800-3000 steps (OneTrans base, seed 0: best step 1800, stopped
-at 2700, 521 s), so ``:ml1m`` is of the same order as the default (the dry run's analytic
+On ML-1M a run stops early (seed 0: OneTrans base best step 1800, stopped at 2700, 521 s;
+RankMixer + Transformer base 1950 / 2850, 557 s), so ``:ml1m`` is of the same order as the
+default, about 8-10 hours (the dry run's analytic
 estimate, ~118 h, assumes every run reaches its 6000-step cap at 25% MFU: it overstates this
 run 13x). ``:quick`` (a small world, 2 values per axis, one seed, 30 steps) checks the pipeline, the fits
 and the plot end to end. ``:paper`` documents the axes around the paper's OneTrans_S (d 256, 6
