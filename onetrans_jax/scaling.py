@@ -33,7 +33,8 @@ FILES = ('scaling.json', 'scaling.md', 'scaling.png')
 def points(results: Mapping[str, Any], rows: Sequence[Sequence[Any]], tasks: Sequence[str]
            ) -> list[dict[str, Any]]:
   """One entry per sweep row: its coordinates, analytic training FLOPs per example, two
-  measured times per step (means over its records): the training step's own
+  measured times per step (medians over its records: one seed that shared the machine with
+  another job does not move it): the training step's own
   (``train_step_seconds``: the trainer's median over log intervals, evaluations and saves left
   out; None for records written before the trainer kept it) and the whole run's (wall seconds
   over steps: compile, evaluations and saves included), and per task the hold-out AUC / UAUC of
@@ -47,9 +48,9 @@ def points(results: Mapping[str, Any], rows: Sequence[Sequence[Any]], tasks: Seq
     train_step = [r['train_step_seconds'] for r in recs if r.get('train_step_seconds')]
     entry = {'variant': name, 'model': model, 'length': float(length), 'depth': int(depth),
              'width': int(width), 'flops_per_example': float(res['train_flops_per_example']),
-             'train_step_seconds': float(np.mean(train_step)) if train_step else None,
+             'train_step_seconds': float(np.median(train_step)) if train_step else None,
              'train_step_runs': len(train_step),
-             'seconds_per_step': float(np.mean(per_step)) if per_step else None}
+             'seconds_per_step': float(np.median(per_step)) if per_step else None}
     for t in tasks:
       for metric in ('auc', 'uauc'):
         entry[f'{t}/{metric}'] = [float(run[t][metric]) for run in res['runs']]
@@ -177,7 +178,7 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
   lines = ['## Scaling (RQ3)', '',
            'Every point: hold-out AUC mean ± std over seeds, analytic training FLOPs per example '
            '(each family\'s own count, onetrans_jax/models/<family>/config.py) and two measured '
-           'times per step, means over its runs: `step s`, the training step\'s own (the '
+           'times per step, medians over its runs: `step s`, the training step\'s own (the '
            'trainer\'s median over its log intervals, input included, evaluations and saves '
            'left out; `—` where the runs predate it) and `run s/step`, the whole run\'s wall time '
            'over its steps (compile and evaluations included).', '', '```']
