@@ -47,9 +47,10 @@ Its longest history is the MovieLens studies' 50 rated and 30 liked events (movi
 length axis reads 1/8 to all of those, not each user's whole rating history (a median user of
 this subset rated 89 movies in all, p25 43, max 1850; a request sees only the earlier ones).
 On ML-1M a run stops early (seed 0: OneTrans base best step 1800, stopped at 2700, 521 s;
-RankMixer + Transformer base 1950 / 2850, 557 s), so ``:ml1m`` is about 8-10 hours of 2 cores (the dry run's analytic
-estimate, ~118 h, assumes every run reaches its 6000-step cap at 25% MFU: it overstates this
-run 13x). ``:quick`` (a small world, 2 values per axis, one seed, 30 steps) checks the pipeline, the fits
+RankMixer + Transformer base 1950 / 2850, 557 s), so ``:ml1m`` is about 8-10 hours of 2 cores
+(the dry run's uncalibrated analytic estimate, ~118 h, assumed every run reaches its 6000-step
+cap at 25% MFU and overstated this run 13x; the sweep now calibrates it by finished runs).
+``:quick`` (a small world, 2 values per axis, one seed, 30 steps) checks the pipeline, the fits
 and the plot end to end. ``:paper`` documents the axes around the paper's OneTrans_S (d 256, 6
 layers, the 1658-event histories) for an accelerator: lengths 1/8..1 of those histories, depth 3,
 6, 12, width 128, 256, 512.
