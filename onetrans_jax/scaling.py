@@ -180,8 +180,8 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
            '(each family\'s own count, onetrans_jax/models/<family>/config.py) and two measured '
            'times per step, medians over its runs: `step s`, the training step\'s own (the '
            'trainer\'s median over its log intervals, input included, evaluations and saves '
-           'left out; `—` where the runs predate it) and `run s/step`, the whole run\'s wall time '
-           'over its steps (compile and evaluations included).', '', '```']
+           'left out; `—` where the runs predate it) and `run s/step`, the whole run\'s wall '
+           'time over its steps (compile and evaluations included).', '', '```']
   head = (f"{'model':<26} {'length':>6} {'depth':>5} {'width':>5} {'MFLOPs/ex':>10} "
           f"{'step s':>7} {'run s/step':>10} " + ' '.join(f'{t + " AUC":>17}' for t in tasks))
   lines += [head, '-' * len(head)]
