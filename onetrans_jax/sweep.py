@@ -401,15 +401,24 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
     return per_step / (rate[0] * ASSUMED_MFU)
 
   measured: dict[str, float] = {}
-  ratios: dict[tuple[str, ...], list[float]] = {}
+  finished: dict[tuple[str, ...], list[tuple[PlannedRun, float]]] = {}
   for run in plan:
     rec = run.record
     if rec is None or not rec.get('wall_seconds') or not rec.get('step'):
       continue
     per_step = rec['wall_seconds'] / rec['step']
     if run.variant not in measured and not models.is_floor(run.config.model):
-      ratios.setdefault(_family(run.config.model), []).append(per_step / analytic(run))
+      finished.setdefault(_family(run.config.model), []).append((run, per_step))
     measured.setdefault(run.variant, per_step)
+  ratios: dict[tuple[str, ...], float] = {}
+
+  def ratio(family: tuple[str, ...]) -> float:
+    """Measured / analytic seconds per step over the family's finished runs (only computed
+    when a run of that family needs an estimate: it builds their data schemas)."""
+    if family not in ratios:
+      ratios[family] = float(np.median([t / analytic(r) for r, t in finished[family]]))
+    return ratios[family]
+
   out = {}
   for run in plan:
     steps = int(run.config.train.total_steps)
@@ -419,9 +428,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       out[(run.variant, run.seed)] = FLOOR_SECONDS
     elif run.variant in measured:
       out[(run.variant, run.seed)] = measured[run.variant] * steps
-    elif _family(run.config.model) in ratios:
-      ratio = float(np.median(ratios[_family(run.config.model)]))
-      out[(run.variant, run.seed)] = steps * analytic(run) * ratio
+    elif _family(run.config.model) in finished:
+      out[(run.variant, run.seed)] = steps * analytic(run) * ratio(_family(run.config.model))
     else:
       out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * analytic(run)
   return out
