@@ -258,11 +258,10 @@ def convergence(run_records: Mapping[str, Sequence[Mapping[str, Any]]]
       gain = None
       curve = r.get('valid_curve') or []
       if at_cap and window and curve:
-        end = _curve_value(curve, int(r['step']), parts[1], parts[2])
         before = _curve_value(curve, int(r['step']) - window, parts[1], parts[2])
         values = [float(p[parts[1]][parts[2]]) for p in curve
                   if parts[1] in p and parts[2] in p[parts[1]]]
-        if end is not None and before is not None and values:
+        if before is not None:   # then ``values`` holds at least that point
           gain = max(values) - before
       rows.append({'cap': int(cap), 'step': int(r['step']), 'best_step': r.get('best_step'),
                    'at_cap': at_cap, 'gain': gain, 'window': window, 'metric': key})

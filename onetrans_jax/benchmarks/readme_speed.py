@@ -62,73 +62,66 @@ def _ceiling(result: dict[str, Any]) -> list[str]:
   return ['Ceiling in the same run: ' + ', '.join(parts) + '.', '']
 
 
-def _train(result: dict[str, Any]) -> list[str]:
-  rows = result.get('train') or []
+def _times(x: float | None) -> str:
+  return or_dash(x, '.2f') + ('×' if x is not None else '')
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """A markdown table (and the blank line after it); none without rows."""
   if not rows:
     return []
+  return ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head),
+          *('| ' + ' | '.join(cells) + ' |' for cells in rows), '']
+
+
+def _train(result: dict[str, Any]) -> list[str]:
+  rows = result.get('train') or []
   gpu = result['machine']['backend'] != 'cpu'
-  head = ('| shape | train step | ms | examples/s | peak GB | GFLOP/s | MFU | time vs default '
-          '| compile s |' + (' paper MFU |' if gpu else ''))
-  lines = [head, '|' + '---|' * (head.count('|') - 1)]
+  head = ['shape', 'train step', 'ms', 'examples/s', 'peak GB', 'GFLOP/s', 'MFU',
+          'time vs default', 'compile s'] + (['paper MFU'] if gpu else [])
   defaults = {r['shape']: r for r in rows if r['variant'] == 'default'}
+  cells = []
   for r in rows:
     rel = r['seconds'] / defaults[r['shape']]['seconds'] if r['shape'] in defaults else None
     name = f"**{r['variant']}**" if r['variant'] == 'default' else r['variant']
-    cells = [r['shape'], f"{name} (`{r['attention_impl']}`, {r['dtype']})",
-             f"{r['seconds'] * 1e3:.1f}", f"{r['examples_per_s']:,.0f}",
-             f"{r['peak_bytes'] / 2**30:.2f}", f"{r['flops_per_s'] / 1e9:.1f}", _pct(r['mfu']),
-             or_dash(rel, '.2f') + ('×' if rel is not None else ''),
-             f"{r['compile_seconds']:.1f}"]
+    row = [r['shape'], f"{name} (`{r['attention_impl']}`, {r['dtype']})",
+           f"{r['seconds'] * 1e3:.1f}", f"{r['examples_per_s']:,.0f}",
+           f"{r['peak_bytes'] / 2**30:.2f}", f"{r['flops_per_s'] / 1e9:.1f}", _pct(r['mfu']),
+           _times(rel), f"{r['compile_seconds']:.1f}"]
     if gpu:
-      paper = PAPER_MFU.get(r['shape']) if r['variant'] == 'default' else None
-      cells.append(_pct(paper))
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return lines + ['']
+      row.append(_pct(PAPER_MFU.get(r['shape']) if r['variant'] == 'default' else None))
+    cells.append(row)
+  return _table(head, cells)
 
 
 def _attention(result: dict[str, Any]) -> list[str]:
-  rows = result.get('attention') or []
-  if not rows:
-    return []
-  lines = ['| shape | attention, layer 0, forward + backward | ms | GFLOP/s | speed vs xla |',
-           '|---|---|---|---|---|']
-  for r in rows:
-    speed = r.get('speedup_vs_xla')
-    lines.append(f"| {r['shape']} | {r['implementation']} (B {r['batch']}, L {r['length']}, "
-                 f"{r['heads']} heads × {r['head_dim']}) | {r['seconds'] * 1e3:.1f} | "
-                 f"{r['flops_per_s'] / 1e9:.1f} | "
-                 f"{or_dash(speed, '.2f') + ('×' if speed is not None else '')} |")
-  return lines + ['']
+  return _table(
+      ['shape', 'attention, layer 0, forward + backward', 'ms', 'GFLOP/s', 'speed vs xla'],
+      [[r['shape'], f"{r['implementation']} (B {r['batch']}, L {r['length']}, {r['heads']} "
+        f"heads × {r['head_dim']})", f"{r['seconds'] * 1e3:.1f}",
+        f"{r['flops_per_s'] / 1e9:.1f}", _times(r.get('speedup_vs_xla'))]
+       for r in result.get('attention') or []])
 
 
 def _savings(result: dict[str, Any]) -> list[str]:
-  rows = result.get('savings') or []
-  if not rows:
-    return []
-  lines = ['| shape | optimization (ratio on / off) | time | memory | analytic FLOPs | '
-           'paper time | paper memory | paper FLOPs |', '|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['shape']} | {r['optimization']} | {r['time_ratio']:.3f} | "
-                 f"{r['memory_ratio']:.3f} | {r['flops_ratio']:.3f} | "
-                 f"{r['paper_time_ratio']:.3f} | {r['paper_memory_ratio']:.3f} | "
-                 f"{or_dash(r['paper_flops_ratio'], '.3f')} |")
-  return lines + ['']
+  return _table(
+      ['shape', 'optimization (ratio on / off)', 'time', 'memory', 'analytic FLOPs',
+       'paper time', 'paper memory', 'paper FLOPs'],
+      [[r['shape'], r['optimization'], f"{r['time_ratio']:.3f}", f"{r['memory_ratio']:.3f}",
+        f"{r['flops_ratio']:.3f}", f"{r['paper_time_ratio']:.3f}",
+        f"{r['paper_memory_ratio']:.3f}", or_dash(r['paper_flops_ratio'], '.3f')]
+       for r in result.get('savings') or []])
 
 
 def _workloads(result: dict[str, Any]) -> list[str]:
-  rows = result.get('workloads') or []
-  if not rows:
-    return []
-  lines = ['| study workload | requests × candidates | step ms | GFLOP/s | MFU | end-to-end '
-           'ex/s | input alone ex/s | input share | compile s |',
-           '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['workload']} | {r['requests']} × {r['candidates']} | "
-                 f"{r['step_seconds'] * 1e3:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
-                 f"{_pct(r['mfu'])} | {r['e2e_examples_per_s']:,.0f} | "
-                 f"{r['data_examples_per_s']:,.0f} | {100 * r['input_share']:.1f}% | "
-                 f"{r['compile_seconds']:.1f} |")
-  return lines + ['']
+  return _table(
+      ['study workload', 'requests × candidates', 'step ms', 'GFLOP/s', 'MFU',
+       'end-to-end ex/s', 'input alone ex/s', 'input share', 'compile s'],
+      [[r['workload'], f"{r['requests']} × {r['candidates']}", f"{r['step_seconds'] * 1e3:.1f}",
+        f"{r['flops_per_s'] / 1e9:.1f}", _pct(r['mfu']), f"{r['e2e_examples_per_s']:,.0f}",
+        f"{r['data_examples_per_s']:,.0f}", f"{100 * r['input_share']:.1f}%",
+        f"{r['compile_seconds']:.1f}"]
+       for r in result.get('workloads') or []])
 
 
 def render(files: Sequence[tuple[str, dict[str, Any]]]) -> str:
