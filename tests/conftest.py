@@ -7,7 +7,9 @@ tests/helpers.py: test modules and scripts import them from there, never from th
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -17,6 +19,28 @@ import pytest
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_backend_optimization_level=0').strip()
+
+# Many tests train the same tiny configs, and each train_and_evaluate traces and compiles its step
+# afresh (jax's in-memory cache is keyed by function object). A persistent compilation cache, new
+# and empty for every pytest session and shared by the xdist workers and the child processes they
+# start (they inherit the environment), compiles each distinct program once: it about halves the
+# suite's time. Programs are keyed by their HLO, options and devices, so a hit is the same
+# executable; a torn read from a concurrent write fails decompression and jax recompiles (with a
+# warning). A caller's own JAX_COMPILATION_CACHE_DIR is kept (and not removed).
+_OWN_CACHE = None
+if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  _OWN_CACHE = tempfile.mkdtemp(prefix='onetrans_jax_tests_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+
+def pytest_sessionfinish(session, exitstatus):
+  # The process that made the cache removes it (the controller under xdist: the workers inherit
+  # the variable, so _OWN_CACHE is None in them).
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -99,7 +99,7 @@ def test_auto_is_blocked_on_cpu_and_tail_attention_dispatches():
 
 @pytest.mark.parametrize('fields', [
     dict(),                                   # request-level sharing (S side and NS side)
-    dict(attention='full', request_level=False),
+    pytest.param(dict(attention='full', request_level=False), marks=pytest.mark.slow),
     pytest.param(dict(request_level=False), marks=pytest.mark.slow),  # per candidate
     pytest.param(dict(remat='full'), marks=pytest.mark.slow),
 ])
