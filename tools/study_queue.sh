@@ -23,6 +23,13 @@ commit=0
 if [ "${1:-}" = "--commit" ]; then commit=1; shift; fi
 root="${1:-runs}"
 mkdir -p "$root"
+# A python without the project's requirements would fail every step in a second; say so once.
+if ! python -c 'import onetrans_jax.launch' 2> "$root/import_check.log"; then
+  echo "study_queue: 'python' ($(command -v python)) cannot import onetrans_jax.launch" \
+       "(see $root/import_check.log); activate the virtual environment that has" \
+       "requirements.txt installed, then run the queue again" >&2
+  exit 2
+fi
 ML1M=../shared/data/ml-1m-users1-2998
 ML100K=../shared/data/ml-100k
 E=onetrans_jax/experiments
