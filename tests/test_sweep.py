@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from onetrans_jax import records, stats, study_report
+from onetrans_jax import records, reporting, stats, study_report
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
 from tests.helpers import small_config
@@ -375,3 +375,28 @@ def test_the_estimate_is_calibrated_by_a_finished_run_of_the_same_family(tmp_pat
   from onetrans_jax.models.baselines import config as baselines_config
   other.config.model = baselines_config.defaults('transformer', 'rankmixer')
   assert sweep_lib.estimate_seconds([other, wide])[('wide', 0)] == pytest.approx(raw[('wide', 0)])
+
+
+def test_the_plan_states_the_total_early_stopping_implies(tmp_path, monkeypatch):
+  """The caps' total, then the total if the runs left stop where the finished ones did."""
+  import dataclasses
+  from onetrans_jax import sweep as sweep_lib
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  c = _sweep_config()
+  c.sweep.seeds = (0, 1)
+  c.sweep.dry_run = True
+  plan = run_sweep(c, str(tmp_path))['plan']
+  assert sweep_lib.stop_fraction(plan) is None   # nothing finished: the caps' total alone
+  assert 'if the rest stop' not in sweep_lib.format_plan(plan, sweep_lib.estimate_seconds(plan))
+  cap = int(plan[0].config.train.total_steps)
+  assert cap == 3
+  # Two finished runs, stopped at 1/3 and 2/3 of the cap: median 50%.
+  plan[0] = dataclasses.replace(plan[0], action='reuse', record={'wall_seconds': 6.0, 'step': 1})
+  plan[1] = dataclasses.replace(plan[1], action='reuse', record={'wall_seconds': 6.0, 'step': 2})
+  assert sweep_lib.stop_fraction(plan) == (pytest.approx(0.5), 2)
+  est = sweep_lib.estimate_seconds(plan)
+  text = sweep_lib.format_plan(plan, est)
+  total = sum(est.values())
+  assert f'estimated {reporting.hms(total)} at the step caps; ' in text
+  assert (f'{reporting.hms(0.5 * total)} if the rest stop where the 2 finished run(s) did '
+          '(median at 50% of the cap)') in text
