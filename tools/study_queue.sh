@@ -6,6 +6,9 @@
 # minutes (only results/*/runs paths), so a session that ends loses at most the run in flight.
 #
 #   tools/study_queue.sh [--commit] [WORKDIR_ROOT]      # default root: runs/
+#   tools/study_queue.sh --plan [WORKDIR_ROOT]          # trains nothing: each study's dry-run
+#                                                       # total (at the caps, and as finished
+#                                                       # runs stopped early), in queue order
 #
 # Order: two passes. The first trains seed 0 of every study (issue 20's instruction: measure one
 # seed of each row before sizing the rest; it also gives every table a first row early); the
@@ -20,7 +23,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 commit=0
+plan=0
 if [ "${1:-}" = "--commit" ]; then commit=1; shift; fi
+if [ "${1:-}" = "--plan" ]; then plan=1; shift; fi
 root="${1:-runs}"
 mkdir -p "$root"
 # A python without the project's requirements would fail every step in a second; say so once.
@@ -34,6 +39,7 @@ ML1M=../shared/data/ml-1m-users1-2998
 ML100K=../shared/data/ml-100k
 E=onetrans_jax/experiments
 
+if [ "$plan" = 1 ]; then commit=0; fi
 if [ "$commit" = 1 ]; then
   (
     while true; do
@@ -51,6 +57,13 @@ fi
 
 step() {  # name, then launch.py's arguments
   local name="$1"; shift
+  if [ "$plan" = 1 ]; then
+    local line
+    line="$(python launch.py "$@" --config.sweep.dry_run=True 2>&1 | tee "$root/$name.plan.log" \
+            | grep 'sweep plan:')"
+    echo "$name: ${line:-no plan (see $root/$name.plan.log)}"
+    return
+  fi
   echo "$(date -u +%FT%TZ) start $name"
   # A study that fails (its data missing, a bad record) is logged and the queue goes on.
   # An interrupted one (SIGTERM / SIGINT: 143 / 130, its checkpoint saved) stops the queue.
@@ -90,6 +103,10 @@ studies() {  # extra launch.py arguments for every step (the first pass: one see
     --config.data.path=$ML1M "${x[@]}"
 }
 
+if [ "$plan" = 1 ]; then
+  studies   # every seed: what is left of each study
+  exit 0
+fi
 studies "--config.sweep.seeds=(0,)"
 studies
 echo "$(date -u +%FT%TZ) queue finished"
