@@ -23,10 +23,11 @@ if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
 # Many tests train the same tiny configs, and each train_and_evaluate traces and compiles its step
 # afresh (jax's in-memory cache is keyed by function object). A persistent compilation cache, new
 # and empty for every pytest session and shared by the xdist workers and the child processes they
-# start (they inherit the environment), compiles each distinct program once: the default suite went
-# from 539 s to 429 s on 2 cores (2026-12-06; README, Test). Programs are keyed by their HLO, options and devices, so a hit is the same
-# executable; a torn read from a concurrent write fails decompression and jax recompiles (with a
-# warning). A caller's own JAX_COMPILATION_CACHE_DIR is kept (and not removed).
+# start (they inherit the environment), compiles each distinct program once: the default suite
+# went from 539 s to 429 s on 2 cores (2026-12-06; README, Test). Programs are keyed by their HLO,
+# options and devices, so a hit is the same executable; a torn read from a concurrent write fails
+# decompression and jax recompiles (with a warning). A caller's own JAX_COMPILATION_CACHE_DIR is
+# kept (and not removed).
 _OWN_CACHE = None
 if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
   _OWN_CACHE = tempfile.mkdtemp(prefix='onetrans_jax_tests_xla_cache_')
