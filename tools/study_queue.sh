@@ -19,7 +19,10 @@
 # goes is lost (checkpoints are not committed), so start the queue at the beginning of a session:
 # the mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable;
 # stop with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the
-# queue again in the next session: it skips what is recorded.
+# queue again in the next session: it skips what is recorded. The whole script is one function,
+# read in full before it runs, so editing this file does not disturb a queue already running
+# (bash reads a plain script as it goes).
+main() {
 set -uo pipefail
 cd "$(dirname "$0")/.."
 commit=0
@@ -79,6 +82,25 @@ step() {  # name, then launch.py's arguments
   fi
 }
 
+# ML-1M's RQ1 / RQ2 rows and OneRank's ML-1M rows read each family's sparse learning rate from
+# movielens_study.TUNED_SPARSE_LR['1m'], which is copied by hand from ml1m_tune's committed
+# selection (tests/test_tuning.py checks the copy). Until then they would train at the default
+# rate, under fingerprints the tuned study never reuses: hours of 2 CPU cores lost.
+tuned_1m() {
+  python -c "import sys; from onetrans_jax.experiments import movielens_study as m; \
+sys.exit(0 if m.TUNED_SPARSE_LR['1m'] else 1)"
+}
+
+step_tuned_1m() {  # like step, for a study that needs the ML-1M tuning's choices
+  if [ "$plan" = 0 ] && ! tuned_1m; then
+    echo "$(date -u +%FT%TZ) skip $1: TUNED_SPARSE_LR['1m'] in" \
+         "onetrans_jax/experiments/movielens_study.py is empty; when ml1m_tune has finished, copy" \
+         "results/ml1m_tune/selection.json's choices into it and commit, then run the queue again"
+    return
+  fi
+  step "$@"
+}
+
 studies() {  # extra launch.py arguments for every step (the first pass: one seed)
   local x=("$@")
   step rq3_ml1m --config $E/onetrans_rq3_scaling.py:ml1m --workdir "$root/rq3_ml1m" \
@@ -89,9 +111,9 @@ studies() {  # extra launch.py arguments for every step (the first pass: one see
     "${x[@]}"
   step ml1m_tune --config $E/movielens_study.py:1m_tune --workdir "$root/ml1m_tune" \
     --config.data.path=$ML1M
-  step ml1m_rq1 --config $E/movielens_study.py:1m --workdir "$root/ml1m_rq1" \
+  step_tuned_1m ml1m_rq1 --config $E/movielens_study.py:1m --workdir "$root/ml1m_rq1" \
     --config.data.path=$ML1M "${x[@]}"
-  step ml1m_rq2 --config $E/movielens_study.py:1m_rq2 --workdir "$root/ml1m_rq2" \
+  step_tuned_1m ml1m_rq2 --config $E/movielens_study.py:1m_rq2 --workdir "$root/ml1m_rq2" \
     --config.data.path=$ML1M "${x[@]}"
   step onerank_tune --config $E/onerank_main.py:tune --workdir "$root/onerank_tune"
   step onerank_mech --config $E/onerank_main.py:mechanisms --workdir "$root/onerank_mech" "${x[@]}"
@@ -99,7 +121,7 @@ studies() {  # extra launch.py arguments for every step (the first pass: one see
     --workdir "$root/onerank_ablation_mech" "${x[@]}"
   step onerank_ml100k --config $E/onerank_main.py:ml100k --workdir "$root/onerank_ml100k" \
     --config.data.path=$ML100K "${x[@]}"
-  step onerank_ml1m --config $E/onerank_main.py:ml1m --workdir "$root/onerank_ml1m" \
+  step_tuned_1m onerank_ml1m --config $E/onerank_main.py:ml1m --workdir "$root/onerank_ml1m" \
     --config.data.path=$ML1M "${x[@]}"
 }
 
@@ -110,3 +132,7 @@ fi
 studies "--config.sweep.seeds=(0,)"
 studies
 echo "$(date -u +%FT%TZ) queue finished"
+}
+
+main "$@"
+exit
