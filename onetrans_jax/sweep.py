@@ -36,6 +36,7 @@ fields changed; an interrupted run with the same config resumes from its checkpo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import json
@@ -284,7 +285,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   plan = [plan_run(config, workdir, name, overrides, seed)
           for name, overrides in sw.variants for seed in sw.seeds if not only or name in only]
   schemas = _Schemas()
-  estimate = estimate_seconds(plan, schemas)
+  estimate = estimate_seconds(plan, schemas, sw.get('results_dir', None))
   reporting.log(format_plan(plan, estimate))
   if sw.get('dry_run', False):
     return {'plan': plan, 'estimate_seconds': estimate}
@@ -377,27 +378,52 @@ def _family(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(str(model_cfg.get(k, '')) for k in ('name', 'sequence', 'interaction'))
 
 
-def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
-                     ) -> dict[tuple[str, int], float]:
+def _rebuilt(template: ml_collections.ConfigDict, flat: Mapping[str, Any]
+             ) -> ml_collections.ConfigDict | None:
+  """``template`` with the model and data fields of a record's flat config (tuples kept tuples),
+  or None when the record names a field the template lacks or a value of another type."""
+  cfg = copy.deepcopy(template)
+  try:
+    with cfg.unlocked():
+      for key, value in flat.items():
+        if not key.startswith(('model.', 'data.')):
+          continue
+        node = cfg
+        *parents, leaf = key.split('.')
+        for part in parents:
+          node = node[part]
+        if isinstance(node[leaf], tuple) and isinstance(value, list):
+          value = tuple(value)
+        node[leaf] = value
+  except (KeyError, TypeError, AttributeError):
+    return None
+  return cfg
+
+
+def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None,
+                     results_dir: str | None = None) -> dict[tuple[str, int], float]:
   """Seconds each run will take at its step cap (an upper bound: early stopping ends most runs
   sooner): 0 for a reuse; scaled from a finished record of the same variant (its measured wall
   time per step: measure one seed first, then plan the rest); else the analytic training FLOPs
   of the reference per-candidate pass at the machine's measured matmul rate x ASSUMED_MFU. That
-  figure is calibrated by the finished records of the same model family in the plan (median of
-  measured / analytic seconds per step; the families' counts differ in bias: request-level
-  OneTrans and OneRank share the user side the reference pass does not, so uncalibrated it
-  overstated ML-1M's OneTrans base 13x), and without any it adds a fixed start-up cost
-  (compile, evaluation). A classical floor row (onetrans_jax/floors) takes FLOOR_SECONDS.
+  figure is calibrated (median of measured / analytic seconds per step) by the finished records
+  of the same model family in the plan, or, where the plan has none, by those of the same family
+  on the same data set that other studies committed beside ``results_dir``
+  (``results/<study>/runs/``: RQ1 on ML-1M by RQ3's ML-1M runs). The families' counts differ in
+  bias: request-level OneTrans and OneRank share the user side the reference pass does not, so
+  uncalibrated it overstated ML-1M's OneTrans base 13x. Without any record it adds a fixed
+  start-up cost (compile, evaluation). A classical floor row (onetrans_jax/floors) takes
+  FLOOR_SECONDS.
   """
   rate: list[float] = []
   schemas = schemas or _Schemas()
 
-  def analytic(run: PlannedRun) -> float:
+  def analytic(cfg: ml_collections.ConfigDict) -> float:
     if not rate:
       rate.append(_matmul_rate())
-    schema = schemas(run.config.data)
-    per_step = (models.training_flops_per_example(run.config.model, schema) *
-                run.config.data.batch_size * schema.num_candidates)
+    schema = schemas(cfg.data)
+    per_step = (models.training_flops_per_example(cfg.model, schema) *
+                cfg.data.batch_size * schema.num_candidates)
     return per_step / (rate[0] * ASSUMED_MFU)
 
   measured: dict[str, float] = {}
@@ -410,14 +436,21 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
     if run.variant not in measured and not models.is_floor(run.config.model):
       finished.setdefault(_family(run.config.model), []).append((run, per_step))
     measured.setdefault(run.variant, per_step)
-  ratios: dict[tuple[str, ...], float] = {}
+  ratios: dict[Any, float | None] = {}
 
-  def ratio(family: tuple[str, ...]) -> float:
-    """Measured / analytic seconds per step over the family's finished runs (only computed
-    when a run of that family needs an estimate: it builds their data schemas)."""
-    if family not in ratios:
-      ratios[family] = float(np.median([t / analytic(r) for r, t in finished[family]]))
-    return ratios[family]
+  def ratio(run: PlannedRun) -> float | None:
+    """Measured / analytic seconds per step: the plan's finished runs of the run's family, else
+    other studies' (at most SIBLING_RECORDS, newest first); None without any. Computed only when
+    a run of that family needs an estimate: it builds their data schemas."""
+    family = _family(run.config.model)
+    if family in finished:
+      if family not in ratios:
+        ratios[family] = float(np.median([t / analytic(r.config) for r, t in finished[family]]))
+      return ratios[family]
+    key = (family, run.flat.get('data.name'), run.flat.get('data.path'))
+    if key not in ratios:
+      ratios[key] = _sibling_ratio(run, results_dir, analytic)
+    return ratios[key]
 
   out = {}
   for run in plan:
@@ -428,11 +461,45 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       out[(run.variant, run.seed)] = FLOOR_SECONDS
     elif run.variant in measured:
       out[(run.variant, run.seed)] = measured[run.variant] * steps
-    elif _family(run.config.model) in finished:
-      out[(run.variant, run.seed)] = steps * analytic(run) * ratio(_family(run.config.model))
+    elif (r := ratio(run)) is not None:
+      out[(run.variant, run.seed)] = steps * analytic(run.config) * r
     else:
-      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * analytic(run)
+      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * analytic(run.config)
   return out
+
+
+SIBLING_RECORDS = 6   # other studies' records read to calibrate a family (each builds a schema)
+
+
+def _sibling_ratio(run: PlannedRun, results_dir: str | None, analytic: Any) -> float | None:
+  """Median measured / analytic seconds per step over the newest committed records of other
+  studies (``<results>/<study>/runs/<variant>/seed_*.json``) of the run's model family on its
+  data set (same ``data.name`` and ``data.path``), each record's model and data fields laid
+  over the run's config to count its FLOPs."""
+  if not results_dir:
+    return None
+  studies = os.path.dirname(os.path.dirname(os.path.normpath(results_dir)))
+  family = _family(run.config.model)
+  found = []
+  for path in glob.glob(os.path.join(studies, '*', 'runs', '*', 'seed_*.json')):
+    rec = records.read_record(path)
+    if not rec or not rec.get('wall_seconds') or not rec.get('step'):
+      continue
+    flat = rec.get('config', {})
+    if (tuple(str(flat.get(f'model.{k}', '')) for k in ('name', 'sequence', 'interaction'))
+        != family or flat.get('data.name') != run.flat.get('data.name')
+        or flat.get('data.path') != run.flat.get('data.path')):
+      continue
+    found.append((rec.get('finished', ''), path, rec))
+  vals = []
+  for _, _, rec in sorted(found, key=lambda x: (x[0], x[1]), reverse=True):
+    cfg = _rebuilt(run.config, rec['config'])
+    if cfg is None:
+      continue
+    vals.append(rec['wall_seconds'] / rec['step'] / analytic(cfg))
+    if len(vals) == SIBLING_RECORDS:
+      break
+  return float(np.median(vals)) if vals else None
 
 
 # The CPU bench step's measured MFU (README, Speed: 27.8% on a Xeon, 35.9% on an EPYC in

@@ -400,3 +400,32 @@ def test_the_plan_states_the_total_early_stopping_implies(tmp_path, monkeypatch)
   assert f'estimated {reporting.hms(total)} at the step caps; ' in text
   assert (f'{reporting.hms(0.5 * total)} if the rest stop where the 2 finished run(s) did '
           '(median at 50% of the cap)') in text
+
+
+def test_a_study_without_finished_runs_is_calibrated_by_another_studys_records(tmp_path,
+                                                                                 monkeypatch):
+  """No finished run in the plan: the same family's records on the same data set, committed by
+  another study beside this one, scale the analytic estimate; another data set's do not."""
+  from onetrans_jax import sweep as sweep_lib
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  c = _sweep_config()
+  c.sweep.seeds = (0,)
+  c.sweep.dry_run = True
+  c.sweep.results_dir = str(tmp_path / 'results' / 'mine' / 'runs')
+  plan = run_sweep(c, str(tmp_path / 'work'))['plan']
+  base, _ = plan
+  raw = sweep_lib.estimate_seconds(plan)
+  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
+  assert sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir) == raw  # none yet
+  # Another study's 'base' run (another seed, so not this plan's run) took 4x its analytic time.
+  rec = {'fingerprint': 'f' * 64, 'metrics': {}, 'config': dict(base.flat, seed=7),
+         'wall_seconds': 4 * analytic['base'] * 3, 'step': 3,
+         'finished': '2026-12-06T00:00:00+00:00'}
+  other = tmp_path / 'results' / 'other' / 'runs' / 'base' / 'seed_7-ffffffffffff.json'
+  records.write_record(str(other), rec)
+  est = sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir)
+  assert est[('base', 0)] == pytest.approx(4 * analytic['base'] * 3)
+  assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
+  # The same record on another data set calibrates nothing.
+  records.write_record(str(other), dict(rec, config=dict(base.flat, **{'data.name': 'elsewhere'})))
+  assert sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir) == raw
