@@ -10,12 +10,13 @@
 #                                                       # total (at the caps, and as finished
 #                                                       # runs stopped early), in queue order
 #
-# Order: two passes. The first trains seed 0 of every study (issue 20's instruction: measure one
-# seed of each row before sizing the rest; it also gives every table a first row early); the
-# second the remaining seeds. Within a pass: RQ3 (issue 25, under way; ML-1M's runs stop early,
-# so it goes before the mechanism world's, which run to 12000 steps), issue 20's
-# mechanism-world RQ1 and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank
-# studies (tune first: its chosen settings feed the others). A run in flight when the machine
+# Order: RQ3 first with all its seeds (issue 25: about 42 hours of 2 cores left on 2026-12-06,
+# the one issue those hours close; ML-1M's runs stop early, so it goes before the mechanism
+# world's, which run to 12000 steps). Then two passes over the rest: the first trains seed 0 of
+# every study (issue 20's instruction: measure one seed of each row before sizing the rest; it
+# also gives every table a first row early), the second the remaining seeds. Within a pass:
+# issue 20's mechanism-world RQ1 and RQ2 and the ML-1M tables (ML-100K's are done), then issue
+# 21's OneRank studies (tune first: its chosen settings feed the others). A run in flight when the machine
 # goes is lost (checkpoints are not committed), so start the queue at the beginning of a session:
 # the mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable;
 # stop with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the
@@ -103,9 +104,10 @@ step_tuned_1m() {  # like step, for a study that needs the ML-1M tuning's choice
 
 studies() {  # extra launch.py arguments for every step (the first pass: one seed)
   local x=("$@")
+  # RQ3: every seed in the first pass already (see the order above).
   step rq3_ml1m --config $E/onetrans_rq3_scaling.py:ml1m --workdir "$root/rq3_ml1m" \
-    --config.data.path=$ML1M "${x[@]}"
-  step rq3 --config $E/onetrans_rq3_scaling.py --workdir "$root/rq3" "${x[@]}"
+    --config.data.path=$ML1M
+  step rq3 --config $E/onetrans_rq3_scaling.py --workdir "$root/rq3"
   step rq1_mech --config $E/rq1_baselines.py:mechanisms --workdir "$root/rq1_mech" "${x[@]}"
   step rq2_mech --config $E/onetrans_rq2_ablation.py:mechanisms --workdir "$root/rq2_mech" \
     "${x[@]}"
