@@ -120,6 +120,13 @@ def _latest_committed(sw: ml_collections.ConfigDict, name: str, seed: int) -> di
   return max(recs, key=lambda r: r.get('finished', ''), default=None)
 
 
+def _study_record_paths(results_dir: str, name: str) -> list[str]:
+  """The committed records named ``name`` (a glob) of every study beside ``results_dir``
+  (``results/<study>/runs/<variant>/<name>``), this one's included, sorted."""
+  studies = os.path.dirname(os.path.dirname(os.path.normpath(results_dir)))
+  return sorted(glob.glob(os.path.join(studies, '*', 'runs', '*', name)))
+
+
 def _other_study_record(sw: ml_collections.ConfigDict, seed: int, fp: str
                         ) -> tuple[str, dict[str, Any]] | None:
   """A record of this very run (same fingerprint: config and data) committed by another study
@@ -127,10 +134,8 @@ def _other_study_record(sw: ml_collections.ConfigDict, seed: int, fp: str
   by the RQ1 table on the same world: the run is trained once."""
   if not sw.get('results_dir', None):
     return None
-  studies = os.path.dirname(os.path.dirname(os.path.normpath(sw.results_dir)))
   own = os.path.normpath(sw.results_dir)
-  for path in sorted(glob.glob(os.path.join(studies, '*', 'runs', '*',
-                                            f'seed_{seed}-{fp[:12]}.json'))):
+  for path in _study_record_paths(sw.results_dir, f'seed_{seed}-{fp[:12]}.json'):
     if os.path.normpath(os.path.dirname(os.path.dirname(path))) == own:
       continue
     rec = records.read_record(path)
@@ -437,10 +442,23 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       finished.setdefault(_family(run.config.model), []).append((run, per_step))
     measured.setdefault(run.variant, per_step)
   ratios: dict[Any, float | None] = {}
+  committed: dict[str, list[dict[str, Any]]] = {}   # read once, when a family first needs them
+
+  def timed_records() -> list[dict[str, Any]]:
+    """Every record committed beside ``results_dir`` (this study's older ones too) with a wall
+    time, newest first."""
+    if 'all' not in committed:
+      paths = _study_record_paths(results_dir, 'seed_*.json') if results_dir else []
+      found = [(p, r) for p in paths for r in [records.read_record(p)]
+               if r and r.get('wall_seconds') and r.get('step')]
+      committed['all'] = [r for _, r in sorted(
+          found, key=lambda x: (x[1].get('finished', ''), x[0]), reverse=True)]
+    return committed['all']
 
   def ratio(run: PlannedRun) -> float | None:
     """Measured / analytic seconds per step: the plan's finished runs of the run's family, else
-    other studies' (at most SIBLING_RECORDS, newest first); None without any. Computed only when
+    the family's committed records on the same data (at most SIBLING_RECORDS, newest first);
+    None without any. Computed only when
     a run of that family needs an estimate: it builds their data schemas."""
     family = _family(run.config.model)
     if family in finished:
@@ -449,7 +467,7 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       return ratios[family]
     key = (family, run.flat.get('data.name'), run.flat.get('data.path'))
     if key not in ratios:
-      ratios[key] = _sibling_ratio(run, results_dir, analytic)
+      ratios[key] = _sibling_ratio(run, timed_records(), analytic)
     return ratios[key]
 
   out = {}
@@ -471,30 +489,21 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
 SIBLING_RECORDS = 6   # other studies' records read to calibrate a family (each builds a schema)
 
 
-def _sibling_ratio(run: PlannedRun, results_dir: str | None, analytic: Any) -> float | None:
-  """Median measured / analytic seconds per step over the newest committed records of other
-  studies (``<results>/<study>/runs/<variant>/seed_*.json``) of the run's model family on its
-  data set (same ``data.name`` and ``data.path``), each record's model and data fields laid
-  over the run's config to count its FLOPs."""
-  if not results_dir:
-    return None
-  studies = os.path.dirname(os.path.dirname(os.path.normpath(results_dir)))
+def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic: Any
+                   ) -> float | None:
+  """Median measured / analytic seconds per step over the first SIBLING_RECORDS of ``timed``
+  (committed records, newest first) of the run's model family on its data set (same
+  ``data.name`` and ``data.path``), each record's model and data fields laid over the run's
+  config to count its FLOPs (and to read its family)."""
   family = _family(run.config.model)
-  found = []
-  for path in glob.glob(os.path.join(studies, '*', 'runs', '*', 'seed_*.json')):
-    rec = records.read_record(path)
-    if not rec or not rec.get('wall_seconds') or not rec.get('step'):
-      continue
-    flat = rec.get('config', {})
-    if (tuple(str(flat.get(f'model.{k}', '')) for k in ('name', 'sequence', 'interaction'))
-        != family or flat.get('data.name') != run.flat.get('data.name')
+  vals = []
+  for rec in timed:
+    flat = rec['config']
+    if (flat.get('data.name') != run.flat.get('data.name')
         or flat.get('data.path') != run.flat.get('data.path')):
       continue
-    found.append((rec.get('finished', ''), path, rec))
-  vals = []
-  for _, _, rec in sorted(found, key=lambda x: (x[0], x[1]), reverse=True):
-    cfg = _rebuilt(run.config, rec['config'])
-    if cfg is None:
+    cfg = _rebuilt(run.config, flat)
+    if cfg is None or _family(cfg.model) != family:
       continue
     vals.append(rec['wall_seconds'] / rec['step'] / analytic(cfg))
     if len(vals) == SIBLING_RECORDS:
