@@ -551,6 +551,9 @@ SWITCHES = [
     dict(task_mask='parallel'),
     dict(task_mask='full'),
     dict(task_mask='hybrid', task_edges=(('order', 'click'),)),
+    dict(candidate_in_task_tokens=True),
+    dict(candidate_reads_context=True),
+    dict(request_bias=True),
 ]
 
 
@@ -615,10 +618,87 @@ def test_every_switch_changes_the_output(setup, switched, switch):
     assert 'cross_task_interaction' not in p
 
 
+def test_candidate_in_task_tokens_adds_c_i_to_its_groups_task_tokens(setup, switched):
+  """The deviation: t_k of group i enters layer 0 as t_k + c_i; no new parameter, the masks
+  unchanged (request-level still equals the explicit-mask reference, candidates still blind to
+  each other), and the task states differ more across a request's candidates."""
+  schema, batch, _, params = setup
+  on = dict(candidate_in_task_tokens=True)
+  p, (logits, aux) = switched[SWITCHES.index(on)]
+  assert jax.tree.map(np.shape, p) == jax.tree.map(np.shape, params)
+  tok = _model(schema, **on).apply({'params': params}, batch, method='tokens')
+  base_tok = _model(schema).apply({'params': params}, batch, method='tokens')
+  g, base_g = np.asarray(tok['groups']), np.asarray(base_tok['groups'])
+  np.testing.assert_array_equal(g[:, :, 0], base_g[:, :, 0])              # c_i itself unchanged
+  np.testing.assert_allclose(g[:, :, 1:], base_g[:, :, 1:] + base_g[:, :, :1], rtol=1e-6)
+  ref_logits, ref = _forward(schema, params, batch, request_level=False, **on)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+  np.testing.assert_allclose(aux['task_repr'], ref['task_repr'], atol=1e-5)
+  _, moved = _forward(schema, params, _perturb_candidate(batch, 0, 1), request_level=False, **on)
+  others = np.ones((3, 8), bool)
+  others[0, 1] = False
+  np.testing.assert_array_equal(np.asarray(ref['task_repr'])[others],
+                                np.asarray(moved['task_repr'])[others])
+
+  def spread(r):  # mean cosine of r_k^i to its request's mean over the real candidates
+    real = _real(batch)
+    r = np.asarray(r) / np.linalg.norm(r, axis=-1, keepdims=True)
+    mean = (r * real[..., None, None]).sum(1, keepdims=True)
+    mean /= np.linalg.norm(mean, axis=-1, keepdims=True)
+    return float(((r * mean).sum(-1))[real].mean())
+
+  assert spread(aux['task_repr']) < spread(_forward(schema, params, batch)[1]['task_repr'])
+
+
+def test_candidate_reads_context_changes_c_i_with_the_request(setup, switched):
+  """The deviation: c_i's MLP also reads the raw contextual features. With it, changing a
+  request feature changes that request's candidate tokens (without it they cannot change); the
+  other requests and the masks are untouched (request-level = reference)."""
+  schema, batch, _, params = setup
+  on = dict(candidate_reads_context=True)
+  p, (logits, aux) = switched[SWITCHES.index(on)]
+  n_s = 9 * 4 + 2                                   # the fixture's 9 categorical x e=4 + 2 numeric
+  assert p['candidate_in']['kernel'].shape[0] == params['candidate_in']['kernel'].shape[0] + n_s
+  ref_logits, _ = _forward(schema, p, batch, request_level=False, **on)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+  moved = copy.deepcopy(batch)
+  moved['request']['num'][1] += 1.0
+  for overrides, params_, changes in ((on, p, True), ({}, params, False)):
+    a = _model(schema, **overrides).apply({'params': params_}, batch, method='tokens')['groups']
+    b = _model(schema, **overrides).apply({'params': params_}, moved, method='tokens')['groups']
+    a, b = np.asarray(a)[:, :, 0], np.asarray(b)[:, :, 0]
+    np.testing.assert_array_equal(a[[0, 2]], b[[0, 2]])
+    assert (np.abs(a[1] - b[1]).max() > 1e-4) == changes, overrides
+
+
+def test_request_bias_shifts_a_requests_candidates_together(setup, switched):
+  """The deviation: s_k^i + u_k . z_k. With u = 0 (its initialiser) the score is the paper's
+  exactly; with u set, every candidate of a request moves by the same z_k . u_k."""
+  schema, batch, _, params = setup
+  on = dict(request_bias=True)
+  p, (logits, aux) = switched[SWITCHES.index(on)]
+  assert p['request_bias'].shape == (K, 16)
+  base, base_aux = _forward(schema, params, batch)
+  shift = np.einsum('rkd,kd->rk', np.asarray(base_aux['task_vectors']), p['request_bias'])
+  np.testing.assert_allclose(logits, np.asarray(base) + shift[:, None], rtol=1e-5, atol=1e-5)
+  zero = dict(p, request_bias=jnp.zeros_like(p['request_bias']))
+  # (another compiled program than the baseline's: equal to float32 rounding)
+  np.testing.assert_allclose(_forward(schema, zero, batch, **on)[0], base, rtol=1e-6, atol=1e-6)
+  model = _model(schema, **on)
+  init = partitioning.unbox(jax.jit(model.init)(jax.random.key(0), batch)['params'])
+  assert not np.asarray(init['request_bias']).any()
+  ref_logits, _ = _forward(schema, p, batch, request_level=False, **on)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+  with pytest.raises(ConfigError, match="config.model.request_bias=True: needs config.model."
+                     "scoring='matching'"):
+    onerank_from_config(_cfg(request_bias=True, scoring='mlp'), schema)
+
+
 def test_bad_switch_values_name_the_field(data):
   schema, _ = data
   for field, value in (('task_tokens', 'none'), ('scoring', 'dot'), ('situation', 'max'),
-                       ('task_mask', 'chain'), ('cross_task', 'yes'), ('detach', 1.5)):
+                       ('task_mask', 'chain'), ('cross_task', 'yes'), ('detach', 1.5),
+                       ('candidate_in_task_tokens', 'yes'), ('candidate_reads_context', 'no')):
     model = OneRank(schema, width=16, num_heads=2, num_layers=1, embed_dim=4, **{field: value})
     with pytest.raises(ValueError, match=rf"OneRank.{field}={value!r}: choose one of"):
       jax.eval_shape(model.init, jax.random.key(0), dummy_batch(schema, 1))

@@ -156,6 +156,7 @@ def test_onetrans_analytic_params_match_the_model(schema, overrides):
     dict(situation='mean'), dict(situation='constant_query'), dict(cross_task=False),
     dict(seq_merge='timestamp_agnostic', s_position='none', time_gap_buckets=0),
     dict(embedding_row_multiple=8, ffn_mult=2),
+    dict(candidate_reads_context=True, candidate_in_task_tokens=True, request_bias=True),
 ])
 def test_onerank_analytic_params_match_the_model(schema, overrides):
   cfg = onerank_config.defaults(width=16, num_heads=2, num_layers=2, embed_dim=8, **overrides)

@@ -30,6 +30,13 @@ PROBES = {
     'nce03': (('loss.nce_weight', 0.3),),
     'nce01': (('loss.nce_weight', 0.1),),
     'tau3_nce01': (('model.inv_temperature_init', 3.0), ('loss.nce_weight', 0.1)),
+    # 2026-12-07: the deviation model.candidate_in_task_tokens (t_k of group i starts as t_k + c_i)
+    # at the chosen 1/tau = 3.
+    'tau3_cand': (('model.inv_temperature_init', 3.0), ('model.candidate_in_task_tokens', True)),
+    # ... and model.candidate_reads_context (c_i's MLP also reads the raw contextual features).
+    'tau3_ctx': (('model.inv_temperature_init', 3.0), ('model.candidate_reads_context', True)),
+    # ... and model.request_bias (+ u_k . z_k: a request-level offset per task).
+    'tau3_rbias': (('model.inv_temperature_init', 3.0), ('model.request_bias', True)),
     # The reference at the same budget: the study's OneTrans + PLE row as it is (its overrides
     # replace the whole model and the loss mode, so BASE's OneRank knobs do not reach it).
     'ple': 'OneTrans + PLE',

@@ -44,6 +44,18 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
   m.s_position = 'from_recent'    # history position embedding counted from the most recent, or
                                   # 'none'
   m.task_tokens = 'per_task'      # K task tokens, or 'shared' (ablation: one token for all tasks)
+  m.candidate_in_task_tokens = False  # deviation, off = the paper (B.3: a task token's content
+                                  # is the same for every candidate, only the mask makes it
+                                  # candidate-specific). True: t_k of group i starts as t_k + c_i,
+                                  # so r_k^i carries the candidate from layer 0 on instead of
+                                  # through one attention key among the prefix's (model.py)
+  m.candidate_reads_context = False  # deviation, off = the paper (B.2: c_i from the candidate's
+                                  # features only). True: c_i's Dense -> SiLU -> Dense also reads
+                                  # the request's raw contextual features (the situation input
+                                  # s), as OneTrans's non-sequential tokens mix user and item
+  m.request_bias = False          # deviation, off = the paper (B.6: s = z_k . r_k^i / sqrt(d) +
+                                  # b_k). True ('matching' only): + u_k . z_k, a learned
+                                  # request-level offset per task (u_k zero at step 0)
   m.scoring = 'matching'          # z_k . r_k^i matching (the paper's inner product), or 'mlp'
                                   # (ablation: a per-task MLP on [z_k ; r_k^i])
   m.situation = 'attention'       # per-task MHCA over the candidates; ablations: 'mean' (uniform
@@ -91,8 +103,12 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
   dtype = fields.check('dtype', cfg.dtype, 'dtype')
   flags = {f: fields.check(f, cfg[f], 'bool')
            for f in ('cross_task', 'detach', 'detach_kv_weights', 'request_level',
-                     'learn_temperature')}
+                     'learn_temperature', 'candidate_in_task_tokens',
+                     'candidate_reads_context', 'request_bias')}
   fields.check('task_bias_init', cfg.task_bias_init, BIAS_INITS)
+  if flags['request_bias'] and scoring != 'matching':
+    raise fields.error('request_bias', True, f"needs config.model.scoring='matching' (got "
+                       f"{scoring!r}: the 'mlp' towers read z_k themselves); set it False")
   inv_t = cfg.inv_temperature_init
   if isinstance(inv_t, bool) or not isinstance(inv_t, (int, float)) or not 0 < inv_t < 1e4:
     raise fields.error('inv_temperature_init', inv_t, 'must be a number in (0, 1e4): 1/tau at '
@@ -130,7 +146,8 @@ def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[s
   n_cc, n_cn = len(schema.candidate_categorical), len(schema.candidate_numeric)
   dense = history_params(cfg, schema) if schema.sequences else 0
   dense += n_rc * (e * d + d) + 2 * n_rn * d + 2 * n_cn * e   # contextual and numeric tokens
-  dense += (n_cc + n_cn) * e * d + d + d * d + d               # candidate token MLP
+  cand_in = (n_cc + n_cn) * e + (n_rc * e + n_rn if cfg.candidate_reads_context else 0)
+  dense += cand_in * d + d + d * d + d                         # candidate token MLP
   dense += (k if cfg.task_tokens == 'per_task' else 1) * d     # task tokens
   dense += cfg.num_layers * (2 * d + 4 * d * d + 2 * m * d * d) + d   # blocks, final norm
   if cfg.situation == 'off':
@@ -149,6 +166,7 @@ def param_count(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict[s
     dense += k * (2 * d * hid + 2 * hid + 1)
   else:
     dense += k                                                 # task biases
+    dense += k * d if cfg.request_bias else 0                  # u_k of the request offset
   dense += 1 if cfg.learn_temperature else 0                   # the InfoNCE temperature
   return {'dense': dense, 'sparse': table_params(schema, e, cfg.embedding_row_multiple)}
 
@@ -170,6 +188,8 @@ def forward_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict
   g = 1 + (k if cfg.task_tokens == 'per_task' else 1)
   request = sequence_mlp_flops(cfg, schema) + 2.0 * len(schema.request_categorical) * e * d
   cand_in = (len(schema.candidate_categorical) + len(schema.candidate_numeric)) * e
+  if cfg.candidate_reads_context:
+    cand_in += len(schema.request_categorical) * e + len(schema.request_numeric)
   candidate = 2.0 * (cand_in * d + d * d)
   per_token = 2.0 * (4 * d * d + 2 * m * d * d)          # Q, K, V, O and the FFN
   request += cfg.num_layers * (p * per_token + 2.0 * 2 * p * p * d)
@@ -189,6 +209,8 @@ def forward_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict
     candidate += 2.0 * k * (d * hid + hid)                # the r half, then the output
   else:
     candidate += 2.0 * k * d                              # z_k . r_k^i
+    request += 2.0 * k * d if cfg.request_bias else 0.0   # u_k . z_k
+  # candidate_in_task_tokens adds c_i to K' task tokens: additions, no matmul FLOPs.
   return {'request': request, 'candidate': candidate}
 
 

@@ -46,6 +46,12 @@ rest: ``task_tokens`` ('per_task' | 'shared'), ``scoring`` ('matching' | 'mlp': 
 ``cross_task`` (bool), ``task_mask`` ('cascade' | 'parallel' | 'full' | 'hybrid' with
 ``task_edges``), ``detach`` and ``detach_kv_weights`` (bool). Every choice the SPEC leaves open is
 marked [D] where it is made.
+
+Deviations from the paper, each off by default and marked [deviation] where it acts (issue 21
+probed them on the mechanism world's validation split; none closed the gap to OneTrans + PLE,
+results/onerank_knob_probes/README.md): ``candidate_in_task_tokens`` (t_k of group i starts as
+t_k + c_i), ``candidate_reads_context`` (c_i's MLP also reads the raw contextual features) and
+``request_bias`` (s_k^i + u_k . z_k).
 """
 
 from __future__ import annotations
@@ -194,6 +200,9 @@ class OneRank(nn.Module):
   s_position: str = 'from_recent'
   # OneRank switches (SPEC B.3-B.6, ablations C.6)
   task_tokens: str = 'per_task'   # or 'shared': one task token whose state serves every task
+  candidate_in_task_tokens: bool = False  # deviation (config.py): t_k of group i starts as t_k + c_i
+  candidate_reads_context: bool = False  # deviation (config.py): c_i's MLP also reads s
+  request_bias: bool = False      # deviation (config.py): s_k^i += u_k . z_k, a request offset
   scoring: str = 'matching'       # or 'mlp': per-task MLP towers on [z_k ; r_k^i]
   situation: str = 'attention'    # or 'mean', 'constant_query', 'off'
   cross_task: bool = True         # False: z_k = h_k (see _task_vectors)
@@ -211,6 +220,7 @@ class OneRank(nn.Module):
   # Top-level parameters of the task channels (everything after the shared encoder): gradient
   # diagnostics measure the tasks' agreement on the rest (SPEC C.6).
   TASK_PRIVATE = ('task_tokens', 'situation_discernment', 'cross_task_interaction', 'task_bias',
+                  'request_bias',
                   'log_inv_temperature', 'tower_w1', 'tower_b1', 'tower_w2', 'tower_b2')
 
   # ------------------------------------------------------------------ construction
@@ -221,8 +231,12 @@ class OneRank(nn.Module):
     _check_choice(self.situation, 'situation', SITUATIONS)
     _check_choice(self.task_mask, 'task_mask', TASK_MASKS)
     for field in ('cross_task', 'detach', 'detach_kv_weights', 'request_level',
-                  'learn_temperature'):
+                  'learn_temperature', 'candidate_in_task_tokens', 'candidate_reads_context',
+                  'request_bias'):
       _check_choice(getattr(self, field), field, (True, False))
+    if self.request_bias and self.scoring != 'matching':
+      raise ValueError(f"OneRank.request_bias=True needs scoring='matching', got "
+                       f'{self.scoring!r}')
     if not self.inv_temperature_init > 0:
       raise ValueError(f'OneRank.inv_temperature_init={self.inv_temperature_init} must be > 0')
     if self.width % self.num_heads:
@@ -274,6 +288,10 @@ class OneRank(nn.Module):
           ffn_mult=self.ffn_mult, dtype=self.dtype)
     if self.scoring == 'matching':
       self.task_bias = lp.param(self, 'task_bias', nn.initializers.zeros, (k,), (lp.TASKS,))
+      if self.request_bias:
+        # [deviation] u_k: zero at step 0, so the score starts as the paper's.
+        self.request_bias_w = lp.param(self, 'request_bias', nn.initializers.zeros, (k, d),
+                                       (lp.TASKS, lp.EMBED))
     else:
       # [D] the 'mlp' ablation's towers: Dense(hidden) -> SiLU -> Dense(1) per task, as
       # multitask.towers.TaskTowers, tower k reading [z_k ; r_k^i] (stacked [K, ...] weights):
@@ -327,8 +345,20 @@ class OneRank(nn.Module):
       cand.append(self.embeddings.candidates(batch).reshape(r, c, -1))
     if s.candidate_numeric:
       cand.append(self.candidate_numeric(batch['cand']['num']).reshape(r, c, -1))
+    if self.candidate_reads_context and flat:
+      # [deviation] the candidate MLP also reads the request's raw contextual features (the
+      # situation input s below), so c_i holds candidate x context interactions of its own, as
+      # OneTrans's non-sequential tokens do; B.2 gives c_i the candidate's features only.
+      cand.append(jnp.broadcast_to(jnp.concatenate(flat, axis=-1)[:, None],
+                                   (r, c, sum(x.shape[-1] for x in flat))))
     cand_tok = self.candidate_out(nn.silu(self.candidate_in(jnp.concatenate(cand, axis=-1))))
     task = jnp.broadcast_to(self.task_token_embedding.astype(dt), (r, c, self.num_task_tokens, d))
+    if self.candidate_in_task_tokens:
+      # [deviation] B.3 keeps t_k's content candidate-free and lets it read c_i as one key among
+      # the prefix's P; at initialisation that leaves r_k^i nearly equal across a request's
+      # candidates (issue 21: cosine 0.966). Adding c_i to every task token of its group puts
+      # the candidate in the residual stream the score reads. Masks and weights are unchanged.
+      task = task + cand_tok[:, :, None].astype(dt)
     # [D] s = the raw contextual features flattened (categorical embeddings and numeric values),
     # the request's own description, independent of the encoder's prefix states.
     situation_input = jnp.concatenate(flat, axis=-1) if flat else jnp.zeros((r, 0), dt)
@@ -401,6 +431,10 @@ class OneRank(nn.Module):
     z = z.astype(jnp.float32)
     if self.scoring == 'matching':
       logits = jnp.einsum('rkd,rckd->rck', z, r) / np.sqrt(self.width) + self.task_bias
+      if self.request_bias:
+        # [deviation] B.6's score moves a request's candidates together only through z_k . mean
+        # (r_k^i), a cosine of RMS-normed states; u_k . z_k adds a request-level offset per task.
+        logits = logits + jnp.einsum('rkd,kd->rk', z, self.request_bias_w)[:, None]
     else:
       logits = self._mlp_scores(z, r)
     logits = logits.astype(jnp.float32)
