@@ -8,6 +8,7 @@ name and shape share its values, so an ablation differs from the baseline only b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import zlib
 
@@ -669,6 +670,10 @@ def test_candidate_reads_context_changes_c_i_with_the_request(setup, switched):
     a, b = np.asarray(a)[:, :, 0], np.asarray(b)[:, :, 0]
     np.testing.assert_array_equal(a[[0, 2]], b[[0, 2]])
     assert (np.abs(a[1] - b[1]).max() > 1e-4) == changes, overrides
+  bare = dataclasses.replace(schema, request_categorical=(), request_numeric=())
+  with pytest.raises(ConfigError, match='config.model.candidate_reads_context=True: needs '
+                     'request features to read'):
+    onerank_from_config(_cfg(**on), bare)
 
 
 def test_request_bias_shifts_a_requests_candidates_together(setup, switched):

@@ -183,7 +183,7 @@ def decompose(score: np.ndarray, logit: np.ndarray, terms: dict[str, np.ndarray]
 
 def capture_table(rows: Sequence[dict[str, Any]]) -> str:
   """One line per run: soft click AUC, the rest's coefficient, each term's relative to it."""
-  names = list(rows[0]['terms'])
+  names = list(dict.fromkeys(m for r in rows for m in r['terms']))   # runs on other worlds: —
   lines = ['| run | step | click soft AUC (oracle) | base coef | ' +
            ' | '.join(f'{m} / base' for m in names) + ' | R^2 | corr across / within requests '
            '| AUC, across made true | AUC, within made true |',
@@ -191,7 +191,8 @@ def capture_table(rows: Sequence[dict[str, Any]]) -> str:
   for r in rows:
     cells = [os.path.basename(os.path.normpath(r['workdir'])), str(r['step']),
              f"{r['auc']:.4f} ({r['oracle_auc']:.4f})", f"{r['rest']:.3f}"]
-    cells += [f"{r['terms'][m] / r['rest']:.2f}" for m in names] + [f"{r['r2']:.3f}"]
+    cells += [f"{r['terms'][m] / r['rest']:.2f}" if m in r['terms'] else '—' for m in names]
+    cells += [f"{r['r2']:.3f}"]
     cells += [f"{r['corr_between']:.3f} / {r['corr_within']:.3f}",
               f"{r['auc_true_between']:.4f}", f"{r['auc_true_within']:.4f}"]
     lines.append('| ' + ' | '.join(cells) + ' |')

@@ -106,6 +106,10 @@ def from_config(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> OneRan
                      'learn_temperature', 'candidate_in_task_tokens',
                      'candidate_reads_context', 'request_bias')}
   fields.check('task_bias_init', cfg.task_bias_init, BIAS_INITS)
+  if flags['candidate_reads_context'] and not (schema.request_categorical or
+                                               schema.request_numeric):
+    raise fields.error('candidate_reads_context', True, 'needs request features to read, and '
+                       'this data set has none; set it False')
   if flags['request_bias'] and scoring != 'matching':
     raise fields.error('request_bias', True, f"needs config.model.scoring='matching' (got "
                        f"{scoring!r}: the 'mlp' towers read z_k themselves); set it False")

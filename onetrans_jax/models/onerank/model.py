@@ -234,6 +234,10 @@ class OneRank(nn.Module):
                   'learn_temperature', 'candidate_in_task_tokens', 'candidate_reads_context',
                   'request_bias'):
       _check_choice(getattr(self, field), field, (True, False))
+    if self.candidate_reads_context and not (self.schema.request_categorical or
+                                             self.schema.request_numeric):
+      raise ValueError('OneRank.candidate_reads_context=True: the schema has no request '
+                       'features to read')
     if self.request_bias and self.scoring != 'matching':
       raise ValueError(f"OneRank.request_bias=True needs scoring='matching', got "
                        f'{self.scoring!r}')
@@ -345,7 +349,7 @@ class OneRank(nn.Module):
       cand.append(self.embeddings.candidates(batch).reshape(r, c, -1))
     if s.candidate_numeric:
       cand.append(self.candidate_numeric(batch['cand']['num']).reshape(r, c, -1))
-    if self.candidate_reads_context and flat:
+    if self.candidate_reads_context:   # _check: the schema has request features
       # [deviation] the candidate MLP also reads the request's raw contextual features (the
       # situation input s below), so c_i holds candidate x context interactions of its own, as
       # OneTrans's non-sequential tokens do; B.2 gives c_i the candidate's features only.
