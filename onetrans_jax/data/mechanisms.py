@@ -51,18 +51,19 @@ def soft_auc(scores: np.ndarray, p: np.ndarray, weights: np.ndarray | None = Non
 
 def collect(cfg: SyntheticConfig, num_requests: int, start: int = 0) -> dict[str, Any]:
   """Logits, true probabilities and mechanism terms of requests ``start..start+n`` (valid
-  candidates only)."""
+  candidates only, in request then slot order), and each impression's request index."""
   world = SyntheticWorld(cfg)
-  probs, terms = [], {m: [] for m in cfg.mechanisms}
+  probs, requests, terms = [], [], {m: [] for m in cfg.mechanisms}
   for i in range(start, start + num_requests):
     r, t = world.request_with_terms(i)
     m = r['cand']['mask']
     probs.append(r['true_prob'][m])
+    requests.append(np.full(int(m.sum()), i, np.int64))
     for name in t:
       terms[name].append(t[name])
   p = np.concatenate(probs).astype(np.float64)
   p = np.clip(p, 1e-7, 1 - 1e-7)
-  return {'prob': p, 'logit': np.log(p / (1 - p)),
+  return {'prob': p, 'logit': np.log(p / (1 - p)), 'request': np.concatenate(requests),
           'terms': {k: np.concatenate(v) for k, v in terms.items()}}
 
 
@@ -131,8 +132,9 @@ def capture(workdir: str, split: str = 'valid') -> dict[str, Any]:
                   .astype(np.float64), 1e-7, 1 - 1e-7)
   request = np.concatenate([t.column('request').to_numpy() for t in tables])
   d = collect(cfg, b - a, a)
-  if len(p_run) != len(d['prob']):
-    raise RuntimeError(f'{len(p_run)} predictions against {len(d["prob"])} world impressions')
+  if len(p_run) != len(d['prob']) or not np.array_equal(request, d['request']):
+    raise RuntimeError(f'{workdir}: the run\'s {len(p_run)} predictions of requests {a}..{b - 1} '
+                       f'do not line up with the world\'s {len(d["prob"])} impressions of them')
   y = np.log(p_run / (1 - p_run))
   terms = {m: cfg.mechanism_strength * t[:, 0] for m, t in d['terms'].items()}
   return {'workdir': workdir, 'split': split, 'step': run.step, 'requests': [a, b],
