@@ -247,7 +247,7 @@ def test_capture_reads_a_trained_runs_validation_predictions(tmp_path):
   assert set(row['terms']) == {'interplay', 'cross_group'}
   assert all(np.isfinite(v) for v in row['terms'].values()) and 0.0 <= row['r2'] <= 1.0
   assert 0.85 < row['oracle_auc'] < 1.0 and 0.3 < row['auc'] < row['oracle_auc']
-  assert row['auc_true_between'] <= row['oracle_auc'] and row['auc_true_within'] <= row['oracle_auc']
+  assert max(row['auc_true_between'], row['auc_true_within']) <= row['oracle_auc']
   assert mechanisms.capture_table([row]).splitlines()[2].startswith('| run | 4 |')
   plain = small_config()
   plain.data.valid_fraction = 0.002

@@ -200,7 +200,7 @@ class OneRank(nn.Module):
   s_position: str = 'from_recent'
   # OneRank switches (SPEC B.3-B.6, ablations C.6)
   task_tokens: str = 'per_task'   # or 'shared': one task token whose state serves every task
-  candidate_in_task_tokens: bool = False  # deviation (config.py): t_k of group i starts as t_k + c_i
+  candidate_in_task_tokens: bool = False  # deviation (config.py): group i's t_k starts as t_k + c_i
   candidate_reads_context: bool = False  # deviation (config.py): c_i's MLP also reads s
   request_bias: bool = False      # deviation (config.py): s_k^i += u_k . z_k, a request offset
   scoring: str = 'matching'       # or 'mlp': per-task MLP towers on [z_k ; r_k^i]
