@@ -225,12 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = capture_table(rows)
     print(table)
     if a.out:
-      os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
-      with open(a.out, 'w') as f:
-        command = 'python -m onetrans_jax.data.mechanisms ' + ' '.join(sys.argv[1:])
-        f.write(f'Regenerate: `{command.strip()}`\n\n{table}\n')
-      with open(os.path.splitext(a.out)[0] + '.json', 'w') as f:
-        json.dump(rows, f, indent=1)
+      _write(a.out, table, rows)
     return
   cfg = SyntheticConfig(seed=a.seed, mechanism_strength=a.strength, click_len=a.click_len,
                         cart_len=a.cart_len, order_len=a.order_len,
@@ -243,12 +238,18 @@ def main(argv: Sequence[str] | None = None) -> None:
            "mechanism's term by a constant; AUCs are expectations over the label draws.")
   print(title + '\n\n' + table)
   if a.out:
-    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
-    with open(a.out, 'w') as f:
-      command = 'python -m onetrans_jax.data.mechanisms ' + ' '.join(sys.argv[1:])
-      f.write(f'Regenerate: `{command.strip()}`\n\n{title}\n\n{table}\n')
-    with open(os.path.splitext(a.out)[0] + '.json', 'w') as f:
-      json.dump({'args': vars(a), 'rows': rows}, f, indent=1)
+    _write(a.out, f'{title}\n\n{table}', {'args': vars(a), 'rows': rows})
+
+
+def _write(out: str, text: str, payload: Any) -> None:
+  """``text`` under the command that regenerates it to ``out`` (.md), ``payload`` beside it
+  (.json)."""
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+  with open(out, 'w') as f:
+    command = 'python -m onetrans_jax.data.mechanisms ' + ' '.join(sys.argv[1:])
+    f.write(f'Regenerate: `{command.strip()}`\n\n{text}\n')
+  with open(os.path.splitext(out)[0] + '.json', 'w') as f:
+    json.dump(payload, f, indent=1)
 
 
 if __name__ == '__main__':

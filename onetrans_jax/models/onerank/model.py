@@ -344,6 +344,9 @@ class OneRank(nn.Module):
       hist, hist_valid = self.history(batch, self.embeddings)
       parts.append(hist.astype(dt))
       valid.append(hist_valid)
+    # [D] s = the raw contextual features flattened (categorical embeddings and numeric values),
+    # the request's own description, independent of the encoder's prefix states.
+    situation_input = jnp.concatenate(flat, axis=-1) if flat else jnp.zeros((r, 0), dt)
     cand = []
     if s.candidate_categorical:
       cand.append(self.embeddings.candidates(batch).reshape(r, c, -1))
@@ -351,10 +354,10 @@ class OneRank(nn.Module):
       cand.append(self.candidate_numeric(batch['cand']['num']).reshape(r, c, -1))
     if self.candidate_reads_context:   # _check: the schema has request features
       # [deviation] the candidate MLP also reads the request's raw contextual features (the
-      # situation input s below), so c_i holds candidate x context interactions of its own, as
+      # situation input s above), so c_i holds candidate x context interactions of its own, as
       # OneTrans's non-sequential tokens do; B.2 gives c_i the candidate's features only.
-      cand.append(jnp.broadcast_to(jnp.concatenate(flat, axis=-1)[:, None],
-                                   (r, c, sum(x.shape[-1] for x in flat))))
+      cand.append(jnp.broadcast_to(situation_input[:, None],
+                                   (r, c, situation_input.shape[-1])))
     cand_tok = self.candidate_out(nn.silu(self.candidate_in(jnp.concatenate(cand, axis=-1))))
     task = jnp.broadcast_to(self.task_token_embedding.astype(dt), (r, c, self.num_task_tokens, d))
     if self.candidate_in_task_tokens:
@@ -363,9 +366,6 @@ class OneRank(nn.Module):
       # candidates (issue 21: cosine 0.966). Adding c_i to every task token of its group puts
       # the candidate in the residual stream the score reads. Masks and weights are unchanged.
       task = task + cand_tok[:, :, None].astype(dt)
-    # [D] s = the raw contextual features flattened (categorical embeddings and numeric values),
-    # the request's own description, independent of the encoder's prefix states.
-    situation_input = jnp.concatenate(flat, axis=-1) if flat else jnp.zeros((r, 0), dt)
     return {'prefix': _stream(jnp.concatenate(parts, axis=1)),
             'prefix_valid': jnp.concatenate(valid, 1),
             'groups': _stream(jnp.concatenate([cand_tok[:, :, None].astype(dt), task], axis=2)),
