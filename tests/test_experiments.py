@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -100,6 +101,18 @@ def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
   c.sweep.results_dir = str(tmp_path / 'runs')
   out = run_sweep(c, str(tmp_path / 'work'))
   assert len({r.fingerprint for r in out['plan']}) == len(out['plan'])
+
+
+@pytest.mark.parametrize('lanes, message', [
+    ('x', "--lanes 'x': give a whole number of lanes >= 1"),
+    ('0', "--lanes '0': give a whole number of lanes >= 1"),
+    ('4096', '--lanes 4096 needs 4096 CPU cores, this process may use'),
+])
+def test_the_study_queue_refuses_bad_lanes_before_anything_runs(tmp_path, lanes, message):
+  out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'study_queue.sh'), '--lanes', lanes,
+                        str(tmp_path / 'root')], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and message in out.stderr
+  assert not (tmp_path / 'root').exists()
 
 
 def test_the_study_queue_names_only_experiments_and_variants_that_exist():

@@ -152,6 +152,38 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
   assert not (tmp_path / 'base').exists()
 
 
+def test_shards_split_a_sweep_without_overlap_and_a_final_sweep_reuses_them(tmp_path):
+  """Two lanes (sweep.shard 0/2, 1/2) on one workdir train disjoint runs that together cover the
+  sweep, write records and no report; the unsharded sweep then trains nothing and reports."""
+  c = _sweep_config()
+  c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
+  c.sweep.shard = '0/2'
+  first = run_sweep(c, str(tmp_path / 'w'))
+  c.sweep.shard = '1/2'
+  second = run_sweep(c, str(tmp_path / 'w'))
+  # Positions 0, 2 and 1, 3 of [(base, 0), (base, 1), (wide, 0), (wide, 1)].
+  assert [(r.variant, r.seed) for r in first['plan']] == [('base', 0), ('wide', 0)]
+  assert [(r.variant, r.seed) for r in second['plan']] == [('base', 1), ('wide', 1)]
+  assert all(r.action == 'train' for r in first['plan'] + second['plan'])
+  assert 'table' not in first and not (tmp_path / 'w' / 'report.md').exists()
+  c.sweep.shard = ''
+  whole = run_sweep(c, str(tmp_path / 'w'))
+  assert [r.action for r in whole['plan']] == ['reuse'] * 4
+  assert (tmp_path / 'w' / 'report.md').exists()
+  runs = whole['results']['base']['runs'] + whole['results']['wide']['runs']
+  assert runs == [r['metrics'] for r in (first['records']['base'] + second['records']['base']
+                                         + first['records']['wide'] + second['records']['wide'])]
+
+
+@pytest.mark.parametrize('bad', ['2/2', '1', 'a/b', '-1/2', '0/0'])
+def test_a_bad_shard_names_the_field_before_anything_runs(tmp_path, bad):
+  c = _sweep_config()
+  c.sweep.shard = bad
+  with pytest.raises(ConfigError, match=r'config.sweep.shard=.*use "i/n" with 0 <= i < n'):
+    run_sweep(c, str(tmp_path))
+  assert not (tmp_path / 'base').exists()
+
+
 def test_data_files_are_part_of_the_fingerprint(tmp_path):
   (tmp_path / 'u.data').write_bytes(b'1\t2\t3\t4\n' * 100)
   data = ml_collections.ConfigDict({'name': 'movielens_100k', 'path': str(tmp_path)})

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The reproduction studies, one process at a time, continuing from the committed per-run records
-# (results/<study>/runs/): a run already recorded is reused, a run whose workdir holds a
-# checkpoint resumes, the rest train. Two training processes on 2 cores each run at about half
-# speed, so nothing here runs in parallel. With --commit, the new records are committed every 5
-# minutes (only results/*/runs paths), so a session that ends loses at most the run in flight.
+# The reproduction studies, continuing from the committed per-run records (results/<study>/runs/):
+# a run already recorded is reused, a run whose workdir holds a checkpoint resumes, the rest
+# train. With --commit, the new records are committed every 5 minutes (only results/*/runs
+# paths), so a session that ends loses at most the runs in flight.
 #
-#   tools/study_queue.sh [--commit] [WORKDIR_ROOT]      # default root: runs/
+# One lane by default: one training process at a time (two unpinned two-thread processes on 2
+# cores each run at about half speed: nothing gained). --lanes N runs N queues side by side,
+# lane i pinned to the i-th CPU core it may use (taskset) and training the runs at positions i,
+# i + N, ... of each study's list (config.sweep.shard=i/N), so no run is trained twice and each
+# lane resumes its own runs in the next session (start it with the same N). On 2 cores, two pinned one-thread
+# processes trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the examples/s of one
+# two-thread process (benchmarks/suite.py --sections=workloads on the mechanism-world workloads,
+# under taskset, 2026-12-07), and a one-thread run gave the same metrics as a two-thread one
+# (a 40-step run). A lane that finishes its part of a study goes on to the next; the last lane to
+# finish a study writes its report (an unsharded sweep that reuses every record), under a lock.
+#
+#   tools/study_queue.sh [--commit] [--lanes N] [WORKDIR_ROOT]   # default root: runs/, N = 1
 #   tools/study_queue.sh --plan [WORKDIR_ROOT]          # trains nothing: each study's dry-run
 #                                                       # total (at the caps, and as finished
 #                                                       # runs stopped early), in queue order
@@ -28,9 +38,39 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 commit=0
 plan=0
-if [ "${1:-}" = "--commit" ]; then commit=1; shift; fi
-if [ "${1:-}" = "--plan" ]; then plan=1; shift; fi
+lanes=1
+lane=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --commit) commit=1; shift ;;
+    --plan) plan=1; shift ;;
+    --lanes) lanes="${2:-}"; shift; [ $# -gt 0 ] && shift ;;
+    --lanes=*) lanes="${1#--lanes=}"; shift ;;
+    -*) echo "study_queue: unknown option $1 (use --commit, --plan, --lanes N)" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
 root="${1:-runs}"
+if ! [[ "$lanes" =~ ^[1-9][0-9]*$ ]]; then
+  echo "study_queue: --lanes '$lanes': give a whole number of lanes >= 1" >&2
+  exit 2
+fi
+if [ "$plan" = 1 ]; then lanes=1; fi
+if [ "$lanes" -gt 1 ]; then
+  if ! command -v taskset > /dev/null; then
+    echo "study_queue: --lanes $lanes pins each lane to a core with taskset, which is missing" \
+         "(util-linux); install it or run one lane" >&2
+    exit 2
+  fi
+  # The cores this process may use (a container's cpuset need not start at 0): lane i gets the
+  # i-th of them.
+  read -r -a cores <<< "$(python -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+  if [ "${#cores[@]}" -lt "$lanes" ]; then
+    echo "study_queue: --lanes $lanes needs $lanes CPU cores, this process may use" \
+         "${#cores[@]} (${cores[*]})" >&2
+    exit 2
+  fi
+fi
 mkdir -p "$root"
 # A python without the project's requirements would fail every step in a second; say so once.
 if ! python -c 'import onetrans_jax.launch' 2> "$root/import_check.log"; then
@@ -68,18 +108,62 @@ step() {  # name, then launch.py's arguments
     echo "$name: ${line:-no plan (see $root/$name.plan.log)}"
     return
   fi
-  echo "$(date -u +%FT%TZ) start $name"
+  local log="$root/$name.log" tag="" extra=() pin=()
+  if [ "$lanes" -gt 1 ]; then
+    log="$root/$name.lane$lane.log"; tag=" (lane $lane/$lanes)"
+    extra=("--config.sweep.shard=$lane/$lanes"); pin=(taskset -c "${cores[$lane]}")
+  fi
+  echo "$(date -u +%FT%TZ) start $name$tag"
   # A study that fails (its data missing, a bad record) is logged and the queue goes on.
   # An interrupted one (SIGTERM / SIGINT: 143 / 130, its checkpoint saved) stops the queue.
-  python launch.py "$@" >> "$root/$name.log" 2>&1
+  ${pin[@]+"${pin[@]}"} python launch.py "$@" ${extra[@]+"${extra[@]}"} >> "$log" 2>&1
   local rc=$?
   if [ "$rc" = 0 ]; then
-    echo "$(date -u +%FT%TZ) done $name"
+    echo "$(date -u +%FT%TZ) done $name$tag"
+    if [ "$lanes" -gt 1 ]; then report "$name" "$@"; fi
   elif [ "$rc" = 143 ] || [ "$rc" = 130 ]; then
-    echo "$(date -u +%FT%TZ) $name interrupted (exit $rc): the queue stops; run it again to resume"
+    echo "$(date -u +%FT%TZ) $name$tag interrupted (exit $rc): the queue stops; run it again to" \
+         "resume"
     exit "$rc"
   else
-    echo "$(date -u +%FT%TZ) FAILED $name (exit $rc): see $root/$name.log"
+    echo "$(date -u +%FT%TZ) FAILED $name$tag (exit $rc): see $log"
+  fi
+}
+
+report() {  # lanes: once none of a study's runs is left, one unsharded sweep writes its report
+  local name="$1"; shift
+  (
+    flock 9
+    line="$(taskset -c "${cores[$lane]}" python launch.py "$@" --config.sweep.dry_run=True 2>&1 \
+            | grep 'sweep plan:')"
+    if [ -z "$line" ]; then
+      echo "$(date -u +%FT%TZ) FAILED report $name: its dry run printed no plan (run it alone:" \
+           "python launch.py $* --config.sweep.dry_run=True)"
+      exit 0
+    fi
+    if ! [[ "$line" =~ \ 0\ resumed,\ 0\ to\ train ]]; then
+      echo "$(date -u +%FT%TZ) $name: lane $lane's runs are done; the report waits for the other" \
+           "lanes' (${line#*sweep plan: })"
+      exit 0
+    fi
+    stamp="$*|${line%%;*}"   # these arguments and these runs: reported once
+    if [ -f "$root/$name.reported" ] && [ "$(cat "$root/$name.reported")" = "$stamp" ]; then
+      exit 0
+    fi
+    echo "$(date -u +%FT%TZ) report $name (lane $lane): every run is recorded"
+    taskset -c "${cores[$lane]}" python launch.py "$@" >> "$root/$name.log" 2>&1
+    rc=$?
+    if [ "$rc" = 0 ]; then
+      echo "$stamp" > "$root/$name.reported"
+      echo "$(date -u +%FT%TZ) reported $name"
+    elif [ "$rc" = 143 ] || [ "$rc" = 130 ]; then exit "$rc"
+    else echo "$(date -u +%FT%TZ) FAILED report $name (exit $rc): see $root/$name.log"
+    fi
+  ) 9> "$root/$name.report.lock"
+  local rc=$?
+  if [ "$rc" = 143 ] || [ "$rc" = 130 ]; then
+    echo "$(date -u +%FT%TZ) report $name interrupted (exit $rc): the queue stops"
+    exit "$rc"
   fi
 }
 
@@ -131,8 +215,24 @@ if [ "$plan" = 1 ]; then
   studies   # every seed: what is left of each study
   exit 0
 fi
-studies "--config.sweep.seeds=(0,)"
-studies
+if [ "$lanes" = 1 ]; then
+  studies "--config.sweep.seeds=(0,)"
+  studies
+else
+  pids=()
+  for ((i = 0; i < lanes; i++)); do
+    ( lane=$i; studies "--config.sweep.seeds=(0,)"; studies
+      echo "$(date -u +%FT%TZ) lane $i/$lanes finished" ) &
+    pids+=($!)
+  done
+  stopped=0
+  for p in "${pids[@]}"; do wait "$p" || stopped=$?; done
+  if [ "$stopped" != 0 ]; then
+    echo "$(date -u +%FT%TZ) queue stopped (a lane exited $stopped); run it again with" \
+         "--lanes $lanes to resume"
+    exit "$stopped"
+  fi
+fi
 echo "$(date -u +%FT%TZ) queue finished"
 }
 
