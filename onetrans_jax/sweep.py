@@ -33,6 +33,7 @@ An experiment file opts in with ``config.sweep``:
                    its own core (tools/study_queue.sh --lanes): on 2 CPU cores two pinned
                    one-thread processes train about 1.1-1.16x the examples/s of one two-thread
                    process. The split depends only on the list, so a lane resumes its own runs
+                   in the next session
 A variant whose ``model`` is a classical floor (onetrans_jax/floors: item_rate, logistic,
 lightgbm) is fitted by ``floors.fit.fit_and_evaluate`` instead of trained, on the same hold-out.
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
@@ -310,7 +311,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   for run in plan:
     by_variant[run.variant].append(execute(run, sw))
   if only or shard is not None:
-    what = f'of {list(only)} (sweep.only)' if only else ''
+    what = f' of {list(only)} (sweep.only)' if only else ''
     if shard is not None:
       what += f' of shard {shard[0]}/{shard[1]} (sweep.shard)'
     reporting.log(f'[sweep] ran {len(plan)} runs{what}: records written, no report; run the '

@@ -3,9 +3,9 @@
 Activations travel as a pair: ``s`` [B, Ls, ...] and ``ns`` [B, N, ...], or [R, C, N, ...] when a
 request's C candidates share one S side (each side may then be computed alone). The S weights apply
 with one matmul over the flattened rows; the N stacked NS weights apply with one batched matmul
-over N ('nmd,nde->nme'), never a loop over tokens. ``shared=True`` is the paper's "shared params for all tokens" ablation: the NS
-tokens then use the S weights and the stacked weights do not exist. The matching per-token RMSNorm
-is ``norms.MixedRMSNorm``.
+over N ('nmd,nde->nme'), never a loop over tokens. ``shared=True`` is the paper's "shared params
+for all tokens" ablation: the NS tokens then use the S weights and the stacked weights do not
+exist. The matching per-token RMSNorm is ``norms.MixedRMSNorm``.
 """
 
 from __future__ import annotations
