@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from onetrans_jax import host_memory
+
 
 def _train(argv: list[str]) -> None:
   from onetrans_jax import launch
@@ -76,6 +78,8 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> None:
   """Runs ``onetrans <subcommand> [flags]``; ``argv`` excludes the program name (default
   sys.argv[1:])."""
+  if argv is None:  # this process's own command line: re-run it once with huge pages
+    host_memory.enable()
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] in (['-h'], ['--help'], ['help']):
     print(usage())

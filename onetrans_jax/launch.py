@@ -28,7 +28,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from onetrans_jax import experiment_files
+from onetrans_jax import experiment_files, host_memory
 
 DEFAULT_CONFIG = os.path.join(experiment_files.BUILTIN_DIR, 'default.py')
 
@@ -148,6 +148,8 @@ def _run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   """Runs the command line ``argv`` (program name first; default sys.argv). Once per process."""
+  if argv is None:  # this process's own command line: re-run it once with huge pages
+    host_memory.enable()
   argv = list(sys.argv if argv is None else argv)
   # What absl's --help and a study report's command read: the command as typed (a built-in's
   # name, not this machine's path to it), which resolves the same way when run again.

@@ -30,6 +30,7 @@ import time
 from absl import app, flags
 import jax
 
+from onetrans_jax import host_memory
 from onetrans_jax.benchmarks import suite, workloads
 
 _SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py shape, or a '
@@ -135,4 +136,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.enable()   # as the training programs run (host_memory.py)
   app.run(main)

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, reporting, xla_options
+from onetrans_jax import accounting, host_memory, reporting, xla_options
 from onetrans_jax.benchmarks import steps, workloads
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common, onetrans_l, onetrans_s
@@ -377,7 +377,7 @@ def machine() -> dict[str, Any]:
   return {'backend': jax.default_backend(), 'device': getattr(dev, 'device_kind', str(dev)),
           'device_count': jax.device_count(), 'jax': jax.__version__,
           'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine(),
-          'cpu_model': cpu_model()}
+          'cpu_model': cpu_model(), 'host_memory': host_memory.status()}
 
 
 def write_json(result: dict[str, Any], path: str | None) -> None:
@@ -465,6 +465,8 @@ def main(argv: list[str]) -> None:
 def cli(argv: list[str] | None = None) -> None:
   """``python -m onetrans_jax.benchmarks.suite`` / ``onetrans benchmark``: the flags in ``argv``
   (program name first; default sys.argv)."""
+  if argv is None:  # this process's own command line: re-run it once with huge pages
+    host_memory.enable()
   argv = list(sys.argv if argv is None else argv)
   sys.argv = argv  # the JSON record's command
   if __name__ != '__main__':  # absl's --help lists the flags of the module named by argv[0]
