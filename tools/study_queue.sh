@@ -4,36 +4,39 @@
 # train. With --commit, the new records are committed every 5 minutes (only results/*/runs
 # paths), so a session that ends loses at most the runs in flight.
 #
-# One lane by default: one training process at a time (two unpinned two-thread processes on 2
-# cores each run at about half speed: nothing gained). --lanes N runs N queues side by side,
-# lane i pinned to the i-th CPU core it may use (taskset) and training the runs at positions i,
-# i + N, ... of each study's list (config.sweep.shard=i/N), so no run is trained twice and each
-# lane resumes its own runs in the next session (start it with the same N). On 2 cores, two pinned one-thread
-# processes trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the examples/s of one
-# two-thread process (benchmarks/suite.py --sections=workloads on the mechanism-world workloads,
-# under taskset, 2026-12-07). The thread count changes the rounding of some reductions, not
-# the run: 30 steps of the mechanism world's OneTrans_S gave the same AUCs on one thread and on
-# two, and log losses 5e-9 apart (a 40-step DCNv2 run: identical). A lane that finishes its part of a study goes on to the next; the last lane to
-# finish a study writes its report (an unsharded sweep that reuses every record), under a lock.
+# One lane by default: one training process at a time (two unpinned two-thread processes on 2 cores
+# each run at about half speed: nothing gained). --lanes N runs N queues side by side, lane i pinned
+# to the i-th CPU core it may use (taskset) and training the runs at positions i, i + N, ... of each
+# study's list (config.sweep.shard=i/N), so no run is trained twice and each lane resumes its own
+# runs in the next session (start it with the same N). On 2 cores, two pinned one-thread processes
+# trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the examples/s of one two-thread
+# process (benchmarks/suite.py --sections=workloads on the mechanism-world workloads, under taskset,
+# 2026-12-07). The thread count changes the rounding of some reductions, not the run: 30 steps of
+# the mechanism world's OneTrans_S gave the same AUCs on one thread and on two, and log losses 5e-9
+# apart (a 40-step DCNv2 run: identical). A lane that finishes its part of a study goes on to the
+# next; the last lane to finish a study writes its report (an unsharded sweep that reuses every
+# record), under a lock. Every launch.py re-runs itself once with huge pages for the host allocator
+# (onetrans_jax/host_memory.py: steps 1.03-1.29x faster on one pinned core, the same numbers), so a
+# lane needs nothing set.
 #
 #   tools/study_queue.sh [--commit] [--lanes N] [WORKDIR_ROOT]   # default root: runs/, N = 1
 #   tools/study_queue.sh --plan [WORKDIR_ROOT]          # trains nothing: each study's dry-run
 #                                                       # total (at the caps, and as finished
 #                                                       # runs stopped early), in queue order
 #
-# Order: RQ3 first with all its seeds (issue 25: about 42 hours of 2 cores left on 2026-12-06,
-# the one issue those hours close; ML-1M's runs stop early, so it goes before the mechanism
-# world's, which run to 12000 steps). Then two passes over the rest: the first trains seed 0 of
-# every study (issue 20's instruction: measure one seed of each row before sizing the rest; it
-# also gives every table a first row early), the second the remaining seeds. Within a pass:
-# issue 20's mechanism-world RQ1 and RQ2 and the ML-1M tables (ML-100K's are done), then issue
-# 21's OneRank studies (tune first: its chosen settings feed the others). A run in flight when the machine
-# goes is lost (checkpoints are not committed), so start the queue at the beginning of a session:
-# the mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable;
-# stop with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the
-# queue again in the next session: it skips what is recorded. The whole script is one function,
-# read in full before it runs, so editing this file does not disturb a queue already running
-# (bash reads a plain script as it goes).
+# Order: RQ3 first with all its seeds (issue 25: about 42 hours of 2 cores left on 2026-12-06, the
+# one issue those hours close; ML-1M's runs stop early, so it goes before the mechanism world's,
+# which run to 12000 steps). Then two passes over the rest: the first trains seed 0 of every study
+# (issue 20's instruction: measure one seed of each row before sizing the rest; it also gives every
+# table a first row early), the second the remaining seeds. Within a pass: issue 20's
+# mechanism-world RQ1 and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank
+# studies (tune first: its chosen settings feed the others). A run in flight when the machine goes
+# is lost (checkpoints are not committed), so start the queue at the beginning of a session: the
+# mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable; stop
+# with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the queue again
+# in the next session: it skips what is recorded. The whole script is one function, read in full
+# before it runs, so editing this file does not disturb a queue already running (bash reads a plain
+# script as it goes).
 main() {
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +103,10 @@ if [ "$commit" = 1 ]; then
   trap 'kill %1 2>/dev/null' EXIT
 fi
 
+interrupted() {  # exit status of a run stopped by SIGTERM / SIGINT (128 + 15 / 2), checkpoint saved
+  [ "$1" = 143 ] || [ "$1" = 130 ]
+}
+
 step() {  # name, then launch.py's arguments
   local name="$1"; shift
   if [ "$plan" = 1 ]; then
@@ -122,7 +129,7 @@ step() {  # name, then launch.py's arguments
   if [ "$rc" = 0 ]; then
     echo "$(date -u +%FT%TZ) done $name$tag"
     if [ "$lanes" -gt 1 ]; then report "$name" "$@"; fi
-  elif [ "$rc" = 143 ] || [ "$rc" = 130 ]; then
+  elif interrupted "$rc"; then
     echo "$(date -u +%FT%TZ) $name$tag interrupted (exit $rc): the queue stops; run it again to" \
          "resume"
     exit "$rc"
@@ -157,12 +164,12 @@ report() {  # lanes: once none of a study's runs is left, one unsharded sweep wr
     if [ "$rc" = 0 ]; then
       echo "$stamp" > "$root/$name.reported"
       echo "$(date -u +%FT%TZ) reported $name"
-    elif [ "$rc" = 143 ] || [ "$rc" = 130 ]; then exit "$rc"
+    elif interrupted "$rc"; then exit "$rc"
     else echo "$(date -u +%FT%TZ) FAILED report $name (exit $rc): see $root/$name.log"
     fi
   ) 9> "$root/$name.report.lock"
   local rc=$?
-  if [ "$rc" = 143 ] || [ "$rc" = 130 ]; then
+  if interrupted "$rc"; then
     echo "$(date -u +%FT%TZ) report $name interrupted (exit $rc): the queue stops"
     exit "$rc"
   fi

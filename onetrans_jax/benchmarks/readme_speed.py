@@ -34,7 +34,8 @@ def _machine(result: dict[str, Any], path: str) -> list[str]:
   m = result['machine']
   where = (f"{m['cpu_count']} CPU cores ({m.get('cpu_model') or m.get('processor') or '?'})"
            if m['backend'] == 'cpu' else f"{m['device_count']} × {m['device']} ({m['backend']})")
-  lines = [f"Measured on {where}, jax {m['jax']}, `{path}`:", '', '```bash',
+  memory = f", host memory: {m['host_memory']}" if m.get('host_memory') else ''
+  lines = [f"Measured on {where}, jax {m['jax']}{memory}, `{path}`:", '', '```bash',
            _command(result['command']), '```', '']
   if not result.get('complete', True):
     lines += ['*Incomplete: the suite stopped after the rows below.*', '']
