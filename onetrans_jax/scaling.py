@@ -137,6 +137,7 @@ def claims(fits: Mapping[str, Any], diffs: Mapping[str, Any], models: Sequence[s
   r2 = {a: slopes[a]['r2'] for a in AXES}
   out = [{
       'claim': f'{ref}: gains are roughly log-linear in training FLOPs',
+      'rule': 'a slope whose 95% CI lies above 0 on every axis',
       'reproduced': len(positive) == len(AXES),
       'evidence': (f'slopes whose 95% CI lies above 0: {positive or "none"} of {list(AXES)}; '
                    'R^2 of the lines: ' + ', '.join(
@@ -149,6 +150,7 @@ def claims(fits: Mapping[str, Any], diffs: Mapping[str, Any], models: Sequence[s
       for hi, lo in zip(order, order[1:]))
   out.append({
       'claim': f'{ref}: length gives the largest gain, then depth, then width',
+      'rule': 'the slopes in the order length > depth > width (point estimates)',
       'reproduced': order == list(AXES),
       'evidence': ('slope order ' + ' > '.join(
           f'{a} ({slopes[a]["slope"]:+.4f})' for a in order) +
@@ -161,6 +163,7 @@ def claims(fits: Mapping[str, Any], diffs: Mapping[str, Any], models: Sequence[s
              and diffs[a][task]['difference'] > 0]
     out.append({
         'claim': f'{models[0]} has a steeper slope than {models[1]}',
+        'rule': 'a slope difference whose 95% CI lies above 0 on every axis',
         'reproduced': len(steeper) == len(AXES),
         'evidence': (f'steeper in the point estimate on {ahead or "no axis"}; with a 95% CI '
                      f'above 0 on {steeper or "no axis"}'),
@@ -215,8 +218,8 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
     lines.append('```')
   lines += ['', f'The paper\'s claims (read on {tasks[0]} AUC):', '']
   for c in analysis['claims']:
-    lines.append(f"- **{c['claim']}**: {'reproduced' if c['reproduced'] else 'not reproduced'}. "
-                 f"{c['evidence']}.")
+    lines.append(f"- **{c['claim']}** (rule: {c['rule']}): "
+                 f"{'reproduced' if c['reproduced'] else 'not reproduced'}. {c['evidence']}.")
   lines += ['', '![scaling](scaling.png)', '']
   return '\n'.join(lines)
 

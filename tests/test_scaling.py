@@ -107,5 +107,8 @@ def test_the_report_files(tmp_path):
   assert len(saved['points']) == 14 and saved['claims'][0]['reproduced']
   text = (tmp_path / 'scaling.md').read_text()
   assert 'length gives the largest gain' in text and 'reproduced' in text
+  # Each verdict names the rule that decided it, so a reader can check it against the slopes.
+  assert ('(rule: a slope difference whose 95% CI lies above 0 on every axis): reproduced.'
+          in text)
   assert (tmp_path / 'report.md').read_text().startswith('# study\n\n## Scaling (RQ3)')
   assert (tmp_path / 'scaling.png').stat().st_size > 10_000
