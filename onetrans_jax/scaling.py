@@ -50,6 +50,8 @@ def points(results: Mapping[str, Any], rows: Sequence[Sequence[Any]], tasks: Seq
              'width': int(width), 'flops_per_example': float(res['train_flops_per_example']),
              'train_step_seconds': float(np.median(train_step)) if train_step else None,
              'train_step_runs': len(train_step),
+             'train_step_range': [float(min(train_step)), float(max(train_step))]
+                                 if train_step else None,
              'seconds_per_step': float(np.median(per_step)) if per_step else None}
     for t in tasks:
       for metric in ('auc', 'uauc'):
@@ -171,6 +173,10 @@ def claims(fits: Mapping[str, Any], diffs: Mapping[str, Any], models: Sequence[s
   return out
 
 
+def _range(r: Sequence[float] | None) -> str:
+  return '—' if r is None else f'{r[0]:.3f}-{r[1]:.3f}'
+
+
 def _ci(ci: Sequence[float] | None) -> str:
   return '—' if ci is None else f'[{ci[0]:+.4f}, {ci[1]:+.4f}]'
 
@@ -183,10 +189,15 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
            '(each family\'s own count, onetrans_jax/models/<family>/config.py) and two measured '
            'times per step, medians over its runs: `step s`, the training step\'s own (the '
            'trainer\'s median over its log intervals, input included, evaluations and saves '
-           'left out; `—` where the runs predate it) and `run s/step`, the whole run\'s wall '
-           'time over its steps (compile and evaluations included).', '', '```']
+           'left out; `—` where the runs predate it; `range`: its lowest and highest run) and '
+           '`run s/step`, the whole run\'s wall time over its steps (compile and evaluations '
+           'included). The times were measured inside the study\'s own runs, under whatever '
+           'else the machine ran (two study lanes share 2 cores; the runs span sessions and '
+           'machines), so they are a record, not a benchmark: a point\'s range shows how far '
+           'its seeds\' conditions differed, and the FLOPs are what the fits use.', '', '```']
   head = (f"{'model':<26} {'length':>6} {'depth':>5} {'width':>5} {'MFLOPs/ex':>10} "
-          f"{'step s':>7} {'run s/step':>10} " + ' '.join(f'{t + " AUC":>17}' for t in tasks))
+          f"{'step s':>7} {'range':>11} {'run s/step':>10} " +
+          ' '.join(f'{t + " AUC":>17}' for t in tasks))
   lines += [head, '-' * len(head)]
   for p in sorted(pts, key=lambda p: (p['model'], p['flops_per_example'])):
     cells = []
@@ -197,6 +208,7 @@ def markdown(pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> s
     lines.append(f"{p['model']:<26} {p['length']:>6.3g} {p['depth']:>5} {p['width']:>5} "
                  f"{p['flops_per_example'] / 1e6:>10.3f} "
                  f"{_fmt(p.get('train_step_seconds'), '7.3f'):>7} "
+                 f"{_range(p.get('train_step_range')):>11} "
                  f"{_fmt(p['seconds_per_step'], '10.3f')} "
                  + ' '.join(f'{c:>17}' for c in cells))
   lines += ['```', '', 'Slopes: AUC per decade of training FLOPs (least squares over every seed '

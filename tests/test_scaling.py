@@ -106,6 +106,10 @@ def test_the_report_files(tmp_path):
   saved = json.loads((tmp_path / 'scaling.json').read_text())
   assert len(saved['points']) == 14 and saved['claims'][0]['reproduced']
   text = (tmp_path / 'scaling.md').read_text()
+  # Step times: the median of the 3 records (0.05, 0.06, 0.09 s) and their range.
+  assert saved['points'][0]['train_step_seconds'] == pytest.approx(0.06)
+  assert saved['points'][0]['train_step_range'] == pytest.approx([0.05, 0.09])
+  assert '0.050-0.090' in text and 'a record, not a benchmark' in text
   assert 'length gives the largest gain' in text and 'reproduced' in text
   # Each verdict names the rule that decided it, so a reader can check it against the slopes.
   assert ('(rule: a slope difference whose 95% CI lies above 0 on every axis): reproduced.'

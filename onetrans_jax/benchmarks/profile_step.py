@@ -32,31 +32,14 @@ import jax
 
 from onetrans_jax import host_memory
 from onetrans_jax.benchmarks import suite, workloads
+from onetrans_jax.benchmarks.components import component
+
+_CONTROL = ('while', 'call', 'conditional')
 
 _SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py shape, or a '
                              'study workload of benchmarks/workloads.py (e.g. onetrans_s_mech).')
 _TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
 _SET = flags.DEFINE_multi_string('set', [], 'section.field=value: override a config field.')
-
-# First match wins; matched against the op's metadata op_name (the module path of the source).
-COMPONENTS = (
-    ('attention', re.compile(r'attention|_attention_fwd|_attention_bwd|softmax')),
-    ('ffn', re.compile(r'_ffn|ffn_in|ffn_out')),
-    ('norms', re.compile(r'attn_norm|ffn_norm|final_norm')),
-    ('projections', re.compile(r'/kv/|/q/|/out/|/qkv/|\._kv|\._q|\._heads|s_kv')),
-    ('tokenizer', re.compile(r'tokenizer')),
-    ('head', re.compile(r'towers|_logits')),
-)
-_CONTROL = ('while', 'call', 'conditional')
-
-
-def component(op_name: str) -> str:
-  if op_name and 'jvp(' not in op_name and 'transpose(' not in op_name:
-    return 'optimizer'  # outside value_and_grad: clipping and the update
-  for name, pattern in COMPONENTS:
-    if pattern.search(op_name):
-      return name
-  return 'other'
 
 
 def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:

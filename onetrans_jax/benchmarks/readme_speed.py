@@ -125,13 +125,34 @@ def _workloads(result: dict[str, Any]) -> list[str]:
        for r in result.get('workloads') or []])
 
 
+def _dots(result: dict[str, Any]) -> list[str]:
+  rows = result.get('dots') or []
+  out = _table(
+      ['step (its dots alone)', 'dots', 'dot GFLOP / analytic', 'alone ms', 'GFLOP/s',
+       'MFU if only dots', 'step ms', 'alone / step'],
+      [[r['name'], f"{r['calls']}", f"{r['dot_flops'] / 1e9:.2f} / "
+        f"{r['analytic_flops'] / 1e9:.2f}", f"{r['dots_seconds'] * 1e3:.1f}",
+        f"{r['dots_flops_per_s'] / 1e9:.1f}", _pct(r['dots_mfu']),
+        or_dash(None if r.get('step_seconds') is None else r['step_seconds'] * 1e3, '.1f'),
+        _times(r['dots_seconds'] / r['step_seconds'] if r.get('step_seconds') else None)]
+       for r in rows])
+  if not rows:
+    return out
+  slowest = []
+  for r in rows:
+    parts = [f"{k} {v['seconds'] * 1e3:.1f} ms at {v['flops'] / v['seconds'] / 1e9:.0f} GFLOP/s"
+             for k, v in list(r['components'].items())[:3] if v['seconds'] > 0]
+    slowest.append(f"- {r['name']}: " + '; '.join(parts))
+  return out[:-1] + ['', 'Their dots alone, by component (the three slowest):', ''] + slowest + ['']
+
+
 def render(files: Sequence[tuple[str, dict[str, Any]]]) -> str:
   """The block between the markers: per file its machine, command and tables."""
   lines = [BEGIN, '']
   for path, result in files:
     lines += _machine(result, path)
     lines += _ceiling(result) + _train(result) + _attention(result) + _savings(result)
-    lines += _workloads(result)
+    lines += _workloads(result) + _dots(result)
     for f in result.get('failed') or []:
       lines.append(f"- failed: {f['shape']} / {f['what']}: {f['error']}")
     if result.get('failed'):

@@ -26,6 +26,10 @@ Sections (``--sections``):
              onetrans_s.py:small): compile time, the step alone, ``--workload_steps`` steps end to
              end through the trainer's iterator (examples/s with data loading), the iterator
              alone, and MFU. ``--workloads`` picks some.
+  dots       each shape's default step and each workload's, as its matmuls alone
+             (benchmarks/dots.py): every dot_general of the traced step timed alone and summed,
+             the FLOPs they really compute beside the analytic count, and the MFU the step would
+             have if nothing but its dots cost time; beside the step time of the same run.
 ``--variants`` keeps some rows of the train section (a name, or what follows 'attention=': e.g.
 ``--variants=default,cudnn``). The JSON is rewritten after every row, so a run stopped by a time
 limit keeps what it measured ('complete': false until the end).
@@ -54,14 +58,14 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, host_memory, reporting, xla_options
-from onetrans_jax.benchmarks import steps, workloads
+from onetrans_jax.benchmarks import dots, steps, workloads
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common, onetrans_l, onetrans_s
 from onetrans_jax.models.layers.attention import resolve_implementation
 from onetrans_jax.models.layers.attention import tail_attention
 from onetrans_jax.models.onetrans import config as onetrans_config
 
-SECTIONS = ('ceiling', 'attention', 'train', 'savings', 'workloads')
+SECTIONS = ('ceiling', 'attention', 'train', 'savings', 'workloads', 'dots')
 # SPEC A.10: each optimization alone against unoptimized OneTrans_S (train time, train memory),
 # and the FLOP ratio of the pyramid from the ablation table (2.64 vs 8.08 TFLOPs).
 PAPER_SAVINGS = {'pyramid': {'time': -0.287, 'memory': -0.426, 'flops': 2.64 / 8.08 - 1},
@@ -344,6 +348,8 @@ def tables(result: dict[str, Any]) -> str:
     lines.append('')
   if result.get('workloads'):
     lines += workloads.table(result['workloads']) + ['']
+  if result.get('dots'):
+    lines += dots.table(result['dots']) + ['']
   for f in result.get('failed', []):
     lines.append(f"FAILED {f['shape']} / {f['what']}: {f['error']}")
   if result.get('failed'):
@@ -421,7 +427,7 @@ def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = 
                             'repeats': _REPEATS.value, 'complete': False}
   dtypes = sorted({c.model.dtype for c in configs.values()} | {'float32'})
   ceil = ceiling(dtypes) if 'ceiling' in sections else {}
-  result.update(ceiling=ceil, attention=[], train=[], workloads=[], failed=[])
+  result.update(ceiling=ceil, attention=[], train=[], workloads=[], dots=[], failed=[])
   write_json(result, json_path)
   for name, config in configs.items():
     if 'attention' in sections:
@@ -446,6 +452,29 @@ def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = 
       _keep(result, 'workloads', row, json_path, lambda r: (
           f"workload {key}: step {r['step_seconds'] * 1e3:.1f} ms, end to end "
           f"{r['e2e_examples_per_s']:,.0f} ex/s"))
+  if 'dots' in sections:
+    steps_by = {('shape', r['shape']): r['seconds'] for r in result['train']
+                if r['variant'] == 'default'}
+    steps_by.update({('workload', r['workload']): r['step_seconds']
+                     for r in result['workloads']})
+    todo = [('shape', name, cfg) for name, cfg in configs.items()]
+    if 'workloads' in sections or wanted_workloads:
+      todo += [('workload', key, shape_config('tiny') if key == workloads.TEST_WORKLOAD else
+                workloads.workload_config(key))
+               for key in wanted_workloads or list(workloads.WORKLOADS)]
+    for kind, key, cfg in todo:
+      peak = ceil.get(f"matmul_{cfg.model.get('dtype', 'float32')}")
+      flops = (workloads.step_flops if kind == 'workload' else
+               lambda c, schema, model: step_flops(c, schema, model.request_level))
+      row = _guarded(result['failed'], key, 'dots', dots.dots_row, key, cfg, peak,
+                     _REPEATS.value, flops)
+      if row is not None:
+        row['kind'] = kind
+        row['step_seconds'] = steps_by.get((kind, key))
+        result['dots'].append(row)
+        print(f"  dots of {key}: {row['calls']} calls, alone {row['dots_seconds'] * 1e3:.1f} ms "
+              f"({row['dots_flops_per_s'] / 1e9:.1f} GFLOP/s)", flush=True)
+      write_json(result, json_path)
   result['complete'] = True
   write_json(result, json_path)
   return result

@@ -284,3 +284,13 @@ def forward_flops(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> dict
 def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSchema) -> float:
   """Training FLOPs per impression (3 x forward) of the reference per-candidate pass."""
   return 3.0 * forward_flops(cfg, schema)['total']
+
+
+def training_flops_per_request(cfg: ml_collections.ConfigDict, schema: FeatureSchema,
+                               candidates: int) -> float:
+  """Training FLOPs (3 x forward) of one request of ``candidates`` candidates as the model runs
+  it: each sequence encoder's request part once (its output is broadcast over the candidates),
+  the rest once per candidate. The benchmarks' MFU uses it; the studies' FLOP axes keep the
+  per-impression convention (``training_flops_per_example``)."""
+  f = forward_flops(cfg, schema)
+  return 3.0 * (f['sequence_request'] + candidates * (f['total'] - f['sequence_request']))
