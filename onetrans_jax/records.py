@@ -2,7 +2,7 @@
 
 A sweep reuses a result only when the run that made it had the very same resolved config and the
 very same data: the *fingerprint* is a SHA-256 over both. A record is a small JSON file (metrics,
-fingerprint, best step, wall time, machine) meant to be committed under
+fingerprint, best step, wall time, machine, the code's git commit) meant to be committed under
 ``results/<study>/runs/<variant>/seed_<s>.json``, so that a long study can be finished in pieces,
 on several machines, and every number in a README table can be traced to the run behind it.
 """
@@ -120,6 +120,33 @@ def machine() -> dict[str, Any]:
           'jax': jax.__version__}
 
 
+def _code_revision() -> dict[str, Any]:
+  """The code this process runs: the git commit of the checkout it was imported from and
+  whether ``onetrans_jax/`` differed from it (uncommitted edits), else the installed package's
+  version. Read once, when the process starts (``CODE``): a run records the code it started
+  with, not a checkout edited while it trained."""
+  import importlib.metadata
+  import subprocess
+  out: dict[str, Any] = {'commit': None, 'dirty': None, 'package': None}
+  try:
+    out['package'] = importlib.metadata.version('onetrans_jax')
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  pkg = os.path.dirname(os.path.abspath(__file__))
+  try:
+    git = lambda *a: subprocess.run(('git', '-C', pkg) + a, capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+    git('ls-files', '--error-unmatch', 'records.py')   # this file is tracked there: the
+    out['commit'] = git('rev-parse', 'HEAD')             # package's own repository
+    out['dirty'] = bool(git('status', '--porcelain', '--untracked-files=no', '--', pkg))
+  except (OSError, subprocess.SubprocessError):
+    pass   # not a git checkout (an installed package), or no git
+  return out
+
+
+CODE = _code_revision()
+
+
 def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
                 final: Mapping[str, Any], wall_seconds: float) -> dict[str, Any]:
   """The committed result of one run: ``final`` is train_and_evaluate's report."""
@@ -127,7 +154,7 @@ def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
           'metrics': final['final'], 'step': final['step'], 'params': final['params'],
           'best_step': final.get('best_step'), 'valid_curve': final.get('valid_curve'),
           'wall_seconds': wall_seconds, 'train_step_seconds': final.get('train_step_seconds'),
-          'machine': machine(), 'finished': datetime.datetime.now(datetime.timezone.utc)
+          'machine': machine(), 'code': CODE, 'finished': datetime.datetime.now(datetime.timezone.utc)
           .isoformat(timespec='seconds'), 'config': canonical(dict(flat))}
 
 

@@ -86,6 +86,12 @@ def test_a_changed_config_is_redone_and_says_why(tmp_path):
   rec = first['results']['base']['records'][0]
   assert len(rec['fingerprint']) == 64 and rec['step'] == 3 and rec['wall_seconds'] > 0
   assert rec['machine']['jax'] and rec['config']['model.hidden'] == [32]
+  # The code it ran: this checkout's commit (read when the process started; HEAD may have
+  # moved since), or none for an installed copy that is no git checkout.
+  assert rec['code'] == records.CODE
+  if os.path.isdir(os.path.join(os.path.dirname(records.__file__), '..', '.git')):
+    assert len(rec['code']['commit']) == 40 and int(rec['code']['commit'], 16) >= 0
+    assert isinstance(rec['code']['dirty'], bool)
   # Logging more often computes the same thing: still reused.
   same = _one_run_config(tmp_path)
   same.train.log_every = 1
