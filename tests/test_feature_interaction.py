@@ -21,7 +21,8 @@ from onetrans_jax.models.baselines.feature_interaction import (CrossLayer, DCNv2
                                                                RankMixerLayer, Wukong, WukongLayer,
                                                                cross_layer, dcnv2_flops,
                                                                hiformer_flops, rankmixer_flops,
-                                                               token_mixing, wukong_flops)
+                                                               token_mixing, token_mixing_token_first,
+                                                               wukong_flops)
 
 
 def _shapes(model, x):
@@ -245,6 +246,34 @@ def test_rankmixer_layer_matches_numpy_reference():
   np.testing.assert_allclose(out, expected.mean(axis=1), rtol=1e-4, atol=1e-4)   # mean pooling
 
 
+def test_rankmixer_holds_its_tokens_first_with_the_same_parameters_and_outputs():
+  """The stack runs its layers on [T, ..., D] (the per-token einsums' batch axis first, so XLA
+  copies nothing around them); the parameters are the token-last layer's and the outputs and
+  gradients equal applying those layers to [..., T, D] (up to float rounding)."""
+  t, d = 4, 8
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 5, t, d)), jnp.float32)
+  np.testing.assert_array_equal(
+      token_mixing_token_first(jnp.moveaxis(x, -2, 0)), jnp.moveaxis(token_mixing(x), -2, 0))
+  model = RankMixer(num_layers=2, ffn_mult=2)
+  params = partitioning.unbox(model.init(jax.random.key(1), x)['params'])
+  params = jax.tree_util.tree_map(   # non-trivial biases and norms
+      lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+
+  def token_last(p, x):
+    for i in range(2):
+      x = RankMixerLayer(ffn_mult=2).apply({'params': p[f'layer_{i}']}, x)
+    return jnp.mean(x, axis=-2)
+
+  np.testing.assert_allclose(model.apply({'params': params}, x), token_last(params, x),
+                             rtol=1e-5, atol=1e-6)
+  g_first = jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({'params': p}, x))))(params)
+  g_last = jax.grad(lambda p: jnp.sum(jnp.sin(token_last(p, x))))(params)
+  for a, b in zip(jax.tree_util.tree_leaves(g_first), jax.tree_util.tree_leaves(g_last)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='divisible'):
+    token_mixing_token_first(jnp.zeros((4, 2, 6)))
+
+
 # ---------------------------------------------------------------------------------- params
 def _mlp_params(d_in, widths):
   total = 0
@@ -365,3 +394,11 @@ def test_bad_hyperparameters_raise_clear_errors(model, match):
     model.output_width(6, 8)
   with pytest.raises(ValueError, match=match):
     _shapes(model, jnp.zeros((1, 6, 8)))
+
+
+def test_the_rankmixer_layout_benchmark_times_both_layouts(capsys):
+  from onetrans_jax.benchmarks import rankmixer_layout
+  rankmixer_layout.main(['--rows=6', '--tokens=2', '--width=4', '--ffn_mult=1', '--layers=1',
+                         '--repeats=2'])
+  out = capsys.readouterr().out
+  assert '6 rows x 2 tokens x 4' in out and 'token_first' in out and 'token_last /' in out

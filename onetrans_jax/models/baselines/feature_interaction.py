@@ -490,21 +490,47 @@ def token_mixing(x: jnp.ndarray, num_heads: int | None = None) -> jnp.ndarray:
   return jnp.swapaxes(blocks, -3, -2).reshape(x.shape[:-2] + (h, t * d // h))
 
 
+def token_mixing_token_first(x: jnp.ndarray) -> jnp.ndarray:
+  """``token_mixing`` with H = T on tokens held first, x [T, ..., D] -> [T, ..., D]."""
+  t, d = x.shape[0], x.shape[-1]
+  if d % t:
+    raise ValueError(f'token_mixing: width D={d} must be divisible by the number of heads H={t}')
+  blocks = x.reshape(x.shape[:-1] + (t, d // t))         # [T, ..., H, D/H]
+  return jnp.swapaxes(blocks, 0, -2).reshape(x.shape)    # [H, ..., T, D/H] -> [H, ..., D]
+
+
 class RankMixerLayer(nn.Module):
-  """S = LN(TokenMixing(X) + X); X' = LN(PFFN(S) + S), per-token FFN weights stacked [T, ...]."""
+  """S = LN(TokenMixing(X) + X); X' = LN(PFFN(S) + S), per-token FFN weights stacked [T, ...].
+
+  ``token_first``: x is [T, ..., D] instead of [..., T, D]. The per-token FFN's token axis is a
+  batch axis of its two einsums, which XLA's dots want first: held in the middle, XLA copies the
+  [B, T, kD] activations (and their gradients) into [T, B, kD] and back around every einsum.
+  ``RankMixer`` moves the tokens first once for its whole stack; the parameters are the same.
+  """
   ffn_mult: int
   dtype: Any = jnp.float32
+  token_first: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """x [..., T, D] -> [..., T, D]."""
-    t, d = x.shape[-2], x.shape[-1]
+    """x [..., T, D] -> [..., T, D] ([T, ..., D] -> [T, ..., D] when ``token_first``)."""
+    t, d = (x.shape[0] if self.token_first else x.shape[-2]), x.shape[-1]
     f = self.ffn_mult * d
-    x = _tokens_hint(x)
-    s = nn.LayerNorm(dtype=self.dtype, name='mix_norm', **lp.norm())(token_mixing(x) + x)
     w1, b1, w2, b2 = _token_ffn(self, t, d, f, prefix='pffn_')
-    y = nn.gelu(jnp.einsum('...td,tdf->...tf', s, w1.astype(self.dtype)) + b1.astype(self.dtype))
-    y = jnp.einsum('...tf,tfd->...td', y, w2.astype(self.dtype)) + b2.astype(self.dtype)
+    w1, w2 = w1.astype(self.dtype), w2.astype(self.dtype)
+    if self.token_first:
+      mixed = token_mixing_token_first(x)
+      b1, b2 = (b.astype(self.dtype).reshape((t,) + (1,) * (x.ndim - 2) + b.shape[-1:])
+                for b in (b1, b2))
+      dot1, dot2 = 't...d,tdf->t...f', 't...f,tfd->t...d'
+    else:
+      x = _tokens_hint(x)
+      mixed = token_mixing(x)
+      b1, b2 = b1.astype(self.dtype), b2.astype(self.dtype)
+      dot1, dot2 = '...td,tdf->...tf', '...tf,tfd->...td'
+    s = nn.LayerNorm(dtype=self.dtype, name='mix_norm', **lp.norm())(mixed + x)
+    y = nn.gelu(jnp.einsum(dot1, s, w1) + b1)
+    y = jnp.einsum(dot2, y, w2) + b2
     return nn.LayerNorm(dtype=self.dtype, name='ffn_norm', **lp.norm())(y + s)
 
 
@@ -545,10 +571,10 @@ class RankMixer(nn.Module):
     """x [..., T, D] -> [..., D]."""
     t, d = _tokens('RankMixer', x)
     self._check(t, d)
-    x = x.astype(self.dtype)
+    x = jnp.moveaxis(_tokens_hint(x.astype(self.dtype)), -2, 0)   # [T, ..., D] (see the layer)
     for i in range(self.num_layers):
-      x = RankMixerLayer(self.ffn_mult, self.dtype, name=f'layer_{i}')(x)
-    return jnp.mean(x, axis=-2)
+      x = RankMixerLayer(self.ffn_mult, self.dtype, token_first=True, name=f'layer_{i}')(x)
+    return jnp.mean(x, axis=0)
 
 
 def rankmixer_flops(num_tokens: int, width: int, num_layers: int, ffn_mult: int = 4) -> float:
