@@ -398,7 +398,7 @@ def test_bad_hyperparameters_raise_clear_errors(model, match):
 
 def test_the_rankmixer_layout_benchmark_times_both_layouts(capsys):
   from onetrans_jax.benchmarks import rankmixer_layout
-  rankmixer_layout.main(['--rows=6', '--tokens=2', '--width=4', '--ffn_mult=1', '--layers=1',
+  rankmixer_layout.main(['--requests=3', '--candidates=2', '--tokens=2', '--width=4', '--ffn_mult=1', '--layers=1',
                          '--repeats=2'])
   out = capsys.readouterr().out
-  assert '6 rows x 2 tokens x 4' in out and 'token_first' in out and 'token_last /' in out
+  assert '3 x 2 rows x 2 tokens x 4' in out and 'token_first' in out and 'token_last /' in out

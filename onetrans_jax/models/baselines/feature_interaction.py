@@ -571,10 +571,13 @@ class RankMixer(nn.Module):
     """x [..., T, D] -> [..., D]."""
     t, d = _tokens('RankMixer', x)
     self._check(t, d)
-    x = jnp.moveaxis(_tokens_hint(x.astype(self.dtype)), -2, 0)   # [T, ..., D] (see the layer)
+    lead = x.shape[:-2]
+    # [T, B, D]: tokens first (see the layer) and one row axis, so a weight gradient contracts
+    # over a single axis and XLA transposes nothing for it either.
+    x = jnp.moveaxis(_tokens_hint(x.astype(self.dtype)), -2, 0).reshape(t, -1, d)
     for i in range(self.num_layers):
       x = RankMixerLayer(self.ffn_mult, self.dtype, token_first=True, name=f'layer_{i}')(x)
-    return jnp.mean(x, axis=0)
+    return jnp.mean(x, axis=0).reshape(lead + (d,))
 
 
 def rankmixer_flops(num_tokens: int, width: int, num_layers: int, ffn_mult: int = 4) -> float:
