@@ -311,6 +311,21 @@ def convergence_markdown(conv: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- report
+def code_line(recs: Sequence[Mapping[str, Any]]) -> str:
+  """Which code the runs ran: each git commit (12 digits) with its run count, '+edits' where
+  onetrans_jax/ had uncommitted changes, and the runs whose records predate the field."""
+  counts: dict[str, int] = {}
+  for r in recs:
+    code = r.get('code') or {}
+    key = ('runs recorded before records named their code' if not code else
+           (code.get('commit') or '')[:12] + (' +edits' if code.get('dirty') else '')
+           if code.get('commit') else f"package {code.get('package')}")
+    counts[key] = counts.get(key, 0) + 1
+  if not counts:
+    return 'no run records'
+  return '; '.join(f'{k} ({v} run{"s" if v != 1 else ""})' for k, v in counts.items())
+
+
 def write_report(workdir: str, config: Any, names: Sequence[str], results: Mapping[str, Any],
                  comparison: Mapping[str, Any], table: str,
                  run_dirs: Mapping[str, Sequence[str]], wall_seconds: float) -> dict[str, Any]:
@@ -333,7 +348,9 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
            f'- machine: {mach["processor"]}, {mach["device_count"]} x {mach["device_kind"]} '
            f'({mach["backend"]}), jax {mach["jax"]}, {mach["cpu_count"]} CPUs',
            f'- seeds: {list(sw.seeds)}; wall time of this invocation: {wall_seconds:.0f} s '
-           '(reused runs cost nothing)', '',
+           '(reused runs cost nothing)',
+           '- code: ' + code_line([r for n in names for r in results[n].get('records', ())]),
+           '',
            '## Table', '', '```', table, '```', '',
            'Paired differences: variant minus reference, seed by seed; the interval is a 95% '
            't-interval over seeds (with one seed: a paired bootstrap over the hold-out\'s users), '

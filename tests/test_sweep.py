@@ -120,6 +120,9 @@ def test_a_committed_record_is_reused_on_another_machine(tmp_path):
   # The study's committed copy of the report sits beside its run records.
   for name in ('summary.json', 'report.md', 'sweep_table.txt'):
     assert (tmp_path / 'study' / name).exists(), name
+  code = records.CODE['commit']
+  assert ('- code: ' + (f'{code[:12]}' if code else 'package')
+          in (tmp_path / 'study' / 'report.md').read_text())
 
 
 def test_a_run_committed_by_another_study_is_reused_and_copied(tmp_path):
@@ -467,3 +470,14 @@ def test_a_study_without_finished_runs_is_calibrated_by_another_studys_records(t
   # The same record on another data set calibrates nothing.
   records.write_record(str(other), dict(rec, config=dict(base.flat, **{'data.name': 'elsewhere'})))
   assert sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir) == raw
+
+
+def test_the_report_names_the_code_of_its_runs():
+  sha = 'a' * 40
+  recs = [{'code': {'commit': sha, 'dirty': False}}, {'code': {'commit': sha, 'dirty': False}},
+          {'code': {'commit': 'b' * 40, 'dirty': True}}, {},
+          {'code': {'commit': None, 'dirty': None, 'package': '0.1.0'}}]
+  assert study_report.code_line(recs) == (
+      'aaaaaaaaaaaa (2 runs); bbbbbbbbbbbb +edits (1 run); runs recorded before records named '
+      'their code (1 run); package 0.1.0 (1 run)')
+  assert study_report.code_line([]) == 'no run records'
