@@ -154,8 +154,9 @@ def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
           'metrics': final['final'], 'step': final['step'], 'params': final['params'],
           'best_step': final.get('best_step'), 'valid_curve': final.get('valid_curve'),
           'wall_seconds': wall_seconds, 'train_step_seconds': final.get('train_step_seconds'),
-          'machine': machine(), 'code': CODE, 'finished': datetime.datetime.now(datetime.timezone.utc)
-          .isoformat(timespec='seconds'), 'config': canonical(dict(flat))}
+          'machine': machine(), 'code': CODE,
+          'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+          'config': canonical(dict(flat))}
 
 
 def write_record(path: str, record: Mapping[str, Any]) -> None:

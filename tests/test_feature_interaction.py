@@ -21,7 +21,8 @@ from onetrans_jax.models.baselines.feature_interaction import (CrossLayer, DCNv2
                                                                RankMixerLayer, Wukong, WukongLayer,
                                                                cross_layer, dcnv2_flops,
                                                                hiformer_flops, rankmixer_flops,
-                                                               token_mixing, token_mixing_token_first,
+                                                               token_mixing,
+                                                               token_mixing_token_first,
                                                                wukong_flops)
 
 
@@ -398,7 +399,7 @@ def test_bad_hyperparameters_raise_clear_errors(model, match):
 
 def test_the_rankmixer_layout_benchmark_times_both_layouts(capsys):
   from onetrans_jax.benchmarks import rankmixer_layout
-  rankmixer_layout.main(['--requests=3', '--candidates=2', '--tokens=2', '--width=4', '--ffn_mult=1', '--layers=1',
-                         '--repeats=2'])
+  rankmixer_layout.main(['--requests=3', '--candidates=2', '--tokens=2', '--width=4',
+                         '--ffn_mult=1', '--layers=1', '--repeats=2'])
   out = capsys.readouterr().out
   assert '3 x 2 rows x 2 tokens x 4' in out and 'token_first' in out and 'token_last /' in out

@@ -11,7 +11,7 @@ arrays of its shapes, median of ``repeats``) and adds them up:
   which counts attention over full rectangles where the blocked path skips masked blocks);
 - ``dots_seconds``: the step's dots back to back, each alone; ``dots_flops_per_s`` over the
   ceiling is the MFU the step would have if everything but its dots cost nothing;
-- per model component (``profile_step.component`` of the dot's source path) and the slowest
+- per model component (``components.component`` of the dot's source path) and the slowest
   distinct dots.
 
 Alone is not a strict bound: inside the step XLA may fuse a dot with its neighbours (the CPU's
@@ -164,12 +164,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
   for r in rows:
     mfu = None if r['dots_mfu'] is None else 100 * r['dots_mfu']
     share = r['dots_seconds'] / r['step_seconds'] if r.get('step_seconds') else None
+    step_ms = None if r.get('step_seconds') is None else r['step_seconds'] * 1e3
     lines.append(f"{r['name']:<27} {r['calls']:>5} {r['dot_flops'] / 1e9:>8.2f} "
                  f"{r['dot_flops'] / r['analytic_flops']:>9.3f} "
                  f"{r['dots_seconds'] * 1e3:>9.1f} {r['dots_flops_per_s'] / 1e9:>8.1f} "
                  f"{fmt(mfu, '5.1f'):>5}% "
-                 f"{fmt(None if r.get('step_seconds') is None else r['step_seconds'] * 1e3, '8.1f'):>8} "
-                 f"{fmt(share, '9.2f'):>9}x")
+                 f"{fmt(step_ms, '8.1f'):>8} {fmt(share, '9.2f'):>9}x")
   for r in rows:
     parts = [f"{k} {v['seconds'] * 1e3:.1f} ms at {v['flops'] / v['seconds'] / 1e9:.0f} GFLOP/s"
              for k, v in list(r['components'].items())[:4] if v['seconds'] > 0]

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
   a = p.parse_args(argv)
   t = measure(a.requests, a.candidates, a.tokens, a.width, a.ffn_mult, a.layers, a.repeats)
   print(f'RankMixer forward + backward, {a.requests} x {a.candidates} rows x {a.tokens} tokens '
-        f'x {a.width}, '
-        f'k={a.ffn_mult}, {a.layers} layers, median of {a.repeats} ({jax.devices()[0].device_kind})')
+        f'x {a.width}, k={a.ffn_mult}, {a.layers} layers, median of {a.repeats} '
+        f'({jax.devices()[0].device_kind})')
   for k, v in t.items():
     print(f'  {k:<12} {v * 1e3:8.2f} ms')
   print(f'  token_last / token_first: {t["token_last"] / t["token_first"]:.2f}x')
