@@ -19,18 +19,6 @@ def _tiny(attention_impl):
   return config
 
 
-def test_the_steps_dots_are_the_analytic_count():
-  """XLA attention computes the full rectangles the analytic count assumes: the traced step's
-  dots, forward and backward, add up to accounting's 3 x forward FLOPs exactly."""
-  config = _tiny('xla')
-  found, parts = dots.step_dots(config)
-  total = sum(d.count * d.flops for d in found)
-  assert total == steps.onetrans_step_flops(config, parts.schema, parts.model.request_level)
-  comps = {d.component for d in found}
-  assert {'attention', 'ffn', 'projections', 'tokenizer', 'head'} <= comps
-  assert 'optimizer' not in comps   # AdamW's update has no matmul
-
-
 def test_blocked_attention_recomputes_its_scores_in_the_backward_pass():
   """The blocked path skips masked blocks but recomputes the probabilities in its backward pass
   (flash-style), so its dots differ from the analytic count in both directions; the sum says
@@ -62,12 +50,16 @@ def test_flops_of_a_batched_dot():
   assert d.flops == 2 * 3 * 4 * 6 * 5
 
 
-def test_the_row_adds_up():
+def test_the_row_adds_up_and_its_dots_are_the_analytic_count():
+  """XLA attention computes the full rectangles the analytic count assumes: the traced step's
+  dots, forward and backward, add up to accounting's 3 x forward FLOPs exactly."""
   config = _tiny('xla')
   row = dots.dots_row('tiny', config, 1e11, 2,
                       lambda c, schema, model: steps.onetrans_step_flops(
                           c, schema, model.request_level))
   assert row['dot_flops'] == row['analytic_flops']
+  assert {'attention', 'ffn', 'projections', 'tokenizer', 'head'} <= set(row['components'])
+  assert 'optimizer' not in row['components']   # AdamW's update has no matmul
   assert row['dots_flops_per_s'] == pytest.approx(row['dot_flops'] / row['dots_seconds'])
   assert row['dots_mfu'] == pytest.approx(row['dots_flops_per_s'] / 1e11)
   comps = row['components'].values()
@@ -97,6 +89,9 @@ def test_the_baselines_as_run_count_is_their_dots(sequence, interaction):
   from onetrans_jax.models.baselines import config as baselines_config
   config = _tiny('xla')
   config.model = baselines_config.defaults(sequence, interaction)
+  if interaction == 'rankmixer':   # small, for time
+    config.model.rankmixer.update(num_tokens=4, width=32)
+    config.model.transformer.update(width=16)
   found, parts = dots.step_dots(config)
   total = sum(d.count * d.flops for d in found)
   assert total == workloads.step_flops(config, parts.schema, parts.model)
