@@ -76,6 +76,11 @@ def test_components_of_source_paths():
   assert component('jit(train_step)/jvp(OneTrans)/block_0/attention/dot_general') == 'attention'
   assert component('transpose(jvp(OneTrans))/block_0._ffn/ffn_in/dot_general') == 'ffn'
   assert component('jit(train_step)/add') == 'optimizer'
+  base = 'jit(train_step)/jvp(BaselineRanker)/'
+  assert component(base + 'interaction/cross_0/dot_general') == 'interaction'
+  assert component(base + 'seq_order/mul') == 'sequence'
+  assert component(base + 'seq_click/layer_0/layer_0.finish/ffn_in/dot_general') == 'ffn'
+  assert component(base + 'embeddings.request/embeddings._lookup/select_n') == 'embeddings'
 
 
 @pytest.mark.parametrize('sequence,interaction', [('transformer', 'rankmixer'),

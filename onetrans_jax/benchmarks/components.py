@@ -17,6 +17,11 @@ COMPONENTS = (
     ('projections', re.compile(r'/kv/|/q/|/out/|/qkv/|\._kv|\._q|\._heads|s_kv')),
     ('tokenizer', re.compile(r'tokenizer')),
     ('head', re.compile(r'towers|_logits')),
+    # the encode-then-interact baselines: their feature interaction (DCNv2, RankMixer, ...) and
+    # sequence encoders (DIN, the Transformer, ...) outside the attention / FFN matched above
+    ('interaction', re.compile(r'/interaction/|_rankmixer_tokens')),
+    ('sequence', re.compile(r'/seq_\w+/')),
+    ('embeddings', re.compile(r'embeddings')),
 )
 
 

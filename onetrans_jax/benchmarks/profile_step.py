@@ -10,7 +10,8 @@ Runs one step of ``onetrans_jax/benchmarks/suite.py``'s train section (the train
 compiled as the trainer compiles it: ``suite.build_step``) under ``jax.profiler``, maps every
 executed XLA op back to the model code through the HLO metadata (``op_name``: module path, forward
 or ``transpose`` = backward) and prints the time per component (attention, FFN, projections, norms,
-tokenizer, head, optimizer; 'other': the loss, layout copies and ops XLA left unnamed) and the
+tokenizer, head, optimizer; for the baselines also interaction, sequence, embeddings; 'other':
+the loss, layout copies and ops XLA left unnamed; benchmarks/components.py) and the
 slowest ops. ``--set=section.field=value`` overrides a field of the shape's config. Profile first,
 then optimize.
 """
