@@ -19,6 +19,11 @@ An experiment file opts in with ``config.sweep``:
                    (study_report.py; 0: none)
   sweep.dry_run    optional, default False: print the plan (reuse / resume / train, why, and an
                    estimate of the time) and stop
+  sweep.measure_steps  optional, default 0: > 0 makes the plan *measure* the variants it has no
+                   finished run of: each one's training step compiled and timed on this machine
+                   (the median of that many steps after one), times its step cap, plus a start-up
+                   cost; evaluations are left out (a few % of a run). Else such a variant is
+                   estimated from its analytic FLOPs, calibrated by records (estimate_seconds)
   sweep.select     optional, default '': a tuning sweep (rows '<family> @ <setting>'): the
                    validation metric ('valid/<task>/<metric>', maximised) each family's setting is
                    chosen on; writes selection.json / selection.md (onetrans_jax/tuning.py)
@@ -302,7 +307,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   plan = [plan_run(config, workdir, name, overrides, seed)
           for name, overrides, seed in runs if not only or name in only]
   schemas = _Schemas()
-  estimate = estimate_seconds(plan, schemas, sw.get('results_dir', None))
+  measure = sw.get('measure_steps', 0)
+  if isinstance(measure, bool) or not isinstance(measure, int) or measure < 0:
+    raise ConfigError(f'config.sweep.measure_steps={measure!r}: give a whole number of steps '
+                      '>= 0 (0: estimate from FLOPs; e.g. 5 times five steps of each variant)')
+  estimate = estimate_seconds(plan, schemas, sw.get('results_dir', None), measure)
   reporting.log(format_plan(plan, estimate))
   if sw.get('dry_run', False):
     return {'plan': plan, 'estimate_seconds': estimate}
@@ -432,7 +441,8 @@ def _rebuilt(template: ml_collections.ConfigDict, flat: Mapping[str, Any]
 
 
 def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None,
-                     results_dir: str | None = None) -> dict[tuple[str, int], float]:
+                     results_dir: str | None = None, measure_steps: int = 0
+                     ) -> dict[tuple[str, int], float]:
   """Seconds each run will take at its step cap (an upper bound: early stopping ends most runs
   sooner): 0 for a reuse; scaled from a finished record of the same variant (its measured wall
   time per step: measure one seed first, then plan the rest); else the analytic training FLOPs
@@ -444,9 +454,11 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   bias: request-level OneTrans and OneRank share the user side the reference pass does not, so
   uncalibrated it overstated ML-1M's OneTrans base 13x. Without any record it adds a fixed
   start-up cost (compile, evaluation). A classical floor row (onetrans_jax/floors) takes
-  FLOOR_SECONDS.
+  FLOOR_SECONDS. With ``measure_steps`` > 0 a variant without a finished record here is timed
+  instead (``measured_step_seconds``, once per variant, its seeds sharing it).
   """
   rate: list[float] = []
+  timed_steps: dict[str, float] = {}
   schemas = schemas or _Schemas()
 
   def analytic(cfg: ml_collections.ConfigDict) -> float:
@@ -505,6 +517,12 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       out[(run.variant, run.seed)] = FLOOR_SECONDS
     elif run.variant in measured:
       out[(run.variant, run.seed)] = measured[run.variant] * steps
+    elif measure_steps:
+      if run.variant not in timed_steps:
+        timed_steps[run.variant] = measured_step_seconds(run.config, measure_steps)
+        reporting.log(f'[sweep] measured {run.variant}: '
+                      f'{timed_steps[run.variant] * 1e3:.1f} ms a step')
+      out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * timed_steps[run.variant]
     elif (r := ratio(run)) is not None:
       out[(run.variant, run.seed)] = steps * analytic(run.config) * r
     else:
@@ -513,6 +531,22 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
 
 
 SIBLING_RECORDS = 6   # other studies' records read to calibrate a family (each builds a schema)
+
+
+def measured_step_seconds(cfg: ml_collections.ConfigDict, num_steps: int) -> float:
+  """Median seconds of ``num_steps`` training steps of ``cfg`` on this machine, after one
+  warm-up step: the trainer's own step (benchmarks/steps.py) on its first training batch."""
+  import jax
+  from onetrans_jax.benchmarks import steps as bench_steps   # jax programs: only when asked
+  step = bench_steps.build_step(cfg)
+  state = step.state
+  times = []
+  for i in range(num_steps + 1):
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(step.compiled(state, step.batch))
+    if i:
+      times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic: Any

@@ -161,6 +161,37 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
   assert not (tmp_path / 'base').exists()
 
 
+def test_a_measured_plan_times_each_variant_once_and_says_so(tmp_path, capsys, monkeypatch):
+  """sweep.measure_steps: each variant without a finished run is timed (its seeds share the
+  measurement) and estimated as start-up + step cap x its step; a real measurement of the tiny
+  config is positive and well under a second a step."""
+  from onetrans_jax import sweep
+  real = sweep.measured_step_seconds(_sweep_config(), 2)
+  assert 0 < real < 1
+  calls = []
+
+  def fake(cfg, n):
+    calls.append((tuple(cfg.model.hidden), n))
+    return 0.5 if cfg.model.hidden == (48,) else 0.25
+
+  monkeypatch.setattr(sweep, 'measured_step_seconds', fake)
+  c = _sweep_config()
+  c.sweep.dry_run = True
+  c.sweep.measure_steps = 4
+  out = run_sweep(c, str(tmp_path))
+  assert sorted(calls) == [((32,), 4), ((48,), 4)]       # once per variant, not per seed
+  est = out['estimate_seconds']
+  assert est[('base', 0)] == est[('base', 1)] == sweep.STARTUP_SECONDS + 3 * 0.25
+  assert est[('wide', 1)] == sweep.STARTUP_SECONDS + 3 * 0.5
+  assert 'measured wide: 500.0 ms a step' in capsys.readouterr().out
+  for bad in (-1, 2.5, True):
+    c = _sweep_config()
+    c.sweep.dry_run = True
+    c.sweep.measure_steps = bad
+    with pytest.raises(ConfigError, match='sweep.measure_steps'):
+      run_sweep(c, str(tmp_path))
+
+
 def test_shards_split_a_sweep_without_overlap_and_a_final_sweep_reuses_them(tmp_path):
   """Two lanes (sweep.shard 0/2, 1/2) on one workdir train disjoint runs that together cover the
   sweep, write records and no report; the unsharded sweep then trains nothing and reports."""

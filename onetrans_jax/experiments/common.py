@@ -157,6 +157,8 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
   s.metric_labels = ('AUC', 'UAUC')
   s.results_dir = f'results/{study}/runs' if commit else ''
   s.dry_run = False               # True: print the plan and its time estimate, train nothing
+  s.measure_steps = 0             # > 0: the plan times that many steps of each variant without
+                                  # a finished run here, instead of estimating from FLOPs
   s.select = ''                   # tuning sweep: 'valid/<task>/<metric>' each family is chosen on
   s.only = ()                     # variant names: run only these, write records, no report
   s.shard = ''                    # 'i/n': only every n-th run from the i-th (one of n lanes);
