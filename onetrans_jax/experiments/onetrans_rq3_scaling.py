@@ -32,11 +32,11 @@ first, on seed 0, and neither let the runs converge (validation click AUC):
     reached the cap with their best step at 5250-5750 and had gained 0.004-0.008 in the last 1500
     steps, as much as the points differed from each other (hold-out click AUC 0.8207-0.8272).
     Those records stay under results/rq3_scaling/runs/ (another fingerprint: never reused).
-The cost: on 2 CPU cores a OneTrans run trains at 0.06-0.14 s a step (the records'
-``train_step_seconds``), so a run to the cap is 15-35 minutes and the study about a day of
-those cores, not the "few hours" first planned: convergence was kept over time. It spans
-sessions through the committed records (``--config.sweep.seeds='(0,)'`` first, so that every
-point has one seed early; tools/study_queue.sh).
+The cost, measured (``--config.sweep.measure_steps=5``, pinned to one core, 2026-12-07): a step
+takes 40-221 ms on one core, so a run to the cap is 8-45 minutes of one core and the 42 runs left
+then came to 15.5 hours of one core, about 8 hours of the two study lanes of a 2-core machine:
+more than the "few hours" first planned, since convergence was kept over time. It spans sessions
+through the committed records (tools/study_queue.sh).
 
 The data: the mechanism world (onetrans_jax/data/synthetic.py, each mechanism documented there)
 with a longer click history, 64 events instead of 32, so that ``deep_match`` (re-targets of the
