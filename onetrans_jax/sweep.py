@@ -19,11 +19,11 @@ An experiment file opts in with ``config.sweep``:
                    (study_report.py; 0: none)
   sweep.dry_run    optional, default False: print the plan (reuse / resume / train, why, and an
                    estimate of the time) and stop
-  sweep.measure_steps  optional, default 0: > 0 makes the plan *measure* the variants it has no
-                   finished run of: each one's training step compiled and timed on this machine
-                   (the median of that many steps after one), times its step cap, plus a start-up
-                   cost; evaluations are left out (a few % of a run). Else such a variant is
-                   estimated from its analytic FLOPs, calibrated by records (estimate_seconds)
+  sweep.measure_steps  optional, default 0: > 0 makes the plan *measure* every variant it has
+                   runs left of: each one's training step compiled and timed on this machine (the
+                   median of that many steps after one), times its step cap, plus a start-up
+                   cost; evaluations are left out (a few % of a run). Else a variant is estimated
+                   from a finished run's wall time or its analytic FLOPs (estimate_seconds)
   sweep.select     optional, default '': a tuning sweep (rows '<family> @ <setting>'): the
                    validation metric ('valid/<task>/<metric>', maximised) each family's setting is
                    chosen on; writes selection.json / selection.md (onetrans_jax/tuning.py)
@@ -454,8 +454,9 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   bias: request-level OneTrans and OneRank share the user side the reference pass does not, so
   uncalibrated it overstated ML-1M's OneTrans base 13x. Without any record it adds a fixed
   start-up cost (compile, evaluation). A classical floor row (onetrans_jax/floors) takes
-  FLOOR_SECONDS. With ``measure_steps`` > 0 a variant without a finished record here is timed
-  instead (``measured_step_seconds``, once per variant, its seeds sharing it).
+  FLOOR_SECONDS. With ``measure_steps`` > 0 every variant left to train is timed instead, here
+  and now (``measured_step_seconds``, once per variant, its seeds sharing it): the records' wall
+  times come from other machines, other loads and older code.
   """
   rate: list[float] = []
   timed_steps: dict[str, float] = {}
@@ -515,14 +516,14 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
       out[(run.variant, run.seed)] = 0.0
     elif models.is_floor(run.config.model):  # no steps; reading the data dominates
       out[(run.variant, run.seed)] = FLOOR_SECONDS
-    elif run.variant in measured:
-      out[(run.variant, run.seed)] = measured[run.variant] * steps
     elif measure_steps:
       if run.variant not in timed_steps:
         timed_steps[run.variant] = measured_step_seconds(run.config, measure_steps)
         reporting.log(f'[sweep] measured {run.variant}: '
                       f'{timed_steps[run.variant] * 1e3:.1f} ms a step')
       out[(run.variant, run.seed)] = STARTUP_SECONDS + steps * timed_steps[run.variant]
+    elif run.variant in measured:
+      out[(run.variant, run.seed)] = measured[run.variant] * steps
     elif (r := ratio(run)) is not None:
       out[(run.variant, run.seed)] = steps * analytic(run.config) * r
     else:
