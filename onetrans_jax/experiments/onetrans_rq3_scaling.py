@@ -33,8 +33,8 @@ first, on seed 0, and neither let the runs converge (validation click AUC):
     steps, as much as the points differed from each other (hold-out click AUC 0.8207-0.8272).
     Those records stay under results/rq3_scaling/runs/ (another fingerprint: never reused).
 The cost, measured (``--config.sweep.measure_steps=5``, pinned to one core, 2026-12-07): a step
-takes 40-221 ms on one core, so a run to the cap is 8-45 minutes of one core and the 42 runs left
-then came to 15.5 hours of one core, about 8 hours of the two study lanes of a 2-core machine:
+takes 40-221 ms on one core, so a run to the cap is 8-45 minutes of one core and the 41 runs left
+then came to 14.8 hours of one core, about 8 hours of the two study lanes of a 2-core machine:
 more than the "few hours" first planned, since convergence was kept over time. It spans sessions
 through the committed records (tools/study_queue.sh).
 
