@@ -537,17 +537,10 @@ SIBLING_RECORDS = 6   # other studies' records read to calibrate a family (each 
 def measured_step_seconds(cfg: ml_collections.ConfigDict, num_steps: int) -> float:
   """Median seconds of ``num_steps`` training steps of ``cfg`` on this machine, after one
   warm-up step: the trainer's own step (benchmarks/steps.py) on its first training batch."""
-  import jax
   from onetrans_jax.benchmarks import steps as bench_steps   # jax programs: only when asked
   step = bench_steps.build_step(cfg)
-  state = step.state
-  times = []
-  for i in range(num_steps + 1):
-    t0 = time.perf_counter()
-    state, _ = jax.block_until_ready(step.compiled(state, step.batch))
-    if i:
-      times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return bench_steps.median_time(step.compiled, step.state, step.batch, repeats=num_steps,
+                                 feed=lambda out: out[0])
 
 
 def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic: Any

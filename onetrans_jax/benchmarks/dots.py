@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -34,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax.benchmarks import steps
+from onetrans_jax.reporting import or_dash as fmt
 from onetrans_jax.benchmarks.components import component
 
 
@@ -97,28 +97,18 @@ def step_dots(config: ml_collections.ConfigDict) -> tuple[list[Dot], Any]:
   return jaxpr_dots(steps.trace_step(parts), component), parts
 
 
-def _median_seconds(fn: Any, args: tuple, repeats: int) -> float:
-  """Median seconds of ``fn(*args)`` over ``repeats`` calls after two warm-up calls."""
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def time_dot(dot: Dot, repeats: int) -> float:
   """Median seconds of one call of ``dot`` alone (jitted, on arrays of its shapes)."""
   fn = jax.jit(lambda a, b: lax.dot_general(a, b, dot.dimension_numbers,
                                             preferred_element_type=dot.preferred))
-  return _median_seconds(fn, (jnp.ones(*dot.lhs), jnp.ones(*dot.rhs)), repeats)
+  return steps.median_time(fn, jnp.ones(*dot.lhs), jnp.ones(*dot.rhs), repeats=repeats,
+                           warmup=2)
 
 
 def dispatch_seconds(repeats: int) -> float:
   """Median seconds of an empty jitted call: what each alone-call pays besides its dot."""
-  return _median_seconds(jax.jit(lambda a: a + 1), (jnp.ones((), jnp.float32),), repeats)
+  return steps.median_time(jax.jit(lambda a: a + 1), jnp.ones((), jnp.float32),
+                           repeats=repeats, warmup=2)
 
 
 def dots_row(key: str, config: ml_collections.ConfigDict, ceiling_flops: float | None,
@@ -158,7 +148,6 @@ def dots_row(key: str, config: ml_collections.ConfigDict, ceiling_flops: float |
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
   """The suite's printed 'dots' table and, per row, its slowest components."""
-  fmt = lambda x, spec: '—' if x is None else format(x, spec)
   lines = [f"{'step':<27} {'dots':>5} {'GFLOP':>8} {'/analytic':>9} {'alone ms':>9} "
            f"{'GFLOP/s':>8} {'MFU':>6} {'step ms':>8} {'alone/step':>10}"]
   for r in rows:

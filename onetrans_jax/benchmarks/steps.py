@@ -8,10 +8,12 @@ jitted by ``train.jit_train_step`` (state sharded and donated, the trainer's com
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from onetrans_jax import sharding, xla_options
 from onetrans_jax.data import pipeline
@@ -32,6 +34,25 @@ class Step(NamedTuple):
   schema: Any
   model: Any
   mesh: Any   # the one-device mesh the step runs on (sharding.put_batch of further batches)
+
+
+def median_time(fn: Callable[..., Any], *args: Any, repeats: int,
+                feed: Callable[[Any], Any] | None = None, warmup: int = 1) -> float:
+  """Median wall time of ``fn(*args)`` over ``repeats`` calls after ``warmup`` calls. A ``fn``
+  that donates its first argument gets ``feed(previous output)`` there instead (its input buffer
+  is gone)."""
+  for _ in range(warmup):
+    out = jax.block_until_ready(fn(*args))
+    if feed is not None:
+      args = (feed(out),) + tuple(args[1:])
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+    if feed is not None:
+      args = (feed(out),) + tuple(args[1:])
+  return float(np.median(times))
 
 
 class Parts(NamedTuple):

@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -171,18 +170,8 @@ step_flops = steps.onetrans_step_flops
 # ---------------------------------------------------------------------------------- timing
 def median_time(fn: Callable[..., Any], *args: Any, repeats: int | None = None,
                 feed: Callable[[Any], Any] | None = None) -> float:
-  """Median wall time of ``fn(*args)`` after one warm-up. A ``fn`` that donates its first
-  argument gets ``feed(previous output)`` there instead (its input buffer is gone)."""
-  repeats = repeats or _REPEATS.value
-  out = jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    if feed is not None:
-      args = (feed(out),) + tuple(args[1:])
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  """``steps.median_time`` with ``--repeats`` calls unless told otherwise."""
+  return steps.median_time(fn, *args, repeats=repeats or _REPEATS.value, feed=feed)
 
 
 def peak_bytes(compiled: Any) -> int:
@@ -464,10 +453,8 @@ def run(shapes: Sequence[str], sections: Sequence[str], json_path: str | None = 
                for key in wanted_workloads or list(workloads.WORKLOADS)]
     for kind, key, cfg in todo:
       peak = ceil.get(f"matmul_{cfg.model.get('dtype', 'float32')}")
-      flops = (workloads.step_flops if kind == 'workload' else
-               lambda c, schema, model: step_flops(c, schema, model.request_level))
       row = _guarded(result['failed'], key, 'dots', dots.dots_row, key, cfg, peak,
-                     _REPEATS.value, flops)
+                     _REPEATS.value, workloads.step_flops)
       if row is not None:
         row['kind'] = kind
         row['step_seconds'] = steps_by.get((kind, key))
