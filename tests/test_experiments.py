@@ -103,13 +103,15 @@ def test_study_sweeps_plan_and_commit(name, arg, tmp_path):
   assert len({r.fingerprint for r in out['plan']}) == len(out['plan'])
 
 
-@pytest.mark.parametrize('lanes, message', [
-    ('x', "--lanes 'x': give a whole number of lanes >= 1"),
-    ('0', "--lanes '0': give a whole number of lanes >= 1"),
-    ('4096', '--lanes 4096 needs 4096 CPU cores, this process may use'),
+@pytest.mark.parametrize('args, message', [
+    (['--lanes', 'x'], "--lanes 'x': give a whole number of lanes >= 1"),
+    (['--lanes', '0'], "--lanes '0': give a whole number of lanes >= 1"),
+    (['--lanes', '4096'], '--lanes 4096 needs 4096 CPU cores, this process may use'),
+    (['--plan', '--measure', 'five'], "--measure 'five': give a whole number of timed steps"),
+    (['--measure=5'], "--measure times steps for --plan's estimate; add --plan"),
 ])
-def test_the_study_queue_refuses_bad_lanes_before_anything_runs(tmp_path, lanes, message):
-  out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'study_queue.sh'), '--lanes', lanes,
+def test_the_study_queue_refuses_bad_options_before_anything_runs(tmp_path, args, message):
+  out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'study_queue.sh'), *args,
                         str(tmp_path / 'root')], capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and message in out.stderr
   assert not (tmp_path / 'root').exists()

@@ -23,6 +23,12 @@
 #   tools/study_queue.sh --plan [WORKDIR_ROOT]          # trains nothing: each study's dry-run
 #                                                       # total (at the caps, and as finished
 #                                                       # runs stopped early), in queue order
+#   tools/study_queue.sh --plan --measure 5 [ROOT]      # the same, each variant's step time
+#                                                       # measured (5 timed steps of every
+#                                                       # variant with runs left) instead of
+#                                                       # estimated from FLOPs; run it on an
+#                                                       # idle machine (taskset -c 0 for a
+#                                                       # lane's one core)
 #
 # Order: RQ3 first with all its seeds (issue 25: about 42 hours of 2 cores left on 2026-12-06, the
 # one issue those hours close; ML-1M's runs stop early, so it goes before the mechanism world's,
@@ -42,21 +48,33 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 commit=0
 plan=0
+measure=0
 lanes=1
 lane=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --commit) commit=1; shift ;;
     --plan) plan=1; shift ;;
+    --measure) measure="${2:-}"; shift; [ $# -gt 0 ] && shift ;;
+    --measure=*) measure="${1#--measure=}"; shift ;;
     --lanes) lanes="${2:-}"; shift; [ $# -gt 0 ] && shift ;;
     --lanes=*) lanes="${1#--lanes=}"; shift ;;
-    -*) echo "study_queue: unknown option $1 (use --commit, --plan, --lanes N)" >&2; exit 2 ;;
+    -*) echo "study_queue: unknown option $1 (use --commit, --plan, --measure N, --lanes N)" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 root="${1:-runs}"
 if ! [[ "$lanes" =~ ^[1-9][0-9]*$ ]]; then
   echo "study_queue: --lanes '$lanes': give a whole number of lanes >= 1" >&2
+  exit 2
+fi
+if ! [[ "$measure" =~ ^[0-9]+$ ]]; then
+  echo "study_queue: --measure '$measure': give a whole number of timed steps >= 0" >&2
+  exit 2
+fi
+if [ "$measure" != 0 ] && [ "$plan" = 0 ]; then
+  echo "study_queue: --measure times steps for --plan's estimate; add --plan (a queue that" \
+       "trains measures nothing)" >&2
   exit 2
 fi
 if [ "$plan" = 1 ]; then lanes=1; fi
@@ -111,7 +129,8 @@ step() {  # name, then launch.py's arguments
   local name="$1"; shift
   if [ "$plan" = 1 ]; then
     local line
-    line="$(python launch.py "$@" --config.sweep.dry_run=True 2>&1 | tee "$root/$name.plan.log" \
+    line="$(python launch.py "$@" --config.sweep.dry_run=True \
+              "--config.sweep.measure_steps=$measure" 2>&1 | tee "$root/$name.plan.log" \
             | grep 'sweep plan:')"
     echo "$name: ${line:-no plan (see $root/$name.plan.log)}"
     return
