@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import os
 
-import numpy as np
-
 T0 = 1_649_383_200  # 2022-04-08 10:00 Beijing (02:00 UTC), a Friday
 DAY = 86_400
 LOG_HEADER = ['user_id', 'video_id', 'date', 'hourmin', 'time_ms', 'is_click', 'is_like',

@@ -99,7 +99,6 @@ def test_cached_candidate_cost_is_linear_in_sequence_length(config):
 ])
 def test_onerank_flops_match_xla(config, overrides):
   """OneRank's analytic count (request work + C x candidate work) against XLA's, per switch."""
-  from onetrans_jax.experiments import common
   mcfg = onerank_config.defaults(width=32, num_heads=4, num_layers=2, embed_dim=8, **overrides)
   schema = _schema(config)
   model = build_model(mcfg, schema)

@@ -18,11 +18,7 @@ from onetrans_jax.data import kuairand, pipeline
 from onetrans_jax.data.event_log import DataFileError
 from onetrans_jax.errors import ConfigError
 from tests.helpers import all_requests
-from tests.kuairand_files import (DAY, FIXTURE_CONFIG, LOG_1, LOG_2, LOG_HEADER, LOG_RANDOM,
-                                  ONEHOT_U0, ONEHOT_U5, T0, USERS, USER_HEADER, VIDEOS,
-                                  VIDEO_HEADER, write_world)
-from tests.kuairand_files import log_rows as _log_rows
-from tests.kuairand_files import write_csv_file as _csv
+from tests.kuairand_files import DAY, FIXTURE_CONFIG, T0, write_world
 
 
 def _data(path: str, **kw):

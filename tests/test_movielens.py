@@ -18,8 +18,8 @@ from onetrans_jax.errors import ConfigError
 from tests.helpers import ROOT, all_requests
 
 REAL_100K = os.path.join(ROOT, '..', 'shared', 'data', 'ml-100k')
-from tests.movielens_files import (FIXTURE_CONFIG, MOVIES, RATINGS, T0, USERS, write_lines as
-                                   _write, write_100k, write_1m)
+from tests.movielens_files import (FIXTURE_CONFIG, RATINGS, T0, write_lines as _write, write_100k,
+                                   write_1m)
 
 
 def _data(variant: str, path: str, **kw):

@@ -28,7 +28,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from onetrans_jax import accounting, serving
+from onetrans_jax import serving
 from onetrans_jax.benchmarks import steps
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common

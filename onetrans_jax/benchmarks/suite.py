@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from onetrans_jax import accounting, host_memory, reporting, xla_options
+from onetrans_jax import host_memory, reporting, xla_options
 from onetrans_jax.benchmarks import dots, steps, workloads
 from onetrans_jax.data import pipeline
 from onetrans_jax.experiments import common, onetrans_l, onetrans_s

@@ -19,7 +19,6 @@ import numpy as np
 
 from onetrans_jax.data import kuairand, movielens, own_data, synthetic, taobao
 from onetrans_jax.data.types import DataConfigError, Dataset
-from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import FeatureSchema
 
 
