@@ -66,6 +66,33 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def mismatch(self, step: int, abstract_state: Any) -> str | None:
+    """The arrays whose saved shape or dtype differs from ``abstract_state``'s, read from the
+    step's metadata alone; None when they all fit or the metadata cannot be read (then the
+    restore itself decides: a corrupt step fails there).
+
+    Checking before restoring names the arrays that do not fit, and it starts no read: a restore
+    that fails part way leaves orbax's other reads of that step pending, to be reported as
+    "Exception ignored" warnings when they are collected.
+    """
+    try:
+      tree = self.manager.item_metadata(step)['state']
+      saved = _shapes(getattr(tree, 'tree', tree))
+    except Exception:  # noqa: BLE001 -- unreadable metadata is the restore's to report
+      return None
+    want = _shapes(abstract_state)
+    if 2 * len(saved.keys() & want.keys()) < len(want):
+      return None  # the names do not line up (another orbax layout): let the restore decide
+    diffs = [f'{k}: {_shape_text(*saved[k], want[k][1])} saved, '
+             f'{_shape_text(*want[k], saved[k][1])} here'
+             for k in want if k in saved and saved[k] != want[k]]
+    diffs += [f'{k}: not in the checkpoint' for k in want if k not in saved]
+    diffs += [f'{k}: in the checkpoint only' for k in saved if k not in want]
+    if not diffs:
+      return None
+    more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
+    return '; '.join(diffs[:3]) + more
+
   def set_aside(self, step: int) -> str:
     """Move an unreadable step out of the manager's directory (kept for inspection, never read
     again: the resumed run writes that step anew)."""
@@ -100,6 +127,12 @@ def restore_latest_intact(ckpt: Checkpointer, abstract_state: Any, data_iter: An
   steps = ckpt.all_steps()
   bad: list[str] = []
   for step in reversed(steps):
+    misfit = ckpt.mismatch(step, abstract_state) if config_changes else None
+    if misfit:
+      raise WorkdirError(
+          f'cannot resume {ckpt.manager.directory} (step {step}) with this config: it changes '
+          f'{config_changes}, and the checkpoint does not fit it ({misfit}). Use a new '
+          '--workdir for the new config, or resume with the config saved in its config.json')
     try:
       state, extra = ckpt.restore(step, abstract_state, data_iter)
     except Exception as e:  # orbax / tensorstore / grain raise many types for one bad file
@@ -169,6 +202,26 @@ class BestCheckpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _key_name(entry: Any) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _shape_text(shape: tuple[int, ...], dtype: str, other_dtype: str) -> str:
+  """'[208, 32]', with the dtype only where the two sides' dtypes differ."""
+  return f'{list(shape)}' + (f' {dtype}' if dtype != other_dtype else '')
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """'a/b/c' -> (shape, dtype) of every array leaf: the same names for a train state's pytree and
+  for orbax's saved metadata (nested dicts keyed by the same field names)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(_key_name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in leaves if hasattr(leaf, 'shape')}
 
 
 def abstract_with_sharding(abstract: Any, shardings: Any) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from onetrans_jax import checkpointing
 from onetrans_jax import workdir as workdir_lib
 from onetrans_jax.errors import ConfigError, WorkdirError
 from onetrans_jax.train import TrainState, make_train_step, train_and_evaluate
@@ -90,19 +91,43 @@ def test_an_impossible_workdir_is_one_clear_error(config, tmp_path):
       train_and_evaluate(config, str(ro))
 
 
-def test_a_refused_resume_names_the_change_and_writes_nothing(config, tmp_path):
+def test_a_refused_resume_names_the_change_and_writes_nothing(config, tmp_path, monkeypatch):
   train_and_evaluate(config, str(tmp_path))
   saved = (tmp_path / 'config.json').read_text()
   listing = sorted(os.listdir(tmp_path / 'checkpoints'))
   config.model.hidden = (48,)
   config.train.total_steps = 12
+
+  def no_read(*args, **kwargs):
+    raise AssertionError('the misfit is refused from the metadata, before any array is read')
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore', no_read)
   with pytest.raises(WorkdirError, match=r'cannot resume .*checkpoints \(step 8\) with this '
                                          r'config: it changes model.hidden \[32\] -> \[48\].*'
+                                         r'params/mlp_0/bias: \[32\] saved, \[48\] here; .*'
                                          r'Use a new --workdir'):
     train_and_evaluate(config, str(tmp_path))
   assert (tmp_path / 'config.json').read_text() == saved
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == listing
   assert not (tmp_path / 'config.previous.json').exists()
+
+
+def test_the_metadata_check_names_each_misfit_and_defers_when_names_do_not_line_up(tmp_path):
+  """Only the 'state' item is saved here: the check reads that item's metadata alone."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'ckpt'), keep=1)
+  state = {'params': {'a': jnp.ones((2, 8)), 'b': jnp.zeros((3,))}, 'step': jnp.int32(4)}
+  ckpt.manager.save(4, args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardSave(state)))
+  ckpt.wait()
+  like = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  assert ckpt.mismatch(4, like(state)) is None
+  wider = dict(state, params={'a': jnp.ones((2, 9)), 'b': jnp.zeros((3,), jnp.bfloat16)})
+  assert ckpt.mismatch(4, like(wider)) == ('params/a: [2, 8] saved, [2, 9] here; '
+                                           'params/b: [3] float32 saved, [3] bfloat16 here')
+  grown = dict(state, params=dict(state['params'], c=jnp.ones(2)))
+  assert ckpt.mismatch(4, like(grown)) == 'params/c: not in the checkpoint'
+  # Names that do not line up at all (another layout of the tree) are the restore's to judge.
+  assert ckpt.mismatch(4, like({'x': state['params'], 'y': state['step']})) is None
+  ckpt.close()
 
 
 # ---------------------------------------------------------------------- a corrupt checkpoint
