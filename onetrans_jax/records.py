@@ -28,6 +28,7 @@ RECORD_VERSION = 1
 NON_RESULT_FIELDS = ('train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'train.plot_curves',
                      'data.num_threads', 'data.worker_count', 'data.validate',
+                     'data.cache_mb',   # memory for built requests: the same batches either way
                      # a memory layout of the same computation (equal logits and gradients up
                      # to float summation order, tests/test_request_level.py); each record's
                      # config says which ran; records made before the field existed: token_last

@@ -30,6 +30,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from onetrans_jax.data import cache
 from onetrans_jax.data.types import Dataset
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.schema import (CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature,
@@ -785,6 +786,7 @@ def add_pipeline_fields(d: ml_collections.ConfigDict, batch_size: int) -> None:
   d.validate = True               # check every batch against the schema (ids in range, ...)
   d.num_threads = 2
   d.worker_count = 0              # >0: grain worker processes build batches
+  d.cache_mb = cache.DEFAULT_MB   # keep built requests up to this many MB (data/cache.py; 0: off)
   d.history_fraction = 1.0        # < 1: the model reads the latest fraction of every history
 
 def chronological_split(num_requests: int, eval_fraction: float

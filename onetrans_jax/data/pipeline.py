@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax.data import kuairand, movielens, own_data, synthetic, taobao
+from onetrans_jax.data.cache import DEFAULT_MB as DEFAULT_CACHE_MB
+from onetrans_jax.data.cache import RequestCache
 from onetrans_jax.data.types import DataConfigError, Dataset
 from onetrans_jax.schema import FeatureSchema
 
@@ -33,10 +35,28 @@ def _build_synthetic(cfg: ml_collections.ConfigDict) -> Dataset:
     scfg = synthetic.SyntheticConfig(num_requests=n_train + n_eval, **fields)
   except ValueError as e:
     raise DataConfigError(str(e)) from None
-  source = synthetic.SyntheticSource(scfg)
+  # One world per process, kept with its cache: the runs of a sweep that share the world (every
+  # row of a mechanism-world study) build each request once between them.
+  key = (scfg, cache_mb(cfg))
+  if _WORLD[0] is None or _WORLD[0][0] != key:
+    _WORLD[0] = None   # the previous world's cache goes before the next one fills
+    _WORLD[0] = (key, RequestCache(synthetic.SyntheticSource(scfg), key[1]))
+  source = _WORLD[0][1]
   # Request time grows with the index: train on the past, evaluate on what follows.
   return Dataset(source.schema, source, (0, n_train), (n_train, n_train + n_eval),
                  has_true_prob=True)
+
+
+_WORLD: list[tuple[Any, RequestCache] | None] = [None]
+
+
+def cache_mb(cfg: ml_collections.ConfigDict) -> float:
+  """``data.cache_mb``, checked: the memory the requests may take once built (0: off)."""
+  value = cfg.get('cache_mb', DEFAULT_CACHE_MB)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    raise DataConfigError(f'config.data.cache_mb must be a number of megabytes >= 0 (0: build '
+                          f'every request on every read), got {value!r}')
+  return float(value)
 
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
@@ -55,7 +75,11 @@ def build_dataset(cfg: ml_collections.ConfigDict) -> Dataset:
   if cfg.name not in DATASETS:
     raise DataConfigError(f'config.data.name={cfg.name!r} is not a known dataset; '
                           f'choose one of {sorted(DATASETS)}')
-  ds = shorten_histories(DATASETS[cfg.name](cfg), cfg.get('history_fraction', 1.0))
+  ds = DATASETS[cfg.name](cfg)
+  if not isinstance(ds.source, RequestCache):   # the synthetic world's is cached already
+    ds = Dataset(ds.schema, RequestCache(ds.source, cache_mb(cfg)), ds.train_range,
+                 ds.eval_range, ds.has_true_prob, valid=ds.valid_range)
+  ds = shorten_histories(ds, cfg.get('history_fraction', 1.0))
   return split_validation(ds, float(cfg.get('valid_fraction', 0.0)))
 
 
@@ -177,7 +201,7 @@ def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batc
     schema = dataset.schema
 
     def check(batch: Mapping[str, Any]) -> Mapping[str, Any]:
-      schema.check_batch(batch, where=f'{type(dataset.source).__name__} batch')
+      schema.check_batch(batch, where=f'{_source_name(dataset.source)} batch')
       return batch
 
     ds = ds.map(check)
@@ -186,6 +210,13 @@ def make_iterator(dataset: Dataset, index_range: tuple[int, int], *, global_batc
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
                         worker_init_fn=exit_with_parent)
   return iter(it)
+
+
+def _source_name(source: Any) -> str:
+  """The loader's class, under the pipeline's own wrappers (cache, shortened histories)."""
+  while isinstance(source, (RequestCache, _LatestEvents)):
+    source = source.source
+  return type(source).__name__
 
 
 def exit_with_parent(worker_index: int, worker_count: int) -> None:

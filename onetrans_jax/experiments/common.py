@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder  # a typed None: still overridable by flag
 
+from onetrans_jax.data import cache
+
 
 
 def synthetic_data(**overrides) -> ml_collections.ConfigDict:
@@ -34,6 +36,7 @@ def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   d.validate = True               # check every batch against the schema (ids in range, ...)
   d.num_threads = 2
   d.worker_count = 0              # >0: grain worker processes generate batches
+  d.cache_mb = cache.DEFAULT_MB   # keep built requests up to this many MB (data/cache.py; 0: off)
   d.history_fraction = 1.0        # < 1: the model reads the latest fraction of every history
   d.update(overrides)
   return d
