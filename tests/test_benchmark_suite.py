@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from onetrans_jax.data import pipeline
 from tests.helpers import ROOT
 
 
@@ -209,3 +210,13 @@ def test_the_suite_records_the_cpu_model_beside_the_jax_version():
       names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
     if names:
       assert m['cpu_model'] == names[0]
+
+
+def test_the_input_cache_benchmark_rows_are_the_studies_rows_on_a_small_world():
+  from onetrans_jax.benchmarks import input_cache
+  for key in input_cache.ROWS:
+    c = input_cache.row_config(key, requests=640, num_steps=40, cache_mb=0)
+    assert c.data.num_train_requests == 640 + 512 and c.data.cache_mb == 0
+    assert c.train.total_steps == 40 and c.train.log_every == 10 and 'sweep' not in c
+    ds = pipeline.build_dataset(c.data)
+    assert ds.train_range[1] - ds.train_range[0] == 640 and ds.valid_range == (640, 1152)
