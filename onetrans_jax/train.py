@@ -982,7 +982,12 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path, encoding='utf-8') as f:
       old = f.read()
     if old != text:
-      reporting.log(f'warning: the config differs from the one saved in {path}; '
+      try:
+        what = records.config_changes(records.flat_config(json.loads(old)),
+                                      records.flat_config(json.loads(text)))
+      except ValueError:   # an unreadable saved config: it is replaced all the same
+        what = f'{path} is not valid JSON'
+      reporting.log(f'warning: the config differs from the one saved in {path} ({what}); '
                     'resuming with the new one (the old one is kept as config.previous.json)')
       os.replace(path, os.path.join(workdir, 'config.previous.json'))
   with open(path, 'w', encoding='utf-8') as f:

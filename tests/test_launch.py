@@ -94,7 +94,8 @@ def test_good_run_prints_table_and_resumes(tmp_path):
   assert 'using the built-in experiment' in proc.stderr
   assert 'resumed from' in proc.stdout and 'at step 4' in proc.stdout
   assert 'step 6/6' in proc.stdout and 'step 2/6' not in proc.stdout
-  assert 'the config differs' in proc.stdout
+  assert ('the config differs from the one saved in' in proc.stdout and
+          "config.json (train.total_steps 4 -> 6); resuming with the new one" in proc.stdout)
 
 
 def test_the_default_job_is_onetrans(tmp_path):
