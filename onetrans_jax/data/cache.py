@@ -1,8 +1,8 @@
 """Requests kept in memory after they are first built, so later epochs only copy them.
 
 A source builds request ``i`` from scratch on every read: the synthetic world generates it in
-numpy (about 0.8 ms a request on one core of the study machine, 50 ms per batch of 64), and a study
-run reads its training range 4-8 times. On a study lane pinned to one core that generation shares
+numpy (1.6 ms a request, about 100 ms per batch of 64, measured on a core shared with a study
+lane), and a study run reads its training range 4-8 times. On a study lane pinned to one core that generation shares
 the core with the training step. ``RequestCache`` keeps every leaf of the requests built so far in
 one preallocated array per leaf ([N, *leaf shape], filled on first read), so a cached read is
 a handful of row copies and the batches are bit-identical to the uncached ones.
