@@ -31,9 +31,15 @@ ROWS = {
     'rq2_onetrans_s': ('onetrans_rq2_ablation', 'mechanisms', 'OneTrans_S'),
     'rq1_dcnv2_din': ('rq1_baselines', 'mechanisms', 'DCNv2 + DIN'),
 }
-_ROWS = flags.DEFINE_list('rows', ['rq3_onetrans', 'rq1_dcnv2_din'], f'Of {", ".join(ROWS)}.')
-_REQUESTS = flags.DEFINE_integer('requests', 6400, 'Training requests (an epoch).')
-_STEPS = flags.DEFINE_integer('steps', 400, 'Steps per run (the rate is read at the last log).')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined when run as a program only: importing the module (the tests import it beside the
+  suite, whose --requests means another thing) defines no flag."""
+  flags.DEFINE_list('rows', ['rq3_onetrans', 'rq1_dcnv2_din'], f'Of {", ".join(ROWS)}.')
+  flags.DEFINE_integer('requests', 6400, 'Training requests (an epoch).')
+  flags.DEFINE_integer('steps', 400, 'Steps per run (the rate is read at the last log).')
 
 
 def row_config(key: str, requests: int, num_steps: int, cache_mb: float):
@@ -69,18 +75,19 @@ def examples_per_second(config) -> float:
 def main(argv: Sequence[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)   # the trainer's progress is read from stdout, not shown
-  unknown = [r for r in _ROWS.value if r not in ROWS]
+  unknown = [r for r in FLAGS.rows if r not in ROWS]
   if unknown:
     raise app.UsageError(f'--rows: unknown {unknown}; choose from {", ".join(ROWS)}')
-  batches = _STEPS.value * 64 / _REQUESTS.value
-  print(f'{_STEPS.value} steps on {_REQUESTS.value:,} training requests (about {batches:.1f} '
+  batches = FLAGS.steps * 64 / FLAGS.requests
+  print(f'{FLAGS.steps} steps on {FLAGS.requests:,} training requests (about {batches:.1f} '
         'epochs at 64 requests a step); examples/s of the last logging interval', flush=True)
   print(f"{'row':<28} {'built every read':>16} {'kept':>8} {'ratio':>6}", flush=True)
-  for key in _ROWS.value:
-    off = examples_per_second(row_config(key, _REQUESTS.value, _STEPS.value, 0))
-    on = examples_per_second(row_config(key, _REQUESTS.value, _STEPS.value, cache.DEFAULT_MB))
+  for key in FLAGS.rows:
+    off = examples_per_second(row_config(key, FLAGS.requests, FLAGS.steps, 0))
+    on = examples_per_second(row_config(key, FLAGS.requests, FLAGS.steps, cache.DEFAULT_MB))
     print(f'{key:<28} {off:>16,.0f} {on:>8,.0f} {on / off:>5.2f}x', flush=True)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
