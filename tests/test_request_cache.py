@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from onetrans_jax import records
+from onetrans_jax.data import cache as cache_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.data.cache import RequestCache
 from onetrans_jax.data.types import DataConfigError
@@ -73,6 +74,16 @@ def test_a_source_over_the_budget_is_read_directly(capsys):
   assert src.builds == 20 and cache.cached == 0 and first[10]['x'].tolist() == [0, 0]
   out = capsys.readouterr().out
   assert 'not keeping its requests in memory (0 MB for 1,000 requests > data.cache_mb=0.001)' in out
+
+
+def test_a_source_over_half_the_available_memory_is_read_directly(capsys, monkeypatch):
+  monkeypatch.setattr(cache_lib, 'available_mb', lambda: 0.01)
+  src = _Counting(1_000)
+  cache = RequestCache(src, budget_mb=10)
+  [cache[i] for i in (1, 1)]
+  assert src.builds == 2 and cache.cached == 0
+  assert ('(0 MB for 1,000 requests > half of the 0 MB of memory available now)'
+          in capsys.readouterr().out)
 
 
 def test_a_ragged_source_turns_the_cache_off_and_stays_exact(capsys):

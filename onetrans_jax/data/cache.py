@@ -9,8 +9,9 @@ a handful of row copies and the batches are bit-identical to the uncached ones.
 
 Sources are deterministic per index (grain's random-access contract), which is what makes
 the cache exact. It covers the whole source or nothing: when ``len(source)`` x the first request's
-bytes exceeds ``data.cache_mb``, reads go straight to the source (the default synthetic world of a
-million requests stays generated on demand). A request whose structure, shape or dtype differs
+bytes exceeds ``data.cache_mb`` or half of the memory available when the first request is read,
+reads go straight to the source (the default synthetic world of a million requests stays
+generated on demand). A request whose structure, shape or dtype differs
 from the first one's (a source with ragged items) turns the cache off for good, with one message.
 """
 
@@ -25,6 +26,18 @@ import numpy as np
 from onetrans_jax import reporting
 
 DEFAULT_MB = 2048   # config.data.cache_mb: the worlds of the studies take 200-300 MB
+
+
+def available_mb() -> float | None:
+  """Memory the OS could give this process now (MemAvailable), None where it does not say."""
+  try:
+    with open('/proc/meminfo', encoding='ascii') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) / 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
 
 
 class RequestCache:
@@ -84,10 +97,12 @@ class RequestCache:
         return
       if self._columns is None:
         size = len(self.source) * sum(x.nbytes for x in leaves) / 2**20
-        if size > self.budget_mb:
+        free = available_mb()
+        if size > self.budget_mb or (free is not None and size > free / 2):
+          why = (f'> data.cache_mb={self.budget_mb:g}' if size > self.budget_mb else
+                 f'> half of the {free:,.0f} MB of memory available now')
           reporting.log(f'{self.name}: not keeping its requests in memory ({size:,.0f} MB for '
-                        f'{len(self.source):,} requests > data.cache_mb={self.budget_mb:g}); '
-                        'each read builds its request')
+                        f'{len(self.source):,} requests {why}); each read builds its request')
           self._off = True
           return
         self._treedef = treedef
