@@ -58,7 +58,7 @@ __all__ = ['NAME', 'own_data', 'parse_spec', 'prepare', 'cached', 'build', 'buil
 FORMAT_VERSION = 1   # of the cache: a change to what preprocessing computes bumps it
 # config.data fields that change how batches are served, not what preprocessing computes.
 PIPELINE_FIELDS = ('batch_size', 'shuffle', 'validate', 'num_threads', 'worker_count',
-                   'cache_dir')
+                   'cache_dir', 'cache_mb')
 CACHE_ENV = 'ONETRANS_CACHE_DIR'
 _INT32_MAX = np.iinfo(np.int32).max
 
