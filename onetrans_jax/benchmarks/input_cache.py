@@ -14,6 +14,7 @@ interval (past the first epoch and the compile); the two runs train on the same 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import re
 import tempfile
@@ -44,7 +45,6 @@ def define_flags() -> None:
 
 def row_config(key: str, requests: int, num_steps: int, cache_mb: float):
   """One study row's config on a world of ``requests`` training requests."""
-  import importlib
   module, arg, name = ROWS[key]
   c = importlib.import_module(f'onetrans_jax.experiments.{module}').get_config(arg)
   c = records.variant_config(c, dict(c.sweep.variants)[name], seed=0)
@@ -78,9 +78,10 @@ def main(argv: Sequence[str]) -> None:
   unknown = [r for r in FLAGS.rows if r not in ROWS]
   if unknown:
     raise app.UsageError(f'--rows: unknown {unknown}; choose from {", ".join(ROWS)}')
-  batches = FLAGS.steps * 64 / FLAGS.requests
-  print(f'{FLAGS.steps} steps on {FLAGS.requests:,} training requests (about {batches:.1f} '
-        'epochs at 64 requests a step); examples/s of the last logging interval', flush=True)
+  batch = row_config(FLAGS.rows[0], FLAGS.requests, FLAGS.steps, 0).data.batch_size
+  print(f'{FLAGS.steps} steps on {FLAGS.requests:,} training requests (about '
+        f'{FLAGS.steps * batch / FLAGS.requests:.1f} epochs at {batch} requests a step); '
+        'examples/s of the last logging interval', flush=True)
   print(f"{'row':<28} {'built every read':>16} {'kept':>8} {'ratio':>6}", flush=True)
   for key in FLAGS.rows:
     off = examples_per_second(row_config(key, FLAGS.requests, FLAGS.steps, 0))

@@ -14,7 +14,6 @@ from ml_collections.config_dict import placeholder  # a typed None: still overri
 from onetrans_jax.data import cache
 
 
-
 def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.name = 'synthetic'
