@@ -42,7 +42,9 @@
 # with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the queue again
 # in the next session: it skips what is recorded. The whole script is one function, read in full
 # before it runs, so editing this file does not disturb a queue already running (bash reads a plain
-# script as it goes).
+# script as it goes). A launch.py in flight keeps the code it imported for every run of its study
+# shard; to have a lane pick up a code change (a speed-up), stop the queue as above and start it
+# again: the runs in flight resume from the checkpoints their SIGTERM saved.
 main() {
 set -uo pipefail
 cd "$(dirname "$0")/.."
