@@ -81,7 +81,7 @@ def test_bad_flags_are_named():
 def test_profile_step_groups_the_time_by_component():
   proc = subprocess.run(
       [sys.executable, '-m', 'onetrans_jax.benchmarks.profile_step', '--shape=tiny',
-       '--top=3', '--set=model.attention_impl=xla'],
+       '--top=3', '--set=model.attention_impl=xla', '--component=ffn'],
       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,6 +91,8 @@ def test_profile_step_groups_the_time_by_component():
   components = {l.split()[0] for l in table}
   assert {'attention', 'ffn', 'projections'} <= components
   assert "one step of 'tiny' took" in proc.stdout
+  listed = lines[lines.index(next(l for l in lines if l.startswith("'ffn' by source path"))) + 1:]
+  assert listed and all('ffn' in l for l in listed[:3]) and all(' ms  ' in l for l in listed[:3])
   bad = subprocess.run(
       [sys.executable, '-m', 'onetrans_jax.benchmarks.profile_step', '--shape=tiny',
        '--set=model.no_such_field=1'],

@@ -5,6 +5,7 @@ r"""Where a training step's time goes: one profiled step, grouped by model compo
   python -m onetrans_jax.benchmarks.profile_step --shape=onerank_mech  # a study's own run
   python -m onetrans_jax.benchmarks.profile_step --set=model.attention_impl=xla \
       --set=train.cpu_fused_dots=False
+  python -m onetrans_jax.benchmarks.profile_step --shape=onerank_mech --component=other
 
 Runs one step of ``onetrans_jax/benchmarks/suite.py``'s train section (the trainer's own step,
 compiled as the trainer compiles it: ``suite.build_step``) under ``jax.profiler``, maps every
@@ -12,8 +13,9 @@ executed XLA op back to the model code through the HLO metadata (``op_name``: mo
 or ``transpose`` = backward) and prints the time per component (attention, FFN, projections, norms,
 tokenizer, head, optimizer; for the baselines also interaction, sequence, embeddings; 'other':
 the loss, layout copies and ops XLA left unnamed; benchmarks/components.py) and the
-slowest ops. ``--set=section.field=value`` overrides a field of the shape's config. Profile first,
-then optimize.
+slowest ops; ``--component=NAME`` adds that component's time by source path.
+``--set=section.field=value`` overrides a field of the shape's config. Profile first, then
+optimize.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ _SHAPE = flags.DEFINE_string('shape', 'cpu', 'A onetrans_jax/benchmarks/suite.py
                              'study workload of benchmarks/workloads.py (e.g. onetrans_s_mech).')
 _TOP = flags.DEFINE_integer('top', 12, 'Slowest individual ops listed.')
 _SET = flags.DEFINE_multi_string('set', [], 'section.field=value: override a config field.')
+_COMPONENT = flags.DEFINE_string(
+    'component', None, "Also list one component's time by source path (e.g. 'other': the loss, "
+    'layout copies and ops XLA made without a source path, shown as "(no source path)").')
 
 
 def hlo_op_names(hlo_text: str) -> tuple[dict[str, str], set[str]]:
@@ -117,6 +122,25 @@ def main(argv: list[str]) -> None:
   print(f'\nslowest {_TOP.value} ops:')
   for inst, sec in res['per_op'].most_common(_TOP.value):
     print(f'{sec * 1e3:9.1f} ms  {inst:<28} {res["names"][inst][-110:]}')
+  if _COMPONENT.value:
+    paths = by_source_path(res, _COMPONENT.value)
+    print(f"\n'{_COMPONENT.value}' by source path ({sum(paths.values()) * 1e3:.1f} ms, the "
+          f'{_TOP.value} largest):')
+    for path, sec in paths.most_common(_TOP.value):
+      print(f'{sec * 1e3:9.2f} ms  {path[-110:]}')
+
+
+def by_source_path(res: dict, name: str) -> collections.Counter:
+  """One component's op time summed by source path, the jit / jvp / transpose wrappers dropped
+  (a forward op and its backward share a path)."""
+  out: collections.Counter = collections.Counter()
+  for inst, sec in res['per_op'].items():
+    op_name = res['names'][inst]
+    if component(op_name) == name:
+      path = '/'.join(p for p in op_name.split('/')
+                      if not p.startswith(('jit(', 'jvp(', 'transpose(')))
+      out[path or '(no source path)'] += sec
+  return out
 
 
 if __name__ == '__main__':
