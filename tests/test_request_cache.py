@@ -132,3 +132,34 @@ def test_the_cache_size_is_not_part_of_a_runs_identity(config):
   off = records.fingerprint(config)[0]
   config.data.cache_mb = 512
   assert records.fingerprint(config)[0] == off
+
+
+class _OutOfRange:
+  """The synthetic world's source with candidate ids past their vocabularies."""
+
+  def __init__(self, source):
+    self.source, self.schema = source, source.schema
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    request = self.source[index]
+    request['cand']['cat'] = np.full_like(request['cand']['cat'], 10**6)
+    return request
+
+
+def test_a_bad_batch_names_the_loader_under_the_pipelines_wrappers(config):
+  from onetrans_jax.data.types import Dataset
+  from onetrans_jax.schema import SchemaError
+  config.data.history_fraction = 0.5
+  pipeline._WORLD[0] = None
+  ds = pipeline.build_dataset(config.data)
+  inner = ds.source.source.source                       # _LatestEvents > RequestCache > world
+  bad = Dataset(ds.schema, pipeline._LatestEvents(RequestCache(_OutOfRange(inner), 100),
+                                                  ds.source.lengths, ds.schema),
+                ds.train_range, ds.eval_range, ds.has_true_prob)
+  it = pipeline.make_iterator(bad, (0, 16), global_batch_size=8, shuffle=False, seed=0,
+                              repeat=False, num_threads=1)
+  with pytest.raises(SchemaError, match=r'^_OutOfRange batch: cand/cat'):
+    next(it)
