@@ -28,7 +28,7 @@ def synthetic_data(**overrides) -> ml_collections.ConfigDict:
   d.click_len = 64
   d.cart_len = 24
   d.order_len = 12
-  d.num_train_requests = 1_000_000  # generated on demand by index, never held in memory
+  d.num_train_requests = 1_000_000  # generated on demand by index (too big for cache_mb to keep)
   d.num_eval_requests = 4096      # the requests right after the training range
   d.batch_size = 64               # requests per step (x up to C candidates each)
   d.shuffle = False               # False: stream chronologically, as the paper trains
