@@ -19,6 +19,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from onetrans_jax import diagnostics
 from onetrans_jax.errors import WorkdirError
 
 
@@ -204,13 +205,6 @@ class BestCheckpointer:
     self.manager.close()
 
 
-def _key_name(entry: Any) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
 def _shape_text(shape: tuple[int, ...], dtype: str, other_dtype: str) -> str:
   """'[208, 32]', with the dtype only where the two sides' dtypes differ."""
   return f'{list(shape)}' + (f' {dtype}' if dtype != other_dtype else '')
@@ -220,7 +214,7 @@ def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   """'a/b/c' -> (shape, dtype) of every array leaf: the same names for a train state's pytree and
   for orbax's saved metadata (nested dicts keyed by the same field names)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(_key_name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
+  return {'/'.join(diagnostics.path_names(path)): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in leaves if hasattr(leaf, 'shape')}
 
 

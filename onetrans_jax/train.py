@@ -982,13 +982,10 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path, encoding='utf-8') as f:
       old = f.read()
     if old != text:
-      try:
-        what = records.config_changes(records.flat_config(json.loads(old)),
-                                      records.flat_config(json.loads(text)))
-      except ValueError:   # an unreadable saved config: it is replaced all the same
-        what = f'{path} is not valid JSON'
-      reporting.log(f'warning: the config differs from the one saved in {path} ({what}); '
-                    'resuming with the new one (the old one is kept as config.previous.json)')
+      what = _config_changes(config, workdir)   # '' for an unreadable or reformatted file
+      reporting.log(f'warning: the config differs from the one saved in {path}'
+                    f'{f" ({what})" if what else ""}; resuming with the new one (the old one is '
+                    'kept as config.previous.json)')
       os.replace(path, os.path.join(workdir, 'config.previous.json'))
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text)
