@@ -66,7 +66,7 @@ import numpy as np
 
 from onetrans_jax import accounting, models, records, reporting, scaling, study_report, tuning
 from onetrans_jax.data import pipeline
-from onetrans_jax.errors import ConfigError
+from onetrans_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
 from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
 
 METRICS = ('auc', 'uauc')
@@ -317,8 +317,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     return {'plan': plan, 'estimate_seconds': estimate}
   t0 = time.time()
   by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+  failed: list[tuple[PlannedRun, Exception]] = []
   for run in plan:
-    by_variant[run.variant].append(execute(run, sw))
+    try:
+      by_variant[run.variant].append(execute(run, sw))
+    except (NonFiniteLossError, WorkdirError) as err:
+      # One run's own failure (it diverged, or its directory is held by another process) must
+      # not cost the runs after it their turn: they train, and the sweep fails at the end.
+      reporting.log(f'[sweep] {run.variant} seed {run.seed}: FAILED ({type(err).__name__}: '
+                    f'{err}); going on with the other runs')
+      failed.append((run, err))
+  if failed:
+    first = failed[0][1]
+    names_failed = ', '.join(f'{r.variant} seed {r.seed}' for r, _ in failed)
+    raise type(first)(f'{len(failed)} of {len(plan)} runs failed ({names_failed}), the others '
+                      f'finished and wrote their records; the first failure: {first}') from first
   if only or shard is not None:
     what = f' of {list(only)} (sweep.only)' if only else ''
     if shard is not None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -124,3 +125,63 @@ def test_the_study_queue_names_only_experiments_and_variants_that_exist():
   for module, arg in found:
     m = importlib.import_module(f'onetrans_jax.experiments.{module}')
     assert m.get_config(arg or None).sweep.study   # a sweep with a study name: it commits
+
+
+_FAKE_PYTHON = r'''#!/usr/bin/env bash
+# Stands in for python: -c snippets run for real; launch.py logs its arguments and, for a dry run,
+# prints a plan whose runs are all recorded (fingerprints from $FAKE_FP). The ML-1M tuning's
+# choices read as missing (the studies that wait for them are skipped, without importing jax).
+if [ "$1" = -c ] && [[ "$2" == *TUNED_SPARSE_LR* ]]; then exit 1; fi
+if [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi
+shift
+echo "$*" >> "$FAKE_LOG"
+if [[ "$*" == *dry_run=True* ]]; then
+  echo "sweep plan: 2 runs (2 reused, 0 resumed, 0 to train); estimated 0:00:00"
+  echo "  row seed 0: reuse    0:00:00  ${FAKE_FP}aaaa  matching record"
+  echo "  row seed 1: reuse    0:00:00  ${FAKE_FP}bbbb  matching record"
+fi
+exit 0
+'''
+
+
+def _run_queue(tmp_path, lanes: str, fp: str) -> list[str]:
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir(exist_ok=True)
+  (bin_dir / 'python').write_text(_FAKE_PYTHON)
+  (bin_dir / 'python').chmod(0o755)
+  log = tmp_path / 'launches.log'
+  log.write_text('')
+  env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', FAKE_LOG=str(log),
+             FAKE_FP=fp, REAL_PYTHON=sys.executable)
+  out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'study_queue.sh'), '--lanes', lanes,
+                        str(tmp_path / 'root')], capture_output=True, text=True, timeout=300,
+                       env=env)
+  assert out.returncode == 0, out.stdout + out.stderr
+  return log.read_text().splitlines()
+
+
+def _reports(launches: list[str]) -> list[str]:
+  """The launches that would write a report: unsharded, not dry runs."""
+  return [a for a in launches if 'sweep.shard' not in a and 'dry_run' not in a]
+
+
+def test_the_study_queue_writes_no_report_from_a_one_seed_pass(tmp_path):
+  """One lane: every first-pass (one-seed) launch is a shard 0/1 sweep, which writes records and
+  no report; the second pass's launches are whole sweeps, which write the reports."""
+  launches = _run_queue(tmp_path, '1', 'fp1')
+  assert [a for a in launches if 'seeds=(0,)' in a]
+  assert all('--config.sweep.shard=0/1' in a for a in launches if 'seeds=(0,)' in a)
+  assert not [a for a in _reports(launches) if 'seeds=(0,)' in a]
+  assert any('onerank_main.py:mechanisms' in a for a in _reports(launches))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='two lanes need two CPU cores')
+def test_the_study_queue_reports_each_study_once_per_runs_and_code(tmp_path):
+  """Two lanes: the last lane to finish a study writes its report, never from a one-seed pass;
+  a second queue over the same records and code writes none, and one whose runs have other
+  fingerprints (a study retrained under a changed config, same counts) writes them again."""
+  first = _reports(_run_queue(tmp_path, '2', 'fp1'))
+  assert first and not [a for a in first if 'seeds=(0,)' in a]
+  assert len(first) == len(set(first))   # one report per study, not one per lane
+  assert _reports(_run_queue(tmp_path, '2', 'fp1')) == []
+  assert sorted(_reports(_run_queue(tmp_path, '2', 'fp2'))) == sorted(first)

@@ -512,3 +512,26 @@ def test_the_report_names_the_code_of_its_runs():
       'aaaaaaaaaaaa (2 runs); bbbbbbbbbbbb +edits (1 run); runs recorded before records named '
       'their code (1 run); package 0.1.0 (1 run)')
   assert study_report.code_line([]) == 'no run records'
+
+
+def test_a_diverged_run_does_not_stop_the_runs_after_it(tmp_path, monkeypatch):
+  """A run that fails on its own (NaN loss) is logged; the runs after it still train and write
+  their records, and the sweep then fails naming it (a queue lane's other runs keep their turn)."""
+  from onetrans_jax import train as train_mod
+  from onetrans_jax.errors import NonFiniteLossError
+  real = train_mod.train_and_evaluate
+
+  def diverges_for_base_seed_0(cfg, workdir):
+    if workdir.endswith(os.path.join('base', 'seed_0')):
+      raise NonFiniteLossError('loss is NaN/inf at step 2')
+    return real(cfg, workdir)
+  monkeypatch.setattr(train_mod, 'train_and_evaluate', diverges_for_base_seed_0)
+  with pytest.raises(NonFiniteLossError,
+                     match=r'1 of 4 runs failed \(base seed 0\).*NaN/inf at step 2'):
+    run_sweep(_sweep_config(), str(tmp_path))
+  for name, seed in (('base', 1), ('wide', 0), ('wide', 1)):
+    assert (tmp_path / name / f'seed_{seed}' / 'record.json').exists()
+  assert not (tmp_path / 'base' / 'seed_0' / 'record.json').exists()
+  monkeypatch.setattr(train_mod, 'train_and_evaluate', real)
+  out = run_sweep(_sweep_config(), str(tmp_path))   # the next invocation trains only that one
+  assert [r.action for r in out['plan']] == ['train', 'reuse', 'reuse', 'reuse']

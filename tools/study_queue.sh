@@ -108,19 +108,20 @@ ML100K=../shared/data/ml-100k
 E=onetrans_jax/experiments
 
 if [ "$plan" = 1 ]; then commit=0; fi
+commit_records() {  # only results/*/runs paths; a failure (git busy) is logged, retried later
+  for d in results/*/runs; do
+    if [ -n "$(git status --porcelain -- "$d")" ]; then
+      git add -- "$d" && git commit -q -m "$d: new run records" -- "$d" \
+        && echo "$(date -u +%FT%TZ) committed $d"
+    fi
+  done
+}
 if [ "$commit" = 1 ]; then
-  (
-    while true; do
-      sleep 300
-      for d in results/*/runs; do
-        if [ -n "$(git status --porcelain -- "$d")" ]; then
-          git add -- "$d" && git commit -q -m "$d: new run records" -- "$d" \
-            && echo "$(date -u +%FT%TZ) committed $d"
-        fi
-      done
-    done
-  ) >> "$root/commit_loop.log" 2>&1 &
-  trap 'kill %1 2>/dev/null' EXIT
+  ( while true; do sleep 300; commit_records; done ) >> "$root/commit_loop.log" 2>&1 &
+  loop=$!
+  # On exit (the queue finished, or SIGTERM at a session's end) the records written since the
+  # last pass are committed too, so a session loses at most the runs in flight.
+  trap 'kill "$loop" 2>/dev/null; commit_records >> "$root/commit_loop.log" 2>&1' EXIT
 fi
 
 interrupted() {  # exit status of a run stopped by SIGTERM / SIGINT (128 + 15 / 2), checkpoint saved
@@ -137,10 +138,15 @@ step() {  # name, then launch.py's arguments
     echo "$name: ${line:-no plan (see $root/$name.plan.log)}"
     return
   fi
-  local log="$root/$name.log" tag="" extra=() pin=()
+  local log="$root/$name.log" tag="" extra=() pin=() some_seeds=0 a
+  # The first pass's sweeps (--config.sweep.seeds=(0,)) train one seed of a study: they must not
+  # write its report, which would replace a finished study's every-seed report with a one-seed one.
+  for a in "$@"; do [[ "$a" == --config.sweep.seeds=* ]] && some_seeds=1; done
   if [ "$lanes" -gt 1 ]; then
     log="$root/$name.lane$lane.log"; tag=" (lane $lane/$lanes)"
     extra=("--config.sweep.shard=$lane/$lanes"); pin=(taskset -c "${cores[$lane]}")
+  elif [ "$some_seeds" = 1 ]; then
+    extra=("--config.sweep.shard=0/1")   # a sharded sweep writes records and no report
   fi
   echo "$(date -u +%FT%TZ) start $name$tag"
   # A study that fails (its data missing, a bad record) is logged and the queue goes on.
@@ -149,7 +155,7 @@ step() {  # name, then launch.py's arguments
   local rc=$?
   if [ "$rc" = 0 ]; then
     echo "$(date -u +%FT%TZ) done $name$tag"
-    if [ "$lanes" -gt 1 ]; then report "$name" "$@"; fi
+    if [ "$lanes" -gt 1 ] && [ "$some_seeds" = 0 ]; then report "$name" "$@"; fi
   elif interrupted "$rc"; then
     echo "$(date -u +%FT%TZ) $name$tag interrupted (exit $rc): the queue stops; run it again to" \
          "resume"
@@ -163,8 +169,9 @@ report() {  # lanes: once none of a study's runs is left, one unsharded sweep wr
   local name="$1"; shift
   (
     flock 9
-    line="$(taskset -c "${cores[$lane]}" python launch.py "$@" --config.sweep.dry_run=True 2>&1 \
-            | grep 'sweep plan:')"
+    plan_out="$(taskset -c "${cores[$lane]}" python launch.py "$@" --config.sweep.dry_run=True \
+                2>&1)"
+    line="$(grep 'sweep plan:' <<< "$plan_out")"
     if [ -z "$line" ]; then
       echo "$(date -u +%FT%TZ) FAILED report $name: its dry run printed no plan (run it alone:" \
            "python launch.py $* --config.sweep.dry_run=True)"
@@ -175,7 +182,12 @@ report() {  # lanes: once none of a study's runs is left, one unsharded sweep wr
            "lanes' (${line#*sweep plan: })"
       exit 0
     fi
-    stamp="$*|${line%%;*}"   # these arguments and these runs: reported once
+    # Reported once per: these arguments, these runs (each one's variant, seed and fingerprint:
+    # a study retrained under a changed config has the same counts but other fingerprints) and
+    # this code (a changed report writer regenerates the report from the same records).
+    runs_sum="$(grep -E '^  .* seed [0-9]+: (reuse|resume|train) ' <<< "$plan_out" \
+                | sed -E 's/ +[0-9]+:[0-9]{2}:[0-9]{2} / /' | sort | sha1sum)"
+    stamp="$*|${line%%;*}|runs ${runs_sum%% *}|code $(git rev-parse HEAD:onetrans_jax 2>/dev/null)"
     if [ -f "$root/$name.reported" ] && [ "$(cat "$root/$name.reported")" = "$stamp" ]; then
       exit 0
     fi
