@@ -112,11 +112,15 @@ def fingerprint(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
 
 
 def machine() -> dict[str, Any]:
-  """Where a run ran: processor, accelerator, device count, jax version (for the report)."""
+  """Where a run ran: processor, accelerator, device count, jax version (for the report), and
+  the CPUs the process could use (a study lane pinned to one core: 1). XLA's CPU thread count
+  follows them, and with it the rounding of some reductions: over thousands of steps a run on
+  one thread and the same run on two part like two seeds (README, *The reproduction studies*)."""
   import jax  # local: records are read and compared without starting a backend
   devices = jax.devices()
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   return {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
-          'cpu_count': os.cpu_count(), 'backend': jax.default_backend(),
+          'cpu_count': os.cpu_count(), 'cpus_usable': usable, 'backend': jax.default_backend(),
           'device_kind': devices[0].device_kind, 'device_count': len(devices),
           'jax': jax.__version__}
 

@@ -535,3 +535,11 @@ def test_a_diverged_run_does_not_stop_the_runs_after_it(tmp_path, monkeypatch):
   monkeypatch.setattr(train_mod, 'train_and_evaluate', real)
   out = run_sweep(_sweep_config(), str(tmp_path))   # the next invocation trains only that one
   assert [r.action for r in out['plan']] == ['train', 'reuse', 'reuse', 'reuse']
+
+
+def test_a_record_says_how_many_cpus_its_run_could_use():
+  """A lane pinned to one core trains on one XLA thread, which changes the run's rounding: the
+  record keeps the CPUs the process could use beside the machine's count."""
+  mach = records.machine()
+  assert mach['cpus_usable'] == len(os.sched_getaffinity(0))
+  assert 1 <= mach['cpus_usable'] <= mach['cpu_count']
