@@ -3,7 +3,8 @@ that are never read half-written.
 
 * ``WorkdirLock``: ``<workdir>/run.lock`` holds the pid, host and start time of the run using it.
   A second run on the same workdir refuses with a message naming the holder; a lock left by a
-  process that no longer runs on this host is taken over (with a warning). Two runs interleaving
+  process that no longer runs on this host, or whose pid now belongs to a process started after
+  the lock was written, is taken over (with a warning). Two runs interleaving
   checkpoints and metrics would corrupt both, which is worse than refusing.
 * ``prepare``: creates the workdir, checks that it is writable, and returns a cleanup that removes
   it again when the start is refused before anything was written into it.
@@ -36,6 +37,36 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _start_time(pid: int) -> float | None:
+  """When process ``pid`` started, in seconds since the epoch (Linux /proc; None elsewhere)."""
+  try:
+    with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+      # Field 22 (starttime, clock ticks after boot); the command name (field 2) may hold spaces,
+      # so count from the closing parenthesis.
+      ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/stat', encoding='utf-8') as f:
+      boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
+    return boot + ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
+
+
+def _pid_reused(pid: int, started: Any) -> bool:
+  """Whether the live process ``pid`` started after the lock was written (``started``, ISO time):
+  then it is not the lock's writer but a later process given the same pid (a run killed at a
+  session's end leaves its lock; after a reboot its pid may belong to anything)."""
+  t = _start_time(pid)
+  try:
+    when = datetime.datetime.fromisoformat(str(started))
+  except ValueError:
+    return False
+  if t is None:
+    return False
+  if when.tzinfo is None:
+    when = when.replace(tzinfo=datetime.timezone.utc)
+  return t > when.timestamp() + 2.0   # the lock's time and the boot time are whole seconds
+
+
 class WorkdirLock:
   """Exclusive use of a workdir by one run (only process 0 of a multi-process job takes it)."""
 
@@ -60,7 +91,7 @@ class WorkdirLock:
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
-        holder = self._holder()
+        holder, reused = self._holder(), False
         if holder == {}:
           continue  # released meanwhile: try again
         if holder is not None:
@@ -70,12 +101,15 @@ class WorkdirLock:
                 f'{os.path.dirname(self.path)} is in use by pid {pid} on host {host} (since '
                 f'{holder.get("started", "?")}); use another --workdir, or, if that run is no '
                 f'longer running, delete {self.path}') from None
-          if pid == me['pid'] or _alive(pid):
+          reused = pid != me['pid'] and _alive(pid) and _pid_reused(pid, holder.get('started'))
+          if (pid == me['pid'] or _alive(pid)) and not reused:
             raise WorkdirError(
                 f'{os.path.dirname(self.path)} is in use by another run (pid {pid}, since '
                 f'{holder.get("started", "?")}); wait for it to finish or use another --workdir')
-        self._log(f'warning: taking over the stale lock {self.path} '
-                  f'({"unreadable" if holder is None else "pid " + str(holder.get("pid")) + " no longer runs"})')
+        why = ('unreadable' if holder is None else
+               f'pid {holder.get("pid")} is a process started after it' if reused else
+               f'pid {holder.get("pid")} no longer runs')
+        self._log(f'warning: taking over the stale lock {self.path} ({why})')
         try:
           os.remove(self.path)
         except FileNotFoundError:

@@ -3,11 +3,14 @@ checkpoint, records duplicated by a resume, NaN in the final metrics, step numbe
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +29,17 @@ def _lock(tmp_path, **holder):
 
 
 # ------------------------------------------------------------------------------- the workdir lock
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
 def test_a_second_run_on_a_busy_workdir_refuses(config, tmp_path):
   sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
   try:
-    _lock(tmp_path, pid=sleeper.pid, host=socket.gethostname(), started='2026-01-01T00:00:00')
+    started = _now()   # as the holder writes it: after its own start
+    _lock(tmp_path, pid=sleeper.pid, host=socket.gethostname(), started=started)
     with pytest.raises(WorkdirError, match=rf'in use by another run \(pid {sleeper.pid}, since '
-                                           r'2026-01-01T00:00:00\); wait for it'):
+                                           rf'{re.escape(started)}\); wait for it'):
       train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / 'config.json').exists()    # refused before writing anything
     assert json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text())['pid'] == sleeper.pid
@@ -56,6 +64,29 @@ def test_a_stale_lock_is_taken_over_and_released(config, tmp_path, capsys):
   assert f'taking over the stale lock {tmp_path}/{workdir_lib.LOCK_FILE} (pid {dead.pid} no ' \
          'longer runs)' in capsys.readouterr().out
   assert not (tmp_path / workdir_lib.LOCK_FILE).exists()   # released at the end
+
+
+def test_a_lock_whose_pid_now_belongs_to_a_later_process_is_taken_over(tmp_path, capsys):
+  """A run killed while compiling leaves its lock; once its pid is given to another process
+  (started after the lock was written), the lock is stale although that pid is alive."""
+  later = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    _lock(tmp_path, pid=later.pid, host=socket.gethostname(), started='2026-01-01T00:00:00+00:00')
+    lock = workdir_lib.WorkdirLock(str(tmp_path))
+    with lock:
+      assert json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text())['pid'] == os.getpid()
+    assert (f'taking over the stale lock {tmp_path}/{workdir_lib.LOCK_FILE} (pid {later.pid} is '
+            'a process started after it)') in capsys.readouterr().out
+  finally:
+    later.kill()
+    later.wait()
+
+
+def test_a_process_start_time_is_read_from_proc():
+  t = workdir_lib._start_time(os.getpid())   # pylint: disable=protected-access
+  if t is None:
+    pytest.skip('no /proc here')
+  assert 0 <= time.time() - t < 24 * 3600   # this test process started before now, today
 
 
 def test_the_lock_is_held_while_training(config, tmp_path):
