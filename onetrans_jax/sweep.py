@@ -65,6 +65,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, models, records, reporting, scaling, study_report, tuning
+from onetrans_jax import workdir as workdir_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
 from onetrans_jax.records import variant_config  # noqa: F401  (the sweep's public name too)
@@ -183,7 +184,11 @@ def _add_wall_time(run_dir: str, seconds: float) -> tuple[float, int]:
 
 
 def _set_aside(run_dir: str, why: str) -> str:
-  """Move a run directory made with another config out of the way (nothing is deleted)."""
+  """Move a run directory made with another config out of the way (nothing is deleted). A
+  directory that a live process is training in (its run.lock held) is left alone: WorkdirError
+  (e.g. a second sweep over a workdir whose lanes are still running)."""
+  with workdir_lib.WorkdirLock(run_dir, log=reporting.log):  # raises while another run holds it
+    pass
   k, target = 0, f'{run_dir}.stale'
   while os.path.exists(target):
     k += 1

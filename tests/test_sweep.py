@@ -543,3 +543,31 @@ def test_a_record_says_how_many_cpus_its_run_could_use():
   mach = records.machine()
   assert mach['cpus_usable'] == len(os.sched_getaffinity(0))
   assert 1 <= mach['cpus_usable'] <= mach['cpu_count']
+
+
+def test_a_run_directory_another_process_trains_in_is_never_moved_aside(tmp_path):
+  """A second sweep over a workdir whose lanes still train (another config's run in it, its lock
+  held by a live process) leaves that directory alone and says why, instead of renaming it under
+  the process that writes into it."""
+  import datetime
+  import socket
+  import subprocess
+  import sys
+  from onetrans_jax import workdir as workdir_lib
+  from onetrans_jax.errors import WorkdirError
+  work = tmp_path / 'work'
+  run_sweep(_one_run_config(tmp_path), str(work))
+  run_dir = work / 'base' / 'seed_0'
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    (run_dir / workdir_lib.LOCK_FILE).write_text(json.dumps({
+        'pid': holder.pid, 'host': socket.gethostname(),
+        'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}))
+    with pytest.raises(WorkdirError, match=rf'1 of 1 runs failed \(base seed 0\).*in use by '
+                                           rf'another run \(pid {holder.pid}'):
+      run_sweep(_one_run_config(tmp_path, hidden=(40,)), str(work))
+    assert (run_dir / 'final_metrics.json').exists()
+    assert not (work / 'base' / 'seed_0.stale').exists()
+  finally:
+    holder.kill()
+    holder.wait()
