@@ -16,9 +16,9 @@
 # apart (a 40-step DCNv2 run: identical). A lane that finishes its part of a study goes on to the
 # next; the last lane to finish a study writes its report (an unsharded sweep that reuses every
 # record), under a lock, once per set of runs (their fingerprints) and code; the first pass's
-# one-seed sweeps never write one. Every launch.py re-runs itself once with huge pages for the host allocator
-# (onetrans_jax/host_memory.py: steps 1.03-1.29x faster on one pinned core, the same numbers), so a
-# lane needs nothing set.
+# one-seed sweeps never write one. Every launch.py re-runs itself once with huge pages for the
+# host allocator (onetrans_jax/host_memory.py: steps 1.03-1.29x faster on one pinned core, the
+# same numbers), so a lane needs nothing set.
 #
 #   tools/study_queue.sh [--commit] [--lanes N] [WORKDIR_ROOT]   # default root: runs/, N = 1
 #   tools/study_queue.sh --plan [WORKDIR_ROOT]          # trains nothing: each study's dry-run
