@@ -60,7 +60,7 @@ def _pid_reused(pid: int, started: Any) -> bool:
     when = datetime.datetime.fromisoformat(str(started))
   except ValueError:
     return False
-  if t is None:
+  if t is None:   # no /proc: the pid counts as the writer's, as before
     return False
   if when.tzinfo is None:
     when = when.replace(tzinfo=datetime.timezone.utc)
@@ -101,8 +101,9 @@ class WorkdirLock:
                 f'{os.path.dirname(self.path)} is in use by pid {pid} on host {host} (since '
                 f'{holder.get("started", "?")}); use another --workdir, or, if that run is no '
                 f'longer running, delete {self.path}') from None
-          reused = pid != me['pid'] and _alive(pid) and _pid_reused(pid, holder.get('started'))
-          if (pid == me['pid'] or _alive(pid)) and not reused:
+          alive = pid == me['pid'] or _alive(pid)
+          reused = alive and pid != me['pid'] and _pid_reused(pid, holder.get('started'))
+          if alive and not reused:
             raise WorkdirError(
                 f'{os.path.dirname(self.path)} is in use by another run (pid {pid}, since '
                 f'{holder.get("started", "?")}); wait for it to finish or use another --workdir')
