@@ -464,13 +464,15 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   """Seconds each run will take at its step cap (an upper bound: early stopping ends most runs
   sooner): 0 for a reuse; scaled from a finished record of the same variant (its measured wall
   time per step: measure one seed first, then plan the rest); else the analytic training FLOPs
-  of the reference per-candidate pass at the machine's measured matmul rate x ASSUMED_MFU. That
+  of a step as the model runs it (``models.training_flops_per_request``: a shared request side
+  counted once, not per candidate) at the machine's measured matmul rate x ASSUMED_MFU. That
   figure is calibrated (median of measured / analytic seconds per step) by the finished records
   of the same model family in the plan, or, where the plan has none, by those of the same family
   on the same data set that other studies committed beside ``results_dir``
-  (``results/<study>/runs/``: RQ1 on ML-1M by RQ3's ML-1M runs). The families' counts differ in
-  bias: request-level OneTrans and OneRank share the user side the reference pass does not, so
-  uncalibrated it overstated ML-1M's OneTrans base 13x. Without any record it adds a fixed
+  (``results/<study>/runs/``: RQ1 on ML-1M by RQ3's ML-1M runs). One family's rows still differ
+  in how fast their FLOPs run (the calibration is one ratio per family); until 2026-12-07 the
+  count was the per-impression one, which put the mechanism world's RankMixer + LONGER at 41
+  hours a run against about 1 measured. Without any record it adds a fixed
   start-up cost (compile, evaluation). A classical floor row (onetrans_jax/floors) takes
   FLOOR_SECONDS. With ``measure_steps`` > 0 every variant left to train is timed instead, here
   and now (``measured_step_seconds``, once per variant, its seeds sharing it): the records' wall
@@ -484,8 +486,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
     if not rate:
       rate.append(_matmul_rate())
     schema = schemas(cfg.data)
-    per_step = (models.training_flops_per_example(cfg.model, schema) *
-                cfg.data.batch_size * schema.num_candidates)
+    per_step = (models.training_flops_per_request(cfg.model, schema, schema.num_candidates) *
+                cfg.data.batch_size)
     return per_step / (rate[0] * ASSUMED_MFU)
 
   measured: dict[str, float] = {}

@@ -73,6 +73,8 @@ def test_analytic_flops_match_xla(config, request_level):
   else:
     analytic = onetrans_config.forward_flops(mcfg, schema)['total'] * c
   assert 0.7 < xla / analytic < 1.5, (xla, analytic)
+  # What a run's time estimate and the workloads' MFU charge a request: the layout that runs.
+  assert models.training_flops_per_request(mcfg, schema, c) == pytest.approx(3 * analytic)
 
 
 def test_cached_candidate_cost_is_linear_in_sequence_length(config):

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from onetrans_jax import records, reporting, stats, study_report
+from onetrans_jax import models, records, reporting, stats, study_report
+from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
 from tests.helpers import small_config
@@ -447,6 +448,37 @@ def test_the_estimate_is_calibrated_by_a_finished_run_of_the_same_family(tmp_pat
   from onetrans_jax.models.baselines import config as baselines_config
   other.config.model = baselines_config.defaults('transformer', 'rankmixer')
   assert sweep_lib.estimate_seconds([other, wide])[('wide', 0)] == pytest.approx(raw[('wide', 0)])
+
+
+def test_the_estimate_charges_a_shared_sequence_encoder_once_per_request(tmp_path, monkeypatch):
+  """Uncalibrated, a run costs its step's FLOPs as the model runs them: an encode-then-interact
+  baseline's sequence encoder once per request, not once per candidate (the per-impression
+  count put the mechanism world's RankMixer + LONGER at 41 hours a run against ~1 measured)."""
+  import dataclasses
+  from onetrans_jax import sweep as sweep_lib
+  from onetrans_jax.models.baselines import config as baselines_config
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  c = _sweep_config()
+  c.sweep.seeds = (0,)
+  c.sweep.dry_run = True
+  c.model = baselines_config.defaults('transformer', 'rankmixer')
+  c.sweep.variants = (('base', ()),)
+  (run,) = run_sweep(c, str(tmp_path))['plan']
+  schema = pipeline.build_dataset(run.config.data).schema
+  cands, batch = schema.num_candidates, run.config.data.batch_size
+  assert cands > 1
+  per_request = models.training_flops_per_request(run.config.model, schema, cands)
+  per_impression = models.training_flops_per_example(run.config.model, schema)
+  assert per_request < 0.9 * cands * per_impression   # the encoder's share is not repeated
+  seconds = sweep_lib.estimate_seconds([run])[('base', 0)]
+  steps = int(run.config.train.total_steps)
+  assert seconds == pytest.approx(sweep_lib.STARTUP_SECONDS + steps * batch * per_request /
+                                  (1e9 * sweep_lib.ASSUMED_MFU))
+  # A family without a shared side is charged C x its per-impression count.
+  mlp = dataclasses.replace(run, config=_sweep_config())
+  mlp_schema = pipeline.build_dataset(mlp.config.data).schema
+  assert models.training_flops_per_request(mlp.config.model, mlp_schema, cands) == (
+      cands * models.training_flops_per_example(mlp.config.model, mlp_schema))
 
 
 def test_the_plan_states_the_total_early_stopping_implies(tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ import numpy as np
 from onetrans_jax import models, records, reporting, sharding
 from onetrans_jax.benchmarks import steps
 from onetrans_jax.data import pipeline
-from onetrans_jax.models.baselines import config as baselines_config
 
 # key -> (experiment module, its variant argument, the sweep row; None: the config as is).
 WORKLOADS: dict[str, tuple[str, str | None, str | None]] = {
@@ -60,17 +59,14 @@ def workload_config(key: str) -> ml_collections.ConfigDict:
 
 
 def step_flops(config: ml_collections.ConfigDict, schema: Any, model: Any) -> float:
-  """Analytic training FLOPs of one step in the layout that runs: OneTrans counts its
-  request-level sharing (suite.step_flops), the encode-then-interact baselines their sequence
-  encoders once per request (baselines.config.training_flops_per_request); the other families'
+  """Analytic training FLOPs of one step in the layout that runs
+  (``models.training_flops_per_request``): OneTrans counts its request-level sharing, the
+  encode-then-interact baselines their sequence encoders once per request; the other families'
   per-impression count covers the batch's R x C candidate slots (padding slots are computed
   too). benchmarks/dots.py checks each against the FLOPs of the dots the step really runs."""
+  del model   # the config says how it runs; ``model`` is dots_row's analytic_flops interface
   r, c = config.data.batch_size, config.data.num_candidates
-  if config.model.name == 'onetrans':
-    return steps.onetrans_step_flops(config, schema, model.request_level)
-  if config.model.name == 'baseline':
-    return r * baselines_config.training_flops_per_request(config.model, schema, c)
-  return r * c * models.training_flops_per_example(config.model, schema)
+  return r * models.training_flops_per_request(config.model, schema, c)
 
 
 def _real_examples(host_batch: Any) -> int:

@@ -81,6 +81,20 @@ def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSc
   return (_floor(cfg) or family(cfg)).training_flops_per_example(cfg, schema)
 
 
+def training_flops_per_request(cfg: ml_collections.ConfigDict, schema: FeatureSchema,
+                               candidates: int) -> float:
+  """Analytic training FLOPs of one request of ``candidates`` candidates in the layout the model
+  runs (what a step costs, for time estimates and MFU): the family's
+  ``training_flops_per_request`` where its request side is shared (OneTrans under request-level
+  sharing, the encode-then-interact baselines' sequence encoders), else ``candidates`` x the
+  per-impression count (OneRank's count already spreads its shared prefix over the slots)."""
+  module = _floor(cfg) or family(cfg)
+  per_request = getattr(module, 'training_flops_per_request', None)
+  if per_request is not None:
+    return per_request(cfg, schema, candidates)
+  return candidates * module.training_flops_per_example(cfg, schema)
+
+
 def data_init(cfg: ml_collections.ConfigDict, params: Any, task_rates: Callable[[], Any]) -> Any:
   """``params`` with the family's data-dependent initial values (its ``data_init``), if any;
   ``task_rates`` is called only by a family whose config asks for the base rates."""

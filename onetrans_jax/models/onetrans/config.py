@@ -301,3 +301,17 @@ def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSc
   """Training FLOPs per impression (3 x forward) of the reference per-candidate pass (the
   OneTrans paper's convention, whatever ``request_level`` is)."""
   return 3.0 * forward_flops(cfg, schema)['total']
+
+
+def training_flops_per_request(cfg: ml_collections.ConfigDict, schema: FeatureSchema,
+                               candidates: int) -> float:
+  """Training FLOPs (3 x forward) of one request of ``candidates`` candidates as the model runs
+  it: under request-level sharing the S side once (``shared_forward_flops``), else the
+  per-candidate pass ``candidates`` times. Sizing a run's time needs this, not the paper's
+  per-impression convention, which overstates a shared request C-fold on its S side."""
+  full = fields.with_defaults(cfg, defaults())
+  attention = fields.check('attention', full.attention, ATTENTION)
+  if _request_level(full, attention):
+    f = shared_forward_flops(cfg, schema)
+    return 3.0 * (f['user'] + candidates * f['candidate'])
+  return candidates * training_flops_per_example(cfg, schema)
