@@ -127,8 +127,5 @@ def build_step(config: ml_collections.ConfigDict) -> Step:
 def onetrans_step_flops(config: ml_collections.ConfigDict, schema: FeatureSchema,
                         request_level: bool) -> float:
   """Analytic training FLOPs of one OneTrans step in the layout that runs (3 x forward)."""
-  r, c = config.data.batch_size, config.data.num_candidates
-  if request_level:
-    f = onetrans_config.shared_forward_flops(config.model, schema)
-    return 3.0 * r * (f['user'] + c * f['candidate'])
-  return 3.0 * r * c * onetrans_config.forward_flops(config.model, schema)['total']
+  return config.data.batch_size * onetrans_config.training_flops_per_request(
+      config.model, schema, config.data.num_candidates, request_level)

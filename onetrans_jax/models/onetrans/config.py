@@ -304,14 +304,17 @@ def training_flops_per_example(cfg: ml_collections.ConfigDict, schema: FeatureSc
 
 
 def training_flops_per_request(cfg: ml_collections.ConfigDict, schema: FeatureSchema,
-                               candidates: int) -> float:
+                               candidates: int, request_level: bool | None = None) -> float:
   """Training FLOPs (3 x forward) of one request of ``candidates`` candidates as the model runs
   it: under request-level sharing the S side once (``shared_forward_flops``), else the
   per-candidate pass ``candidates`` times. Sizing a run's time needs this, not the paper's
-  per-impression convention, which overstates a shared request C-fold on its S side."""
-  full = fields.with_defaults(cfg, defaults())
-  attention = fields.check('attention', full.attention, ATTENTION)
-  if _request_level(full, attention):
+  per-impression convention, which overstates a shared request C-fold on its S side.
+  ``request_level`` None: as ``cfg`` resolves it (what ``from_config`` builds); the speed
+  suite passes its built model's."""
+  if request_level is None:
+    full = fields.with_defaults(cfg, defaults())
+    request_level = _request_level(full, fields.check('attention', full.attention, ATTENTION))
+  if request_level:
     f = shared_forward_flops(cfg, schema)
     return 3.0 * (f['user'] + candidates * f['candidate'])
   return candidates * training_flops_per_example(cfg, schema)
