@@ -38,7 +38,15 @@ An experiment file opts in with ``config.sweep``:
                    its own core (tools/study_queue.sh --lanes): on 2 CPU cores two pinned
                    one-thread processes train about 1.1-1.16x the examples/s of one two-thread
                    process. The split depends only on the list, so a lane resumes its own runs
-                   in the next session
+                   in the next session; a lane whose share costs less idles at the study's end
+  sweep.claim      optional, default False: True makes the process one of several that share the
+                   study's runs as each comes free, instead of a fixed shard: it walks the whole
+                   list (after ``only``), the longest estimated runs first, takes a run by its
+                   claim lock (``<workdir>/.claims/<variant>/seed_<s>/run.lock``, held while it
+                   trains), plans that run again under the claim (another process may have
+                   recorded it since this one's plan: it is reused, not trained twice) and skips
+                   a run another process holds. Lanes then finish a study together, whatever its
+                   runs cost (tools/study_queue.sh --lanes); like ``shard``: records, no report
 A variant whose ``model`` is a classical floor (onetrans_jax/floors: item_rate, logistic,
 lightgbm) is fitted by ``floors.fit.fit_and_evaluate`` instead of trained, on the same hold-out.
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
@@ -300,6 +308,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ConfigError(f'config.sweep.only names {unknown}, not variants of this sweep; use some of '
                       f'{names}')
   shard = _shard(sw.get('shard', '') or '')
+  claim = sw.get('claim', False)
+  if not isinstance(claim, bool):
+    raise ConfigError(f'config.sweep.claim={claim!r}: use True (share the runs with other '
+                      'processes on this workdir) or False')
+  if claim and shard is not None:
+    raise ConfigError(f'config.sweep.claim=True and config.sweep.shard={sw.shard!r} both split '
+                      'the study between processes; use one of them (claim: runs taken as lanes '
+                      'come free; shard: a fixed share)')
   select = sw.get('select', '') or ''
   if select:
     if not re.fullmatch(r'valid/[^/]+/(auc|uauc|logloss)', select):
@@ -323,9 +339,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   t0 = time.time()
   by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
   failed: list[tuple[PlannedRun, Exception]] = []
+  overrides_of = dict(sw.variants)
+  if claim:   # the longest first, so the lanes' last runs are short ones and end together
+    plan = sorted(plan, key=lambda r: -estimate.get((r.variant, r.seed), 0.0))
+  executed: list[PlannedRun] = []
   for run in plan:
     try:
-      by_variant[run.variant].append(execute(run, sw))
+      if claim:
+        record = execute_claimed(config, workdir, run, overrides_of[run.variant])
+        if record is None:
+          continue
+      else:
+        record = execute(run, sw)
+      by_variant[run.variant].append(record)
+      executed.append(run)
     except (NonFiniteLossError, WorkdirError) as err:
       # One run's own failure (it diverged, or its directory is held by another process) must
       # not cost the runs after it their turn: they train, and the sweep fails at the end.
@@ -337,13 +364,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     names_failed = ', '.join(f'{r.variant} seed {r.seed}' for r, _ in failed)
     raise type(first)(f'{len(failed)} of {len(plan)} runs failed ({names_failed}), the others '
                       f'finished and wrote their records; the first failure: {first}') from first
-  if only or shard is not None:
+  if only or shard is not None or claim:
     what = f' of {list(only)} (sweep.only)' if only else ''
     if shard is not None:
       what += f' of shard {shard[0]}/{shard[1]} (sweep.shard)'
-    reporting.log(f'[sweep] ran {len(plan)} runs{what}: records written, no report; run the '
-                  'sweep without sweep.only and sweep.shard to write it')
-    return {'plan': plan, 'records': by_variant, 'wall_seconds': time.time() - t0}
+    if claim:
+      what += (f' ({len(plan) - len(executed)} of {len(plan)} held by other processes, '
+               'sweep.claim)')
+    reporting.log(f'[sweep] ran {len(executed)} runs{what}: records written, no report; run the '
+                  'sweep without sweep.only, sweep.shard and sweep.claim to write it')
+    return {'plan': plan, 'records': by_variant, 'executed': executed,
+            'wall_seconds': time.time() - t0}
   results: dict[str, Any] = {}
   for name in names:
     cfg = next(r.config for r in plan if r.variant == name)
@@ -389,6 +420,41 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     reporting.log(f'[sweep] copied the report into {study_dir}/ (commit it with runs/)')
   return {'results': results, 'table': table, 'plan': plan, 'wall_seconds': wall,
           'summary': summ}
+
+
+CLAIMS_DIR = '.claims'
+
+
+def execute_claimed(config: ml_collections.ConfigDict, workdir: str, planned: PlannedRun,
+                    overrides: Sequence[tuple[str, Any]]) -> dict[str, Any] | None:
+  """``execute`` for a process that shares the study's runs (``sweep.claim``): the run's claim
+  lock is taken first, then the run is planned again under it, since another process may have
+  finished it (reuse), begun it (resume) or be training it since ``planned`` was made. Returns
+  the record, or None for a run another process holds (skipped)."""
+  where = f'{planned.variant} seed {planned.seed}'
+  claim_dir = os.path.join(workdir, CLAIMS_DIR, _slug(planned.variant), f'seed_{planned.seed}')
+  os.makedirs(claim_dir, exist_ok=True)
+  lock = workdir_lib.WorkdirLock(claim_dir, log=reporting.log)
+  try:
+    lock.acquire()
+  except WorkdirError as err:
+    reporting.log(f'[sweep] {where}: claimed by another process, skipped ({err})')
+    return None
+  try:
+    run = plan_run(config, workdir, planned.variant, overrides, planned.seed)
+    if run.action != planned.action:
+      reporting.log(f'[sweep] {where}: planned to {planned.action}, now {run.action} '
+                    f'({run.reason})')
+    if run.action != 'reuse' and os.path.isdir(run.run_dir):
+      try:   # a process outside the claims (a sweep without sweep.claim) may train in it
+        with workdir_lib.WorkdirLock(run.run_dir, log=reporting.log):
+          pass
+      except WorkdirError as err:
+        reporting.log(f'[sweep] {where}: its run directory is in use, skipped ({err})')
+        return None
+    return execute(run, config.sweep)
+  finally:
+    lock.release()
 
 
 def _shard(value: str) -> tuple[int, int] | None:

@@ -161,8 +161,9 @@ def _run_queue(tmp_path, lanes: str, fp: str) -> list[str]:
 
 
 def _reports(launches: list[str]) -> list[str]:
-  """The launches that would write a report: unsharded, not dry runs."""
-  return [a for a in launches if 'sweep.shard' not in a and 'dry_run' not in a]
+  """The launches that would write a report: neither sharded nor claiming, not dry runs."""
+  return [a for a in launches
+          if 'sweep.shard' not in a and 'sweep.claim' not in a and 'dry_run' not in a]
 
 
 def test_the_study_queue_writes_no_report_from_a_one_seed_pass(tmp_path):
@@ -180,7 +181,12 @@ def test_the_study_queue_reports_each_study_once_per_runs_and_code(tmp_path):
   """Two lanes: the last lane to finish a study writes its report, never from a one-seed pass;
   a second queue over the same records and code writes none, and one whose runs have other
   fingerprints (a study retrained under a changed config, same counts) writes them again."""
-  first = _reports(_run_queue(tmp_path, '2', 'fp1'))
+  launches = _run_queue(tmp_path, '2', 'fp1')
+  training = [a for a in launches if 'dry_run' not in a and a not in _reports(launches)]
+  # Each lane's training launches share the study's runs (claims), none takes a fixed shard.
+  assert training and all('--config.sweep.claim=True' in a and 'sweep.shard' not in a
+                          for a in training)
+  first = _reports(launches)
   assert first and not [a for a in first if 'seeds=(0,)' in a]
   assert len(first) == len(set(first))   # one report per study, not one per lane
   assert _reports(_run_queue(tmp_path, '2', 'fp1')) == []

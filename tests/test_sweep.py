@@ -603,3 +603,103 @@ def test_a_run_directory_another_process_trains_in_is_never_moved_aside(tmp_path
   finally:
     holder.kill()
     holder.wait()
+
+
+def _hold(lock_dir, pid: int) -> None:
+  """Writes a run.lock in ``lock_dir`` held by ``pid`` on this host (another live process)."""
+  import datetime
+  import socket
+  from onetrans_jax import workdir as workdir_lib
+  os.makedirs(lock_dir, exist_ok=True)
+  (lock_dir / workdir_lib.LOCK_FILE).write_text(json.dumps({
+      'pid': pid, 'host': socket.gethostname(),
+      'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}))
+
+
+def test_lanes_that_claim_runs_share_a_study_and_skip_what_another_holds(tmp_path, capsys):
+  """sweep.claim: a lane walks the whole list, longest estimate first (the wider model), skips
+  the run another live process has claimed, writes records and no report; once that process is
+  gone its claim is stale and the next lane trains only that run; the whole sweep then reports."""
+  import subprocess
+  import sys
+  from onetrans_jax.sweep import CLAIMS_DIR
+  c = _sweep_config()
+  c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
+  c.sweep.claim = True
+  work = tmp_path / 'w'
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+  try:
+    _hold(work / CLAIMS_DIR / 'wide' / 'seed_1', holder.pid)
+    first = run_sweep(c, str(work))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert [(r.variant, r.seed) for r in first['executed']] == [('wide', 0), ('base', 0),
+                                                              ('base', 1)]
+  assert 'wide seed 1: claimed by another process, skipped' in capsys.readouterr().out
+  assert not (work / 'wide' / 'seed_1').exists() and not (work / 'report.md').exists()
+  assert not (work / CLAIMS_DIR / 'base' / 'seed_0' / 'run.lock').exists()   # released
+  second = run_sweep(c, str(work))
+  assert sorted((r.variant, r.seed, r.action) for r in second['plan']) == [
+      ('base', 0, 'reuse'), ('base', 1, 'reuse'), ('wide', 0, 'reuse'), ('wide', 1, 'train')]
+  assert 'taking over the stale lock' in capsys.readouterr().out
+  assert (work / 'wide' / 'seed_1' / 'record.json').exists()
+  c.sweep.claim = False
+  whole = run_sweep(c, str(work))
+  assert [r.action for r in whole['plan']] == ['reuse'] * 4
+  assert (work / 'report.md').exists()
+
+
+def test_a_claimed_run_recorded_after_the_plan_is_reused_not_trained_again(tmp_path,
+                                                                           monkeypatch):
+  """A lane plans its study, then another lane finishes one of the runs: under its claim the
+  lane plans that run again and reuses the record instead of training it a second time."""
+  from onetrans_jax import sweep as sweep_mod
+  from onetrans_jax import train as train_mod
+  c = _sweep_config()
+  c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
+  work = str(tmp_path / 'w')
+  stale = sweep_mod.plan_run(c, work, 'base', (), 0)
+  assert stale.action == 'train'
+  c.sweep.only = ('base',)
+  other_lane = run_sweep(c, work)['records']['base'][0]
+
+  def must_not_train(cfg, workdir):
+    raise AssertionError(f'trained {workdir} again')
+  monkeypatch.setattr(train_mod, 'train_and_evaluate', must_not_train)
+  got = sweep_mod.execute_claimed(c, work, stale, ())
+  assert got['fingerprint'] == stale.fingerprint and got['metrics'] == other_lane['metrics']
+
+
+def test_a_claiming_lane_leaves_a_run_directory_in_use_by_a_process_without_claims(tmp_path,
+                                                                                   capsys):
+  """A run whose directory a process outside the claims trains in (its run.lock held) is skipped
+  by a claiming lane, not counted as a failure and not moved."""
+  import subprocess
+  import sys
+  c = _one_run_config(tmp_path)
+  c.sweep.claim = True
+  work = tmp_path / 'w'
+  (work / 'base' / 'seed_0').mkdir(parents=True)
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+  try:
+    _hold(work / 'base' / 'seed_0', holder.pid)
+    out = run_sweep(c, str(work))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert out['executed'] == []
+  assert 'base seed 0: its run directory is in use, skipped' in capsys.readouterr().out
+  assert not (work / 'base' / 'seed_0.stale').exists()
+
+
+@pytest.mark.parametrize('claim, shard, message', [
+    ('yes', '', r"config.sweep.claim='yes': use True"),
+    (True, '0/2', r"config.sweep.claim=True and config.sweep.shard='0/2' both split")])
+def test_bad_claim_settings_name_the_field_before_anything_runs(tmp_path, claim, shard, message):
+  c = _sweep_config()
+  c.sweep.claim = claim
+  c.sweep.shard = shard
+  with pytest.raises(ConfigError, match=message):
+    run_sweep(c, str(tmp_path))
+  assert not (tmp_path / 'base').exists()

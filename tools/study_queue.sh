@@ -6,9 +6,12 @@
 #
 # One lane by default: one training process at a time (two unpinned two-thread processes on 2 cores
 # each run at about half speed: nothing gained). --lanes N runs N queues side by side, lane i pinned
-# to the i-th CPU core it may use (taskset) and training the runs at positions i, i + N, ... of each
-# study's list (config.sweep.shard=i/N), so no run is trained twice and each lane resumes its own
-# runs in the next session (start it with the same N). On 2 cores, two pinned one-thread processes
+# to the i-th CPU core it may use (taskset), the lanes sharing each study's runs as they come free
+# (config.sweep.claim=True: a lane takes the next run no lane holds, longest estimate first, and
+# plans it again under its claim, so no run is trained twice and an interrupted run is resumed by
+# whichever lane reaches it next). Until 2026-12-08 a lane trained a fixed share (positions i,
+# i + N, ... of the list: config.sweep.shard=i/N); RQ3's last two runs fell to one lane, which
+# trained them one after the other while the other lane left the study. On 2 cores, two pinned one-thread processes
 # trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the examples/s of one two-thread
 # process (benchmarks/suite.py --sections=workloads on the mechanism-world workloads, under taskset,
 # 2026-12-07). The thread count changes the rounding of some reductions, not the run: 30 steps of
@@ -43,8 +46,8 @@
 # with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the queue again
 # in the next session: it skips what is recorded. The whole script is one function, read in full
 # before it runs, so editing this file does not disturb a queue already running (bash reads a plain
-# script as it goes). A launch.py in flight keeps the code it imported for every run of its study
-# shard; to have a lane pick up a code change (a speed-up), stop the queue as above and start it
+# script as it goes). A launch.py in flight keeps the code it imported for every run it takes of
+# its study; to have a lane pick up a code change (a speed-up), stop the queue as above and start it
 # again: the runs in flight resume from the checkpoints their SIGTERM saved.
 main() {
 set -uo pipefail
@@ -145,7 +148,7 @@ step() {  # name, then launch.py's arguments
   for a in "$@"; do [[ "$a" == --config.sweep.seeds=* ]] && some_seeds=1; done
   if [ "$lanes" -gt 1 ]; then
     log="$root/$name.lane$lane.log"; tag=" (lane $lane/$lanes)"
-    extra=("--config.sweep.shard=$lane/$lanes"); pin=(taskset -c "${cores[$lane]}")
+    extra=("--config.sweep.claim=True"); pin=(taskset -c "${cores[$lane]}")
   elif [ "$some_seeds" = 1 ]; then
     extra=("--config.sweep.shard=0/1")   # a sharded sweep writes records and no report
   fi

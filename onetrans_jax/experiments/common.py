@@ -164,7 +164,10 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
   s.select = ''                   # tuning sweep: 'valid/<task>/<metric>' each family is chosen on
   s.only = ()                     # variant names: run only these, write records, no report
   s.shard = ''                    # 'i/n': only every n-th run from the i-th (one of n lanes);
-                                  # records, no report (tools/study_queue.sh --lanes)
+                                  # records, no report
+  s.claim = False                 # True: share the runs with the other processes on this
+                                  # workdir, each taken as one comes free (--lanes); records,
+                                  # no report
   s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
   s.scaling = ()                  # RQ3: (variant, model, history fraction, depth, width) per
                                   # row; non-empty: the report adds scaling.py's slopes and plot
