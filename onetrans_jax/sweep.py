@@ -38,15 +38,16 @@ An experiment file opts in with ``config.sweep``:
                    its own core (tools/study_queue.sh --lanes): on 2 CPU cores two pinned
                    one-thread processes train about 1.1-1.16x the examples/s of one two-thread
                    process. The split depends only on the list, so a lane resumes its own runs
-                   in the next session; a lane whose share costs less idles at the study's end
+                   in the next session; the lane whose share costs more finishes the study alone
   sweep.claim      optional, default False: True makes the process one of several that share the
                    study's runs as each comes free, instead of a fixed shard: it walks the whole
-                   list (after ``only``), the longest estimated runs first, takes a run by its
-                   claim lock (``<workdir>/.claims/<variant>/seed_<s>/run.lock``, held while it
-                   trains), plans that run again under the claim (another process may have
-                   recorded it since this one's plan: it is reused, not trained twice) and skips
-                   a run another process holds. Lanes then finish a study together, whatever its
-                   runs cost (tools/study_queue.sh --lanes); like ``shard``: records, no report
+                   list (after ``only``; interrupted runs first, then the longest estimates:
+                   ``claim_order``), takes a run by its claim lock
+                   (``<workdir>/.claims/<variant>/seed_<s>/run.lock``, held while it trains),
+                   plans that run again under the claim (another process may have recorded it
+                   since this one's plan: it is reused, not trained twice) and skips a run
+                   another process holds. Lanes then finish a study together, whatever its runs
+                   cost (tools/study_queue.sh --lanes); like ``shard``: records, no report
 A variant whose ``model`` is a classical floor (onetrans_jax/floors: item_rate, logistic,
 lightgbm) is fitted by ``floors.fit.fit_and_evaluate`` instead of trained, on the same hold-out.
 Each run has its own workdir ``<workdir>/<variant>/seed_<s>``. A run is reused only when a record
@@ -340,8 +341,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
   failed: list[tuple[PlannedRun, Exception]] = []
   overrides_of = dict(sw.variants)
-  if claim:   # the longest first, so the lanes' last runs are short ones and end together
-    plan = sorted(plan, key=lambda r: -estimate.get((r.variant, r.seed), 0.0))
+  if claim:
+    plan = claim_order(plan, estimate)
   executed: list[PlannedRun] = []
   for run in plan:
     try:
@@ -423,6 +424,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 CLAIMS_DIR = '.claims'
+
+
+def claim_order(plan: Sequence[PlannedRun], estimate: Mapping[tuple[str, int], float]
+                ) -> list[PlannedRun]:
+  """The order claiming lanes take runs in: interrupted runs first (their checkpoints live on
+  this machine only, and a session on another machine would start them over), then the longest
+  estimates, so the lanes' last runs are short ones and they end a study together; ties keep the
+  list's order."""
+  return sorted(plan, key=lambda r: (r.action != 'resume',
+                                     -estimate.get((r.variant, r.seed), 0.0)))
 
 
 def execute_claimed(config: ml_collections.ConfigDict, workdir: str, planned: PlannedRun,

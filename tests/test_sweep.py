@@ -703,3 +703,16 @@ def test_bad_claim_settings_name_the_field_before_anything_runs(tmp_path, claim,
   with pytest.raises(ConfigError, match=message):
     run_sweep(c, str(tmp_path))
   assert not (tmp_path / 'base').exists()
+
+
+def test_claiming_lanes_take_interrupted_runs_first_then_the_longest():
+  """An interrupted run's checkpoint exists on this machine only: it goes first; then the
+  longest estimates, ties in the list's order; reused runs (0 s) last."""
+  from onetrans_jax.sweep import PlannedRun, claim_order
+
+  def run(name, action):
+    return PlannedRun(name, 0, ml_collections.ConfigDict(), name, {}, name, action, '', None)
+  plan = [run('a', 'reuse'), run('b', 'train'), run('c', 'train'), run('d', 'resume'),
+          run('e', 'train')]
+  estimate = {('a', 0): 0.0, ('b', 0): 10.0, ('c', 0): 30.0, ('d', 0): 5.0, ('e', 0): 10.0}
+  assert [r.variant for r in claim_order(plan, estimate)] == ['d', 'c', 'b', 'e', 'a']
