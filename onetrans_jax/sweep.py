@@ -547,7 +547,8 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
   of the same model family in the plan, or, where the plan has none, by those of the same family
   on the same data set that other studies committed beside ``results_dir``
   (``results/<study>/runs/``: RQ1 on ML-1M by RQ3's ML-1M runs). One family's rows still differ
-  in how fast their FLOPs run (the calibration is one ratio per family); until 2026-12-07 the
+  in how fast their FLOPs run (the calibration is one ratio per family; a family with no record
+  anywhere takes the median ratio of the others, plan first); until 2026-12-07 the
   count was the per-impression one, which put the mechanism world's RankMixer + LONGER at 41
   hours a run against about 1 measured. Without any record it adds a fixed
   start-up cost (compile, evaluation). A classical floor row (onetrans_jax/floors) takes
@@ -604,7 +605,17 @@ def estimate_seconds(plan: Sequence[PlannedRun], schemas: _Schemas | None = None
     key = (family, run.flat.get('data.name'), run.flat.get('data.path'))
     if key not in ratios:
       ratios[key] = _sibling_ratio(run, timed_records(), analytic)
-    return ratios[key]
+    if ratios[key] is not None:
+      return ratios[key]
+    # No record of the family anywhere: the other families' ratios still carry this machine's
+    # speed, which a matmul timed beside busy lanes does not (it put a 1-hour mechanism-world
+    # RankMixer + StackDIN run at 8 hours on 2026-12-08).
+    anyf = ('any',) + key[1:]
+    if anyf not in ratios:
+      mine = [t / analytic(r.config) for runs in finished.values() for r, t in runs]
+      ratios[anyf] = (float(np.median(mine)) if mine else
+                      _sibling_ratio(run, timed_records(), analytic, same_family=False))
+    return ratios[anyf]
 
   out = {}
   for run in plan:
@@ -640,12 +651,13 @@ def measured_step_seconds(cfg: ml_collections.ConfigDict, num_steps: int) -> flo
                                  feed=lambda out: out[0])
 
 
-def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic: Any
-                   ) -> float | None:
+def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic: Any,
+                   same_family: bool = True) -> float | None:
   """Median measured / analytic seconds per step over the first SIBLING_RECORDS of ``timed``
-  (committed records, newest first) of the run's model family on its data set (same
-  ``data.name`` and ``data.path``), each record's model and data fields laid over the run's
-  config to count its FLOPs (and to read its family)."""
+  (committed records, newest first) of the run's model family (any family with
+  ``same_family=False``) on its data set (same ``data.name`` and ``data.path``), each record's
+  model and data fields laid over the run's config to count its FLOPs (and to read its
+  family); classical floors, which run no steps, are left out."""
   family = _family(run.config.model)
   vals = []
   for rec in timed:
@@ -654,7 +666,8 @@ def _sibling_ratio(run: PlannedRun, timed: Sequence[Mapping[str, Any]], analytic
         or flat.get('data.path') != run.flat.get('data.path')):
       continue
     cfg = _rebuilt(run.config, flat)
-    if cfg is None or _family(cfg.model) != family:
+    if cfg is None or models.is_floor(cfg.model) or (same_family and
+                                                      _family(cfg.model) != family):
       continue
     vals.append(rec['wall_seconds'] / rec['step'] / analytic(cfg))
     if len(vals) == SIBLING_RECORDS:

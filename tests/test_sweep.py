@@ -443,11 +443,17 @@ def test_the_estimate_is_calibrated_by_a_finished_run_of_the_same_family(tmp_pat
   est = sweep_lib.estimate_seconds([done, wide])
   assert est[('base', 0)] == 0.0
   assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
-  # Another family's record does not calibrate it.
+  # With no finished run of its own family, another family's calibrates it, by that family's
+  # measured / analytic ratio (the next test: the median of several).
   other = dataclasses.replace(done, config=done.config.copy_and_resolve_references())
   from onetrans_jax.models.baselines import config as baselines_config
   other.config.model = baselines_config.defaults('transformer', 'rankmixer')
-  assert sweep_lib.estimate_seconds([other, wide])[('wide', 0)] == pytest.approx(raw[('wide', 0)])
+  untimed = dataclasses.replace(other, action='train', record=None)
+  other_analytic = (sweep_lib.estimate_seconds([untimed])[('base', 0)]
+                    - sweep_lib.STARTUP_SECONDS) / 3
+  ratio = 4 * analytic['base'] / other_analytic
+  assert sweep_lib.estimate_seconds([other, wide])[('wide', 0)] == pytest.approx(
+      ratio * analytic['wide'] * 3)
 
 
 def test_the_estimate_charges_a_shared_sequence_encoder_once_per_request(tmp_path, monkeypatch):
@@ -716,3 +722,37 @@ def test_claiming_lanes_take_interrupted_runs_first_then_the_longest():
           run('e', 'train')]
   estimate = {('a', 0): 0.0, ('b', 0): 10.0, ('c', 0): 30.0, ('d', 0): 5.0, ('e', 0): 10.0}
   assert [r.variant for r in claim_order(plan, estimate)] == ['d', 'c', 'b', 'e', 'a']
+
+
+def test_a_family_without_records_is_calibrated_by_the_other_families(tmp_path, monkeypatch):
+  """A family with no record anywhere takes the median measured / analytic ratio of the other
+  families (the plan's finished runs first, else other studies' records on the same data): a
+  matmul timed beside busy lanes no longer sets its estimate alone."""
+  import dataclasses as dc
+  from onetrans_jax import sweep as sweep_lib
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  # Two families: the rows' FFN widths stand in for two model families.
+  monkeypatch.setattr(sweep_lib, '_family', lambda m: (str(tuple(m.hidden)),))
+  c = _sweep_config()
+  c.sweep.seeds = (0,)
+  c.sweep.dry_run = True
+  c.sweep.results_dir = str(tmp_path / 'results' / 'mine' / 'runs')
+  plan = run_sweep(c, str(tmp_path / 'work'))['plan']
+  base, wide = plan
+  raw = sweep_lib.estimate_seconds(plan)
+  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
+  # The plan's own finished 'base' run took 5x its analytic time: 'wide' is scaled by 5 too.
+  done = dc.replace(base, action='reuse', record={'wall_seconds': 5 * analytic['base'] * 3,
+                                                  'step': 3})
+  est = sweep_lib.estimate_seconds([done, wide], results_dir=c.sweep.results_dir)
+  assert est[('base', 0)] == 0.0
+  assert est[('wide', 0)] == pytest.approx(5 * analytic['wide'] * 3)
+  # No finished run in the plan: another study's 'base' record (4x) calibrates both families.
+  records.write_record(
+      str(tmp_path / 'results' / 'other' / 'runs' / 'base' / 'seed_7-ffffffffffff.json'),
+      {'fingerprint': 'f' * 64, 'metrics': {}, 'config': dict(base.flat, seed=7),
+       'wall_seconds': 4 * analytic['base'] * 3, 'step': 3,
+       'finished': '2026-12-06T00:00:00+00:00'})
+  est = sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir)
+  assert est[('base', 0)] == pytest.approx(4 * analytic['base'] * 3)
+  assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
