@@ -129,9 +129,9 @@ def test_the_study_queue_names_only_experiments_and_variants_that_exist():
 
 _FAKE_PYTHON = r'''#!/usr/bin/env bash
 # Stands in for python: -c snippets run for real; launch.py logs its arguments and, for a dry run,
-# prints a plan whose runs are all recorded (fingerprints from $FAKE_FP). The ML-1M tuning's
-# choices read as missing (the studies that wait for them are skipped, without importing jax).
-if [ "$1" = -c ] && [[ "$2" == *TUNED_SPARSE_LR* ]]; then exit 1; fi
+# prints a plan whose runs are all recorded (fingerprints from $FAKE_FP). The ML-1M and OneRank
+# tunings' choices read as missing (the studies that wait for them are skipped, without jax).
+if [ "$1" = -c ] && [[ "$2" == *TUNED* ]]; then exit 1; fi
 if [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi
 shift
 echo "$*" >> "$FAKE_LOG"
@@ -157,6 +157,11 @@ def _run_queue(tmp_path, lanes: str, fp: str) -> list[str]:
                         str(tmp_path / 'root')], capture_output=True, text=True, timeout=300,
                        env=env)
   assert out.returncode == 0, out.stdout + out.stderr
+  # The studies that wait for a tuning's hand-copied choices say so and are not launched.
+  for name, where in (('onerank_mech', 'onerank_main.py is empty'),
+                      ('onerank_ablation_mech', 'onerank_main.py is empty'),
+                      ('ml1m_rq1', 'movielens_study.py is empty')):
+    assert f'skip {name}: ' in out.stdout and where in out.stdout
   return log.read_text().splitlines()
 
 
@@ -173,7 +178,13 @@ def test_the_study_queue_writes_no_report_from_a_one_seed_pass(tmp_path):
   assert [a for a in launches if 'seeds=(0,)' in a]
   assert all('--config.sweep.shard=0/1' in a for a in launches if 'seeds=(0,)' in a)
   assert not [a for a in _reports(launches) if 'seeds=(0,)' in a]
-  assert any('onerank_main.py:mechanisms' in a for a in _reports(launches))
+  assert any('onerank_main.py:tune' in a for a in _reports(launches))
+  assert not [a for a in launches if 'onerank_main.py:mechanisms' in a
+              or 'onerank_ablation.py:mechanisms' in a]
+  # OneRank's tuning runs right after RQ3, before issue 20's mechanism-world studies.
+  order = [a.split('--config ')[1].split()[0] for a in launches if 'dry_run' not in a]
+  assert order.index('onetrans_jax/experiments/onerank_main.py:tune') < order.index(
+      'onetrans_jax/experiments/rq1_baselines.py:mechanisms')
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='two lanes need two CPU cores')

@@ -134,3 +134,47 @@ def test_the_tuned_rates_are_the_committed_selection(dataset):
     sel = json.load(f)
   chosen = {fam: float(v['chosen'].split()[-1]) for fam, v in sel['families'].items()}
   assert movielens_study.TUNED_SPARSE_LR[dataset] == chosen
+
+
+def test_the_onerank_studies_train_each_family_at_its_tuned_setting(monkeypatch):
+  """onerank_main.TUNED (copied from onerank_tune's selection) reaches every mechanism-world
+  OneRank row and the OneTrans + PLE row; the compute-matched rows keep their own width, the
+  other configs (quick, MovieLens) are untouched; empty TUNED changes nothing."""
+  from onetrans_jax.experiments import onerank_ablation, onerank_main
+  from onetrans_jax.records import variant_config
+  before = {n: o for n, o in onerank_main.get_config('mechanisms').sweep.variants}
+  assert dict(before['OneRank']) == {}
+  monkeypatch.setattr(onerank_main, 'TUNED', {
+      'OneRank': onerank_main.tuned_settings('OneRank', 'dense lr 0.002, width 128'),
+      'OneTrans + PLE': onerank_main.tuned_settings('OneTrans + PLE', 'dense lr 0.001, width 64')})
+  c = onerank_main.get_config('mechanisms')
+  cfgs = {n: variant_config(c, o, 0) for n, o in c.sweep.variants}
+  assert cfgs['OneRank'].model.width == 128
+  assert cfgs['OneTrans + PLE'].model.predictor == 'ple'
+  assert cfgs['OneTrans + PLE'].model.predictor_expert_hidden == 64
+  assert cfgs['OneTrans + PLE'].optimizer.dense.learning_rate == 0.001
+  matched = cfgs['OneRank, 1.2x the FLOPs of OneTrans + PLE']
+  assert (matched.model.width, matched.model.num_layers) == (128, 6)
+  assert cfgs['OneRank, the dense params of OneTrans + PLE'].model.width == 144
+  for name in ('OneRank', 'OneRank, 1.2x the FLOPs of OneTrans + PLE',
+               'OneRank, the dense params of OneTrans + PLE'):
+    assert cfgs[name].optimizer.dense.learning_rate == 0.002
+  ablation = onerank_ablation.get_config('mechanisms')
+  for name, o in ablation.sweep.variants:
+    cfg = variant_config(ablation, o, 0)
+    assert (cfg.model.width, cfg.optimizer.dense.learning_rate) == (128, 0.002), name
+  assert dict(dict(onerank_main.get_config('quick').sweep.variants)['OneRank']) == {}
+  with pytest.raises(ValueError, match=r"'OneRank' @ 'sparse lr 0.1' is not a setting"):
+    onerank_main.tuned_settings('OneRank', 'sparse lr 0.1')
+
+
+def test_onerank_tuned_settings_are_the_committed_selection():
+  from onetrans_jax.experiments import onerank_main
+  path = os.path.join(os.path.dirname(__file__), '..', 'results', 'onerank_tune', 'selection.json')
+  if not os.path.exists(path):
+    assert onerank_main.TUNED == {}   # nothing may be copied before the study is committed
+    pytest.skip(f'no committed OneRank tuning selection at {path} yet')
+  with open(path, encoding='utf-8') as f:
+    sel = json.load(f)
+  assert onerank_main.TUNED == {fam: onerank_main.tuned_settings(fam, v['chosen'])
+                                for fam, v in sel['families'].items()}

@@ -38,9 +38,10 @@
 # one issue those hours close; ML-1M's runs stop early, so it goes before the mechanism world's,
 # which run to 12000 steps). Then two passes over the rest: the first trains seed 0 of every study
 # (issue 20's instruction: measure one seed of each row before sizing the rest; it also gives every
-# table a first row early), the second the remaining seeds. Within a pass: issue 20's
-# mechanism-world RQ1 and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank
-# studies (tune first: its chosen settings feed the others). A run in flight when the machine goes
+# table a first row early), the second the remaining seeds. OneRank's tuning comes first in the
+# first pass (its choices, copied into onerank_main.TUNED, feed issue 21's other mechanism-world
+# studies, which wait for them; since 2026-12-08). Within a pass: issue 20's mechanism-world RQ1
+# and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank studies. A run in flight when the machine goes
 # is lost (checkpoints are not committed), so start the queue at the beginning of a session: the
 # mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable; stop
 # with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the queue again
@@ -231,12 +232,34 @@ step_tuned_1m() {  # like step, for a study that needs the ML-1M tuning's choice
   step "$@"
 }
 
+# OneRank's mechanism-world studies read each family's dense learning rate and width from
+# onerank_main.TUNED, copied by hand from onerank_tune's committed selection (tests/test_tuning.py
+# checks the copy); until then their runs would train at the untuned defaults, under fingerprints
+# the tuned study never reuses.
+tuned_onerank() {
+  python -c "import sys; from onetrans_jax.experiments import onerank_main as m; \
+sys.exit(0 if m.TUNED else 1)"
+}
+
+step_tuned_onerank() {  # like step, for a study that needs OneRank's tuning's choices
+  if [ "$plan" = 0 ] && ! tuned_onerank; then
+    echo "$(date -u +%FT%TZ) skip $1: TUNED in onetrans_jax/experiments/onerank_main.py is empty;" \
+         "when onerank_tune has finished, copy results/onerank_tune/selection.json's choices into" \
+         "it and commit, then run the queue again"
+    return
+  fi
+  step "$@"
+}
+
 studies() {  # extra launch.py arguments for every step (the first pass: one seed)
   local x=("$@")
   # RQ3: every seed in the first pass already (see the order above).
   step rq3_ml1m --config $E/onetrans_rq3_scaling.py:ml1m --workdir "$root/rq3_ml1m" \
     --config.data.path=$ML1M
   step rq3 --config $E/onetrans_rq3_scaling.py --workdir "$root/rq3"
+  # OneRank's tuning (every run, one seed each) before the rest: the mechanism-world OneRank
+  # studies wait for its choices, and it says early whether tuning closes OneRank's gap (issue 21).
+  step onerank_tune --config $E/onerank_main.py:tune --workdir "$root/onerank_tune"
   step rq1_mech --config $E/rq1_baselines.py:mechanisms --workdir "$root/rq1_mech" "${x[@]}"
   step rq2_mech --config $E/onetrans_rq2_ablation.py:mechanisms --workdir "$root/rq2_mech" \
     "${x[@]}"
@@ -246,9 +269,9 @@ studies() {  # extra launch.py arguments for every step (the first pass: one see
     --config.data.path=$ML1M "${x[@]}"
   step_tuned_1m ml1m_rq2 --config $E/movielens_study.py:1m_rq2 --workdir "$root/ml1m_rq2" \
     --config.data.path=$ML1M "${x[@]}"
-  step onerank_tune --config $E/onerank_main.py:tune --workdir "$root/onerank_tune"
-  step onerank_mech --config $E/onerank_main.py:mechanisms --workdir "$root/onerank_mech" "${x[@]}"
-  step onerank_ablation_mech --config $E/onerank_ablation.py:mechanisms \
+  step_tuned_onerank onerank_mech --config $E/onerank_main.py:mechanisms \
+    --workdir "$root/onerank_mech" "${x[@]}"
+  step_tuned_onerank onerank_ablation_mech --config $E/onerank_ablation.py:mechanisms \
     --workdir "$root/onerank_ablation_mech" "${x[@]}"
   step onerank_ml100k --config $E/onerank_main.py:ml100k --workdir "$root/onerank_ml100k" \
     --config.data.path=$ML100K "${x[@]}"

@@ -60,6 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # weight is the full row itself, so it is left out rather than run twice.
   variants = tuple(v for v in VARIANTS
                    if v[1] != (('loss.nce_weight', float(c.loss.nce_weight)),))
+  if arg == 'mechanisms':   # every row at OneRank's tuned rate and width (onerank_main.TUNED)
+    variants = tuple((name, onerank_main.tuned('OneRank') + o) for name, o in variants)
   seeds = {'quick': (0,), 'mechanisms': (0, 1, 2, 3, 4)}.get(arg, (0, 1, 2))
   c.sweep = common.sweep('onerank_ablation' + ('_mechanisms' if arg == 'mechanisms' else ''),
                          'OneRank', variants, seeds=seeds, tasks=onerank_main.TASKS,

@@ -20,11 +20,15 @@ numbers are too short-trained to compare models. ``:mechanisms`` is the study: t
 world (onetrans_jax/experiments/common.mechanism_data) under common.mechanism_study's protocol
 (validation split, early stopping on validation click AUC, at most 12000 steps), 5 seeds, with
 the two compute-matched OneRank rows (FLOPS_MATCHED, PARAMS_MATCHED below). ``:tune`` is the
-equal tuning budget of OneRank and OneTrans + PLE on that world's validation split (TUNE_* below).
+equal tuning budget of OneRank and OneTrans + PLE on that world's validation split (TUNE_* below);
+its choices, copied into TUNED, set ``:mechanisms``'s rows (and onerank_ablation.py's).
 ``:ml100k`` and ``:ml1m`` run OneTrans + PLE and the OneRank rows on real MovieLens (``like`` /
 ``love``) under the MovieLens studies' protocol (``movielens`` below); --config.data.path points
 at the GroupLens files.
 """
+
+import re
+from typing import Any
 
 import ml_collections
 
@@ -86,6 +90,32 @@ TUNE_WIDTHS = {'OneRank': ('model.width', (64, 128)),
                'OneTrans + PLE': ('model.predictor_expert_hidden', (64, 128))}
 
 
+# What ``:tune`` chose on validation, copied by hand from results/onerank_tune/selection.json once
+# that study is committed (tests/test_tuning.py checks the copy): per family, its dense learning
+# rate and width (``tuned_settings`` reads a chosen setting). The mechanism-world OneRank studies
+# (``:mechanisms`` and onerank_ablation.py's) train each row at its family's choice; until the copy
+# exists the study queue holds them back (tools/study_queue.sh), since runs at the untuned
+# defaults would be reused by nothing once it does.
+TUNED: dict[str, dict[str, float]] = {}
+
+
+def tuned_settings(family: str, setting: str) -> dict[str, float]:
+  """{'optimizer.dense.learning_rate': 0.002, 'model.width': 128} from ('OneRank', 'dense lr
+  0.002, width 128'), a setting of ``_tuning_rows``'s names."""
+  m = re.fullmatch(r'dense lr ([0-9.e-]+), width (\d+)', setting)
+  if m is None or family not in TUNE_WIDTHS:
+    raise ValueError(f'{family!r} @ {setting!r} is not a setting of onerank_main.py:tune '
+                     f'(families {sorted(TUNE_WIDTHS)}, "dense lr <lr>, width <w>")')
+  return {'optimizer.dense.learning_rate': float(m.group(1)),
+          TUNE_WIDTHS[family][0]: int(m.group(2))}
+
+
+def tuned(family: str) -> tuple[tuple[str, Any], ...]:
+  """``family``'s tuned overrides for a sweep row (after any that replace its model), () until
+  TUNED holds its choice."""
+  return tuple(sorted(TUNED.get(family, {}).items()))
+
+
 def _tuning_rows(rows: dict[str, tuple]) -> tuple:
   """'<family> @ dense lr <lr>, width <w>' rows over TUNE_DENSE_LRS x TUNE_WIDTHS."""
   out = []
@@ -143,6 +173,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           # give each set's own ratios.
           ('OneRank, 1.2x the FLOPs of OneTrans + PLE', sized(FLOPS_MATCHED)),
           ('OneRank, the dense params of OneTrans + PLE', sized(PARAMS_MATCHED)))
+  if arg == 'mechanisms':
+    # Each family at its tuned setting: OneTrans + PLE's after the override that replaces its
+    # model; OneRank's before the sized rows' own, so those keep their width (and take the rate).
+    rows = tuple((name, o + tuned(name)) if name == 'OneTrans + PLE' else
+                 (name, tuned('OneRank') + o) if name.startswith('OneRank') else (name, o)
+                 for name, o in rows)
   if ml or arg == 'mechanisms':
     # The studies keep SPEC B.7's strongest baseline predictor and the OneRank rows: sized with
     # the dry run (2 CPU cores, at the 12000-step cap), each OneTrans row of the mechanism world
