@@ -11,10 +11,10 @@
 # plans it again under its claim, so no run is trained twice and an interrupted run is resumed by
 # whichever lane reaches it next). Until 2026-12-08 a lane trained a fixed share (positions i,
 # i + N, ... of the list: config.sweep.shard=i/N); RQ3's last two runs fell to one lane, which
-# trained them one after the other while the other lane left the study. On 2 cores, two pinned one-thread processes
-# trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the examples/s of one two-thread
-# process (benchmarks/suite.py --sections=workloads on the mechanism-world workloads, under taskset,
-# 2026-12-07). The thread count changes the rounding of some reductions, not the run: 30 steps of
+# trained them one after the other while the other lane left the study. On 2 cores, two pinned
+# one-thread processes trained 1.11x (OneTrans_S) and 1.16x (RankMixer + Transformer) the
+# examples/s of one two-thread process (benchmarks/suite.py --sections=workloads on the
+# mechanism-world workloads, under taskset, 2026-12-07). The thread count changes the rounding of some reductions, not the run: 30 steps of
 # the mechanism world's OneTrans_S gave the same AUCs on one thread and on two, and log losses 5e-9
 # apart (a 40-step DCNv2 run: identical). A lane that finishes its part of a study goes on to the
 # next; the last lane to finish a study writes its report (an unsharded sweep that reuses every
@@ -41,8 +41,8 @@
 # table a first row early), the second the remaining seeds. OneRank's tuning comes first in the
 # first pass (its choices, copied into onerank_main.TUNED, feed issue 21's other mechanism-world
 # studies, which wait for them; since 2026-12-08). Within a pass: issue 20's mechanism-world RQ1
-# and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank studies. A run in flight when the machine goes
-# is lost (checkpoints are not committed), so start the queue at the beginning of a session: the
+# and RQ2 and the ML-1M tables (ML-100K's are done), then issue 21's OneRank studies. A run in
+# flight when the machine goes is lost (checkpoints are not committed), so start the queue at the beginning of a session: the
 # mechanism world's full-attention row alone takes about 2.5 hours. Every step is resumable; stop
 # with `pkill -TERM -f launch.py` (the run in flight saves a checkpoint), and start the queue again
 # in the next session: it skips what is recorded. The whole script is one function, read in full
