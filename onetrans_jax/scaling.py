@@ -243,6 +243,7 @@ def plot(path: str, pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any
   import matplotlib  # local: the report is the only user
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
   for ax, axis in zip(axes, AXES):
     for k, m in enumerate(analysis['models']):
@@ -263,6 +264,13 @@ def plot(path: str, pts: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any
         xs = np.logspace(np.log10(x.min()), np.log10(x.max()), 20)
         ax.plot(xs, f['intercept'] + f['slope'] * np.log10(xs), '-', color=color, alpha=0.6)
     ax.set_xscale('log')
+    # Short labels ('20M') at 1, 2, 3 and 5 x 10^k only: scientific minor-tick labels
+    # ('3x10^7') ran into each other.
+    short = ticker.FuncFormatter(
+        lambda v, _: f'{v / 1e6:g}M' if v > 0 and round(v / 10 ** np.floor(np.log10(v)), 6)
+        in (1, 2, 3, 5) else '')
+    ax.xaxis.set_major_formatter(short)
+    ax.xaxis.set_minor_formatter(short)
     ax.set_title(axis)
     ax.set_xlabel('training FLOPs per example')
     ax.grid(alpha=0.3)
