@@ -159,6 +159,8 @@ def make_record(variant: str, seed: int, fp: str, flat: Mapping[str, Any],
           'metrics': final['final'], 'step': final['step'], 'params': final['params'],
           'best_step': final.get('best_step'), 'valid_curve': final.get('valid_curve'),
           'wall_seconds': wall_seconds, 'train_step_seconds': final.get('train_step_seconds'),
+          # the stability diagnostics' series (train.py ``_diagnostics_series``), when logged
+          **({'diagnostics': final['diagnostics']} if final.get('diagnostics') else {}),
           'machine': machine(), 'code': CODE,
           'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
           'config': canonical(dict(flat))}

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onetrans_jax import records, reporting, stats
+from onetrans_jax import records, reporting, stability, stats
 
 METRICS = ('auc', 'uauc', 'logloss')
 
@@ -370,6 +370,13 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
   conv = convergence({n: results[n].get('records', ()) for n in names})
   summ['convergence'] = conv
   lines += convergence_markdown(conv)
+  stab = stability.analyse({n: results[n].get('records', ()) for n in names}, names,
+                           sw.reference, tasks)
+  if stab:
+    check = tuple(sw.get('stability_check', ()) or ())
+    claim = stability.check(stab, *check) if check else None
+    summ['stability'] = dict(stab, **({'claim': claim} if claim else {}))
+    lines += stability.markdown(stab, claim)
   if curves:
     lines += ['## Learning curves', '', '![learning curves](learning_curves.png)', '']
   if deltas:

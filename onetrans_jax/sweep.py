@@ -24,6 +24,10 @@ An experiment file opts in with ``config.sweep``:
                    median of that many steps after one), times its step cap, plus a start-up
                    cost; evaluations are left out (a few % of a run). Else a variant is estimated
                    from a finished run's wall time or its analytic FLOPs (estimate_seconds)
+  sweep.stability_check  optional, default (): (row, task) whose report line judges the claim
+                   that the row trains the task less stably than the reference (its detrended
+                   loss variance ratio above 1; onetrans_jax/stability.py), e.g. OneRank's
+                   ('no gradient detachment', 'cart')
   sweep.select     optional, default '': a tuning sweep (rows '<family> @ <setting>'): the
                    validation metric ('valid/<task>/<metric>', maximised) each family's setting is
                    chosen on; writes selection.json / selection.md (onetrans_jax/tuning.py)
@@ -317,6 +321,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ConfigError(f'config.sweep.claim=True and config.sweep.shard={sw.shard!r} both split '
                       'the study between processes; use one of them (claim: runs taken as lanes '
                       'come free; shard: a fixed share)')
+  check = tuple(sw.get('stability_check', ()) or ())
+  task_names = [t for t, _ in sw.tasks]
+  if check and (len(check) != 2 or check[0] not in names or check[1] not in task_names):
+    raise ConfigError(f'config.sweep.stability_check={check!r}: give (row, task), a variant of '
+                      f'{names} and a task of {task_names}, or () for none')
   select = sw.get('select', '') or ''
   if select:
     if not re.fullmatch(r'valid/[^/]+/(auc|uauc|logloss)', select):

@@ -943,7 +943,32 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
                             **chosen})
     if run.config.train.get('plot_curves', False):
       _plot_curves(run)
-  return {'final': final, 'daily': days.daily, 'table': table, **chosen}
+  diag = _diagnostics_series(run.workdir) if jax.process_index() == 0 else []
+  return {'final': final, 'daily': days.daily, 'table': table, **chosen,
+          **({'diagnostics': diag} if diag else {})}
+
+
+DIAGNOSTIC_KEYS = ('loss_var/', 'grad_cos/')
+
+
+def _diagnostics_series(workdir: str) -> list[dict[str, float]]:
+  """The run's stability diagnostics (``_diagnose``: each task's detrended BCE variance and the
+  tasks' gradient cosines), every logged step of every invocation, read back from metrics.jsonl
+  so that the run record carries them (a study report on another machine has no run directory).
+  6 significant digits; empty when the run logged none."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      rec = json.loads(line)
+      if rec.get('split') != 'diagnostics':
+        continue
+      out.append({'step': int(rec['step']),
+                  **{k: float(f'{v:.6g}') for k, v in rec.items()
+                     if k.startswith(DIAGNOSTIC_KEYS) and v is not None}})
+  return out
 
 
 def _plot_curves(run: _Run) -> None:

@@ -169,6 +169,7 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
                                   # workdir, each taken as one comes free (--lanes); records,
                                   # no report
   s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
+  s.stability_check = ()          # (row, task): the report judges 'row trains task less stably'
   s.scaling = ()                  # RQ3: (variant, model, history fraction, depth, width) per
                                   # row; non-empty: the report adds scaling.py's slopes and plot
   s.scaling_base = ()             # the base point's (history fraction, depth, width)

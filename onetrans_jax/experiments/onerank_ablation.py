@@ -66,4 +66,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep = common.sweep('onerank_ablation' + ('_mechanisms' if arg == 'mechanisms' else ''),
                          'OneRank', variants, seeds=seeds, tasks=onerank_main.TASKS,
                          commit=arg != 'quick', metric_labels=('AUC', 'GAUC'))
+  # SPEC C.6's claim, judged in the report's stability section (onetrans_jax/stability.py).
+  c.sweep.stability_check = ('no gradient detachment', 'cart')
   return c
