@@ -9,10 +9,27 @@ import math
 
 import pytest
 
+import ml_collections
+
 from onetrans_jax import stability
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import run_sweep
-from tests.test_sweep import _sweep_config
+from tests.helpers import small_config
+
+
+def _sweep_config() -> ml_collections.ConfigDict:
+  """Two rows ('base' and a wider 'wide'), two seeds, a few steps of the tests' small model."""
+  c = small_config()
+  c.train.total_steps = 3
+  c.train.log_every = 3
+  c.train.checkpoint_every = 0
+  c.data.num_eval_requests = 64
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.reference = 'base'
+  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
+  c.sweep.seeds = (0, 1)
+  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
+  return c
 
 
 def _record(seed: int, cart: float, click: float = 1e-4, window: int = 3, n: int = 6,
