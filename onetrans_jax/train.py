@@ -455,6 +455,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ the loop
   writer = reporting.MetricWriter(workdir, start_step=int(jax.device_get(state.step)))
+  _refill_loss_variance(loss_variance, workdir, run.schema.task_names)
   state, step, step_seconds = _train_loop(run, steps, ckpt, writer, train_iter, state, days,
                                           loss_variance, valid)
   ckpt.wait()
@@ -811,10 +812,13 @@ def _diagnose(run: _Run, steps: _Steps, writer: reporting.MetricWriter,
   """Stability diagnostics (SPEC C.6): the tasks' gradient cosine on the shared encoder (of
   their training losses) and the detrended variance of their BCE (one loss definition for every
   model and loss, so rows compare), recorded."""
-  loss_variance.update([float(jax.device_get(out[f'bce_{t}'])) for t in run.schema.task_names])
+  bce = [float(jax.device_get(out[f'bce_{t}'])) for t in run.schema.task_names]
+  loss_variance.update(bce)
   cos = np.asarray(jax.device_get(steps.gradient_cosine(params, batch)))
   diag = loss_variance.summary(cos)
-  writer.write(step, 'diagnostics', diag)
+  # The step's own BCEs too: a resumed run refills its window from them (_refill_loss_variance).
+  writer.write(step, 'diagnostics', {**diag, **{f'bce/{t}': v
+                                                for t, v in zip(run.schema.task_names, bce)}})
   # 4 significant digits: a detrended BCE variance is often ~1e-5, which '.4f' printed as 0.
   reporting.log('diagnostics: ' + ', '.join(f'{k} {v:.4g}' for k, v in diag.items()
                                              if not k.startswith(('loss_mean', 'loss_var_raw'))))
@@ -951,24 +955,35 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
 DIAGNOSTIC_KEYS = ('loss_var/', 'grad_cos/')
 
 
+def _diagnostics_log(workdir: str) -> list[dict[str, Any]]:
+  """The 'diagnostics' records of the run's metrics.jsonl, in order (none without the file)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [rec for line in f if (rec := json.loads(line)).get('split') == 'diagnostics']
+
+
+def _refill_loss_variance(loss_variance: diagnostics.LossVariance, workdir: str,
+                          tasks: Sequence[str]) -> None:
+  """A resumed run's loss window starts where the interrupted one left it: its last
+  ``window`` logged BCEs (metrics.jsonl, already cut back to the resumed step), so the diagnostics
+  equal those of an uninterrupted run. Logs older than the BCEs' logging refill nothing."""
+  logged = [r for r in _diagnostics_log(workdir)
+            if all(r.get(f'bce/{t}') is not None for t in tasks)]
+  for rec in logged[-loss_variance.window:]:
+    loss_variance.update([rec[f'bce/{t}'] for t in tasks])
+
+
 def _diagnostics_series(workdir: str) -> list[dict[str, float]]:
   """The run's stability diagnostics (``_diagnose``: each task's detrended BCE variance and the
   tasks' gradient cosines), every logged step of every invocation, read back from metrics.jsonl
   so that the run record carries them (a study report on another machine has no run directory).
   6 significant digits; empty when the run logged none."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      rec = json.loads(line)
-      if rec.get('split') != 'diagnostics':
-        continue
-      out.append({'step': int(rec['step']),
-                  **{k: float(f'{v:.6g}') for k, v in rec.items()
-                     if k.startswith(DIAGNOSTIC_KEYS) and v is not None}})
-  return out
+  return [{'step': int(rec['step']),
+           **{k: float(f'{v:.6g}') for k, v in rec.items()
+              if k.startswith(DIAGNOSTIC_KEYS) and v is not None}}
+          for rec in _diagnostics_log(workdir)]
 
 
 def _plot_curves(run: _Run) -> None:

@@ -62,6 +62,28 @@ def test_onerank_trains_with_infonce_and_logs_diagnostics(tmp_path, capsys):
   assert all(0.0 < r[f'bce_{t}'] < r[f'loss_{t}'] for r in train for t in ('click', 'cart'))
 
 
+def test_a_resumed_run_logs_the_diagnostics_of_an_uninterrupted_one(tmp_path):
+  """The loss window is refilled from the logged BCEs on resume, so a run stopped at step 4 and
+  resumed logs the same detrended variances (and cosines) as one that ran straight, and its
+  result carries that series for the run record."""
+  c = _tiny_onerank_config()
+  c.train.total_steps = 8
+  c.train.diagnostics_every = 1
+  c.train.diagnostics_window = 3
+  straight = train_and_evaluate(c, str(tmp_path / 'straight'))
+  train_and_evaluate(c, str(tmp_path / 'resumed'), stop_at_step=4)
+  resumed = train_and_evaluate(c, str(tmp_path / 'resumed'))
+  a, b = straight['diagnostics'], resumed['diagnostics']
+  assert [p['step'] for p in a] == [p['step'] for p in b] == list(range(1, 9))
+  assert set(a[0]) == {'step', 'loss_var/click', 'loss_var/cart', 'loss_var/order',
+                       'grad_cos/click__cart', 'grad_cos/click__order', 'grad_cos/cart__order'}
+  for pa, pb in zip(a, b):
+    for key in pa:
+      assert pb[key] == pytest.approx(pa[key], rel=1e-4, abs=1e-9), (pa['step'], key)
+  # Steps 5-6 read the window the interrupted invocation filled (a fresh one would hold 1-2).
+  assert b[4]['loss_var/click'] > 0.0
+
+
 @pytest.mark.parametrize('model,mode,match', [
     ('onetrans', 'onerank', "the 'onerank' loss \\(BCE \\+ InfoNCE\\) needs the OneRank model"),
     ('onerank', 'conditional', "trains with config.loss.mode='onerank' or 'joint'"),
