@@ -457,8 +457,9 @@ def execute_claimed(config: ml_collections.ConfigDict, workdir: str, planned: Pl
   lock = workdir_lib.WorkdirLock(claim_dir, log=reporting.log)
   try:
     lock.acquire()
-  except WorkdirError as err:
-    reporting.log(f'[sweep] {where}: claimed by another process, skipped ({err})')
+  except WorkdirError:
+    reporting.log(f'[sweep] {where}: claimed by another process, skipped (its claim: '
+                  f'{os.path.join(claim_dir, workdir_lib.LOCK_FILE)})')
     return None
   try:
     run = plan_run(config, workdir, planned.variant, overrides, planned.seed)
@@ -469,8 +470,9 @@ def execute_claimed(config: ml_collections.ConfigDict, workdir: str, planned: Pl
       try:   # a process outside the claims (a sweep without sweep.claim) may train in it
         with workdir_lib.WorkdirLock(run.run_dir, log=reporting.log):
           pass
-      except WorkdirError as err:
-        reporting.log(f'[sweep] {where}: its run directory is in use, skipped ({err})')
+      except WorkdirError:
+        reporting.log(f'[sweep] {where}: its run directory {run.run_dir} is in use by another '
+                      'process, skipped')
         return None
     return execute(run, config.sweep)
   finally:

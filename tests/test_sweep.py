@@ -695,7 +695,8 @@ def test_a_claiming_lane_leaves_a_run_directory_in_use_by_a_process_without_clai
     holder.kill()
     holder.wait()
   assert out['executed'] == []
-  assert 'base seed 0: its run directory is in use, skipped' in capsys.readouterr().out
+  assert (f'base seed 0: its run directory {work / "base" / "seed_0"} is in use by another '
+          'process, skipped') in capsys.readouterr().out
   assert not (work / 'base' / 'seed_0.stale').exists()
 
 
