@@ -352,6 +352,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   overrides_of = dict(sw.variants)
   if claim:
     plan = claim_order(plan, estimate)
+    reporting.log(f'[sweep] sweep.claim: these runs are shared with the other processes on '
+                  f'{workdir} (the estimate is all of them); each is taken as it comes free, '
+                  'interrupted runs first, then the longest')
   executed: list[PlannedRun] = []
   for run in plan:
     try:
