@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onetrans_jax import records, reporting, stability, stats
+from onetrans_jax import claims, records, reporting, stability, stats
 
 METRICS = ('auc', 'uauc', 'logloss')
 
@@ -367,6 +367,12 @@ def write_report(workdir: str, config: Any, names: Sequence[str], results: Mappi
       cells.append(f'{t} AUC {c["rel_pct"]:+.2f}% {ci}')
     lines.append(f'- {name}: ' + '; '.join(cells))
   lines.append('')
+  run_records = {n: results[n].get('records', ()) for n in names}
+  judged = claims.judge(claims.validate(tuple(sw.get('claims', ()) or ()), names, tasks,
+                                        sw.reference), run_records, sw.reference)
+  if judged:
+    summ['claims'] = judged
+    lines += claims.markdown(judged)
   conv = convergence({n: results[n].get('records', ()) for n in names})
   summ['convergence'] = conv
   lines += convergence_markdown(conv)

@@ -24,6 +24,9 @@ An experiment file opts in with ``config.sweep``:
                    median of that many steps after one), times its step cap, plus a start-up
                    cost; evaluations are left out (a few % of a run). Else a variant is estimated
                    from a finished run's wall time or its analytic FLOPs (estimate_seconds)
+  sweep.claims     optional, default (): the papers' claims the report judges, each (text, row,
+                   relation, others, keys) with a relation of onetrans_jax/claims.py (below,
+                   above, same, at_least, largest_drop), fixed before the study's results
   sweep.stability_check  optional, default (): (row, task) whose report line judges the claim
                    that the row trains the task less stably than the reference (its detrended
                    loss variance ratio above 1; onetrans_jax/stability.py), e.g. OneRank's
@@ -78,6 +81,7 @@ import ml_collections
 import numpy as np
 
 from onetrans_jax import accounting, models, records, reporting, scaling, study_report, tuning
+from onetrans_jax import claims as claims_lib
 from onetrans_jax import workdir as workdir_lib
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
@@ -321,6 +325,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ConfigError(f'config.sweep.claim=True and config.sweep.shard={sw.shard!r} both split '
                       'the study between processes; use one of them (claim: runs taken as lanes '
                       'come free; shard: a fixed share)')
+  claims_lib.validate(tuple(sw.get('claims', ()) or ()), names, [t for t, _ in sw.tasks],
+                      sw.reference)
   check = tuple(sw.get('stability_check', ()) or ())
   task_names = [t for t, _ in sw.tasks]
   if check and (len(check) != 2 or check[0] not in names or check[1] not in task_names):

@@ -81,7 +81,8 @@ def test_rows_are_compared_seed_by_seed_and_the_claim_judged():
 
 def test_a_study_report_carries_the_stability_section_from_its_records(tmp_path):
   """A sweep whose runs log diagnostics: each record keeps the series, and the report (here from
-  the committed records alone, in a fresh workdir) has the section and the claim's verdict."""
+  the committed records alone, in a fresh workdir) has the section and the claim's verdict, and
+  the claims section (onetrans_jax/claims.py) of the same records."""
   c = _sweep_config()
   c.train.total_steps = 4
   c.train.diagnostics_every = 1
@@ -89,6 +90,8 @@ def test_a_study_report_carries_the_stability_section_from_its_records(tmp_path)
   c.sweep.seeds = (0,)   # one seed per row (each run compiles three programs): no interval
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
   c.sweep.stability_check = ('wide', 'cart')
+  c.sweep.claims = (('wide is at least as good as base', 'wide', 'at_least', ('base',),
+                     ('click/auc',)),)
   run_sweep(c, str(tmp_path / 'w1'))
   rec = json.loads(next((tmp_path / 'study' / 'runs' / 'wide').glob('seed_0-*.json'))
                    .read_text())
@@ -107,6 +110,11 @@ def test_a_study_report_carries_the_stability_section_from_its_records(tmp_path)
                                   ['cart'])['loss_var/cart'])
   assert cell['n'] == 1 and cell['ci95'] is None and cell['ratio'] == pytest.approx(want)
   assert summ['stability']['claim']['reproduced'] is None
+  # The claims section, judged on the same records (one seed: the point estimate decides).
+  (claim,) = summ['claims']
+  diff = claim['cells'][0]['difference']['mean']
+  assert claim['reproduced'] is (diff >= 0.0) and claim['cells'][0]['difference']['n'] == 1
+  assert "## The paper's claims" in report and '**wide is at least as good as base**' in report
 
 
 @pytest.mark.parametrize('check', [('nope', 'cart'), ('wide', 'order'), ('wide',)])
@@ -115,3 +123,11 @@ def test_a_bad_stability_check_names_the_field(tmp_path, check):
   c.sweep.stability_check = check
   with pytest.raises(ConfigError, match=r'config.sweep.stability_check=.*give \(row, task\)'):
     run_sweep(c, str(tmp_path))
+
+
+def test_a_bad_claim_stops_the_sweep_before_anything_runs(tmp_path):
+  c = _sweep_config()
+  c.sweep.claims = (('t', 'nope', 'below', ('base',), ('click/auc',)),)
+  with pytest.raises(ConfigError, match=r"config.sweep.claims\[0\]: rows \['nope'\]"):
+    run_sweep(c, str(tmp_path))
+  assert not (tmp_path / 'base').exists()

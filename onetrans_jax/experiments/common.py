@@ -170,10 +170,15 @@ def sweep(study: str, reference: str, variants: tuple, seeds: tuple[int, ...],
                                   # no report
   s.bootstrap = 200               # one seed: resamples of the paired bootstrap over users (0: off)
   s.stability_check = ()          # (row, task): the report judges 'row trains task less stably'
+  s.claims = ()                   # the papers' claims the report judges (onetrans_jax/claims.py)
   s.scaling = ()                  # RQ3: (variant, model, history fraction, depth, width) per
                                   # row; non-empty: the report adds scaling.py's slopes and plot
   s.scaling_base = ()             # the base point's (history fraction, depth, width)
   s.update(options)
+  # A claim naming a row this variant of the study lacks (the :quick subsets, the tuning rows)
+  # is left out rather than judged on nothing.
+  names = {n for n, _ in variants}
+  s.claims = tuple(c for c in s.claims if c[1] in names and all(o in names for o in c[3]))
   return s
 
 

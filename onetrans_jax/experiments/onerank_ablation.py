@@ -51,6 +51,18 @@ VARIANTS = (
 )
 
 
+def claims(variants: tuple) -> tuple:
+  """SPEC B.7's ablation directions (issue 21), judged on every task's AUC: removing situation
+  discernment is the largest drop of all the rows, and task tokens help (one shared token scores
+  below the full row)."""
+  keys = tuple(f'{t}/auc' for t, _ in onerank_main.TASKS)
+  off = 'no situation discernment (a learned task vector)'
+  return (('removing situation discernment is the largest drop', off, 'largest_drop',
+           tuple(n for n, _ in variants if n not in ('OneRank', off)), keys),
+          ('task tokens help: one shared token scores below OneRank',
+           'one shared token (no task tokens)', 'below', ('OneRank',), keys))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, '', 'quick', 'mechanisms'):
     raise ValueError(f'onetrans_jax/experiments/onerank_ablation.py: unknown variant {arg!r}; '
@@ -65,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   seeds = {'quick': (0,), 'mechanisms': (0, 1, 2, 3, 4)}.get(arg, (0, 1, 2))
   c.sweep = common.sweep('onerank_ablation' + ('_mechanisms' if arg == 'mechanisms' else ''),
                          'OneRank', variants, seeds=seeds, tasks=onerank_main.TASKS,
-                         commit=arg != 'quick', metric_labels=('AUC', 'GAUC'))
+                         commit=arg != 'quick', metric_labels=('AUC', 'GAUC'),
+                         claims=claims(variants))
   # SPEC C.6's claim, judged in the report's stability section (onetrans_jax/stability.py).
   c.sweep.stability_check = ('no gradient detachment', 'cart')
   return c

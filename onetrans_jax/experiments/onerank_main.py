@@ -187,7 +187,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     rows = rows[2:]
   study = {'mechanisms': 'onerank_main_mechanisms', 'ml100k': 'onerank_ml100k',
            'ml1m': 'onerank_ml1m'}.get(arg, 'onerank_main')
+  tasks = (('like', 'like'), ('love', 'love')) if ml else TASKS
+  claim = ("OneRank is at least as good as OneTrans + PLE in every task's AUC and GAUC", 'OneRank',
+           'at_least', ('OneTrans + PLE',), tuple(f'{t}/{m}' for t, _ in tasks
+                                                  for m in ('auc', 'uauc')))
   c.sweep = common.sweep(study, 'OneRank', rows, seeds=seeds, commit=arg != 'quick',
-                         tasks=(('like', 'like'), ('love', 'love')) if ml else TASKS,
-                         relative=False, metric_labels=('AUC', 'GAUC'))
+                         tasks=tasks, relative=False, metric_labels=('AUC', 'GAUC'),
+                         claims=(claim,))
   return c
