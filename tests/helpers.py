@@ -49,6 +49,22 @@ def small_config():
   return c
 
 
+
+def sweep_config() -> ml_collections.ConfigDict:
+  """small_config as a two-row sweep ('base' and a wider 'wide'), seeds 0 and 1, a few steps:
+  the sweep and report tests' study."""
+  c = small_config()
+  c.train.total_steps = 3
+  c.train.log_every = 3
+  c.train.checkpoint_every = 0
+  c.data.num_eval_requests = 64
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.reference = 'base'
+  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
+  c.sweep.seeds = (0, 1)
+  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
+  return c
+
 def all_requests(ds) -> dict:
   """Every request of a (small, fixture) dataset in one schema-checked batch, in source order."""
   from onetrans_jax.data import pipeline

@@ -9,27 +9,10 @@ import math
 
 import pytest
 
-import ml_collections
-
 from onetrans_jax import stability
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import run_sweep
-from tests.helpers import small_config
-
-
-def _sweep_config() -> ml_collections.ConfigDict:
-  """Two rows ('base' and a wider 'wide'), two seeds, a few steps of the tests' small model."""
-  c = small_config()
-  c.train.total_steps = 3
-  c.train.log_every = 3
-  c.train.checkpoint_every = 0
-  c.data.num_eval_requests = 64
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'base'
-  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
-  c.sweep.seeds = (0, 1)
-  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
-  return c
+from tests.helpers import sweep_config
 
 
 def _record(seed: int, cart: float, click: float = 1e-4, window: int = 3, n: int = 6,
@@ -83,7 +66,7 @@ def test_a_study_report_carries_the_stability_section_from_its_records(tmp_path)
   """A sweep whose runs log diagnostics: each record keeps the series, and the report (here from
   the committed records alone, in a fresh workdir) has the section and the claim's verdict, and
   the claims section (onetrans_jax/claims.py) of the same records."""
-  c = _sweep_config()
+  c = sweep_config()
   c.train.total_steps = 4
   c.train.diagnostics_every = 1
   c.train.diagnostics_window = 2
@@ -119,14 +102,14 @@ def test_a_study_report_carries_the_stability_section_from_its_records(tmp_path)
 
 @pytest.mark.parametrize('check', [('nope', 'cart'), ('wide', 'order'), ('wide',)])
 def test_a_bad_stability_check_names_the_field(tmp_path, check):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.stability_check = check
   with pytest.raises(ConfigError, match=r'config.sweep.stability_check=.*give \(row, task\)'):
     run_sweep(c, str(tmp_path))
 
 
 def test_a_bad_claim_stops_the_sweep_before_anything_runs(tmp_path):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.claims = (('t', 'nope', 'below', ('base',), ('click/auc',)),)
   with pytest.raises(ConfigError, match=r"config.sweep.claims\[0\]: rows \['nope'\]"):
     run_sweep(c, str(tmp_path))

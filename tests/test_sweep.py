@@ -14,25 +14,11 @@ from onetrans_jax import models, records, reporting, stats, study_report
 from onetrans_jax.data import pipeline
 from onetrans_jax.errors import ConfigError
 from onetrans_jax.sweep import format_sweep_table, run_sweep, variant_config
-from tests.helpers import small_config
-
-
-def _sweep_config():
-  c = small_config()
-  c.train.total_steps = 3
-  c.train.log_every = 3
-  c.train.checkpoint_every = 0
-  c.data.num_eval_requests = 64
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.reference = 'base'
-  c.sweep.variants = (('base', ()), ('wide', (('model.hidden', (48,)),)))
-  c.sweep.seeds = (0, 1)
-  c.sweep.tasks = (('click', 'CTR'), ('cart', 'CVR'))
-  return c
+from tests.helpers import sweep_config
 
 
 def test_variant_config_applies_overrides():
-  c = _sweep_config()
+  c = sweep_config()
   v = variant_config(c, (('model.hidden', (48,)), ('data.batch_size', 8)), seed=5)
   assert v.model.hidden == (48,) and v.data.batch_size == 8 and v.seed == 5
   assert 'sweep' not in v and c.model.hidden == (32,)
@@ -41,7 +27,7 @@ def test_variant_config_applies_overrides():
 
 
 def test_run_sweep_table_and_resume(tmp_path):
-  c = _sweep_config()
+  c = sweep_config()
   out = run_sweep(c, str(tmp_path))
   res = out['results']
   assert set(res) == {'base', 'wide'} and len(res['base']['runs']) == 2
@@ -72,7 +58,7 @@ def test_relative_numbers():
 
 # ---------------------------------------------------------------------------------- fingerprints
 def _one_run_config(tmp_path, **model):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.variants = (('base', ()),)
   c.sweep.seeds = (0,)
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
@@ -152,7 +138,7 @@ def test_a_run_committed_by_another_study_is_reused_and_copied(tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.dry_run = True
   out = run_sweep(c, str(tmp_path))
   assert len(out['plan']) == 4 and all(r.action == 'train' for r in out['plan'])
@@ -167,7 +153,7 @@ def test_a_measured_plan_times_each_variant_once_and_says_so(tmp_path, capsys, m
   measurement) and estimated as start-up + step cap x its step; a real measurement of the tiny
   config is positive and well under a second a step."""
   from onetrans_jax import sweep
-  real = sweep.measured_step_seconds(_sweep_config(), 2)
+  real = sweep.measured_step_seconds(sweep_config(), 2)
   assert 0 < real < 1
   calls = []
 
@@ -176,7 +162,7 @@ def test_a_measured_plan_times_each_variant_once_and_says_so(tmp_path, capsys, m
     return 0.5 if cfg.model.hidden == (48,) else 0.25
 
   monkeypatch.setattr(sweep, 'measured_step_seconds', fake)
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.dry_run = True
   c.sweep.measure_steps = 4
   out = run_sweep(c, str(tmp_path))
@@ -186,7 +172,7 @@ def test_a_measured_plan_times_each_variant_once_and_says_so(tmp_path, capsys, m
   assert est[('wide', 1)] == sweep.STARTUP_SECONDS + 3 * 0.5
   assert 'measured wide: 500.0 ms a step' in capsys.readouterr().out
   for bad in (-1, 2.5, True):
-    c = _sweep_config()
+    c = sweep_config()
     c.sweep.dry_run = True
     c.sweep.measure_steps = bad
     with pytest.raises(ConfigError, match='sweep.measure_steps'):
@@ -196,7 +182,7 @@ def test_a_measured_plan_times_each_variant_once_and_says_so(tmp_path, capsys, m
 def test_shards_split_a_sweep_without_overlap_and_a_final_sweep_reuses_them(tmp_path):
   """Two lanes (sweep.shard 0/2, 1/2) on one workdir train disjoint runs that together cover the
   sweep, write records and no report; the unsharded sweep then trains nothing and reports."""
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
   c.sweep.shard = '0/2'
   first = run_sweep(c, str(tmp_path / 'w'))
@@ -218,7 +204,7 @@ def test_shards_split_a_sweep_without_overlap_and_a_final_sweep_reuses_them(tmp_
 
 @pytest.mark.parametrize('bad', ['2/2', '1', 'a/b', '-1/2', '0/0'])
 def test_a_bad_shard_names_the_field_before_anything_runs(tmp_path, bad):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.shard = bad
   with pytest.raises(ConfigError, match=r'config.sweep.shard=.*use "i/n" with 0 <= i < n'):
     run_sweep(c, str(tmp_path))
@@ -252,7 +238,7 @@ def test_the_same_data_elsewhere_is_the_same_run(tmp_path):
 
 
 def test_summary_cells_are_the_paired_statistics(tmp_path):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
   out = run_sweep(c, str(tmp_path / 'w'))
   summary = json.loads((tmp_path / 'w' / 'summary.json').read_text())
@@ -425,18 +411,38 @@ def test_convergence_counts_runs_at_the_cap_and_their_last_window_gain():
   assert study_report.convergence({'c': [{'step': 5, 'config': {}}]}) == {}
 
 
+def _estimated_plan(tmp_path, monkeypatch, results_dir: str = ''):
+  """The dry-run plan of sweep_config's two rows at seed 0 (the matmul rate pinned to 1 GFLOP/s),
+  its uncalibrated estimate (the analytic step time at the cap plus the start-up cost) and each
+  row's analytic seconds per step."""
+  from onetrans_jax import sweep as sweep_lib
+  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
+  c = sweep_config()
+  c.sweep.seeds = (0,)
+  c.sweep.dry_run = True
+  c.sweep.results_dir = results_dir
+  plan = run_sweep(c, str(tmp_path / 'work'))['plan']
+  raw = sweep_lib.estimate_seconds(plan)
+  steps = int(c.train.total_steps)
+  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / steps for r in plan}
+  return plan, raw, analytic
+
+
+def _other_studys_record(tmp_path, run, seconds: float) -> tuple[str, dict]:
+  """Another study's committed record of ``run``'s config at seed 7 (so not the plan's own run),
+  which took ``seconds`` for its 3 steps: (its path, the record)."""
+  rec = {'fingerprint': 'f' * 64, 'metrics': {}, 'config': dict(run.flat, seed=7),
+         'wall_seconds': seconds, 'step': 3, 'finished': '2026-12-06T00:00:00+00:00'}
+  path = str(tmp_path / 'results' / 'other' / 'runs' / 'base' / 'seed_7-ffffffffffff.json')
+  records.write_record(path, rec)
+  return path, rec
+
+
 def test_the_estimate_is_calibrated_by_a_finished_run_of_the_same_family(tmp_path, monkeypatch):
   import dataclasses
   from onetrans_jax import sweep as sweep_lib
-  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
-  c = _sweep_config()
-  c.sweep.seeds = (0,)
-  c.sweep.dry_run = True
-  plan = run_sweep(c, str(tmp_path))['plan']
+  plan, raw, analytic = _estimated_plan(tmp_path, monkeypatch)
   base, wide = plan
-  raw = sweep_lib.estimate_seconds(plan)
-  # Uncalibrated: the analytic step time at the cap plus the start-up cost.
-  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
   # 'base' finished at 4x its analytic step time: 'wide' (same family) is scaled by that 4x.
   done = dataclasses.replace(base, action='reuse', record={
       'wall_seconds': 4 * analytic['base'] * 3, 'step': 3})
@@ -464,7 +470,7 @@ def test_the_estimate_charges_a_shared_sequence_encoder_once_per_request(tmp_pat
   from onetrans_jax import sweep as sweep_lib
   from onetrans_jax.models.baselines import config as baselines_config
   monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.seeds = (0,)
   c.sweep.dry_run = True
   c.model = baselines_config.defaults('transformer', 'rankmixer')
@@ -481,7 +487,7 @@ def test_the_estimate_charges_a_shared_sequence_encoder_once_per_request(tmp_pat
   assert seconds == pytest.approx(sweep_lib.STARTUP_SECONDS + steps * batch * per_request /
                                   (1e9 * sweep_lib.ASSUMED_MFU))
   # A family without a shared side is charged C x its per-impression count.
-  mlp = dataclasses.replace(run, config=_sweep_config())
+  mlp = dataclasses.replace(run, config=sweep_config())
   mlp_schema = pipeline.build_dataset(mlp.config.data).schema
   assert models.training_flops_per_request(mlp.config.model, mlp_schema, cands) == (
       cands * models.training_flops_per_example(mlp.config.model, mlp_schema))
@@ -492,7 +498,7 @@ def test_the_plan_states_the_total_early_stopping_implies(tmp_path, monkeypatch)
   import dataclasses
   from onetrans_jax import sweep as sweep_lib
   monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.seeds = (0, 1)
   c.sweep.dry_run = True
   plan = run_sweep(c, str(tmp_path))['plan']
@@ -517,28 +523,18 @@ def test_a_study_without_finished_runs_is_calibrated_by_another_studys_records(t
   """No finished run in the plan: the same family's records on the same data set, committed by
   another study beside this one, scale the analytic estimate; another data set's do not."""
   from onetrans_jax import sweep as sweep_lib
-  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
-  c = _sweep_config()
-  c.sweep.seeds = (0,)
-  c.sweep.dry_run = True
-  c.sweep.results_dir = str(tmp_path / 'results' / 'mine' / 'runs')
-  plan = run_sweep(c, str(tmp_path / 'work'))['plan']
+  mine = str(tmp_path / 'results' / 'mine' / 'runs')
+  plan, raw, analytic = _estimated_plan(tmp_path, monkeypatch, mine)
   base, _ = plan
-  raw = sweep_lib.estimate_seconds(plan)
-  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
-  assert sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir) == raw  # none yet
+  assert sweep_lib.estimate_seconds(plan, results_dir=mine) == raw  # none yet
   # Another study's 'base' run (another seed, so not this plan's run) took 4x its analytic time.
-  rec = {'fingerprint': 'f' * 64, 'metrics': {}, 'config': dict(base.flat, seed=7),
-         'wall_seconds': 4 * analytic['base'] * 3, 'step': 3,
-         'finished': '2026-12-06T00:00:00+00:00'}
-  other = tmp_path / 'results' / 'other' / 'runs' / 'base' / 'seed_7-ffffffffffff.json'
-  records.write_record(str(other), rec)
-  est = sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir)
+  other, rec = _other_studys_record(tmp_path, base, 4 * analytic['base'] * 3)
+  est = sweep_lib.estimate_seconds(plan, results_dir=mine)
   assert est[('base', 0)] == pytest.approx(4 * analytic['base'] * 3)
   assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
   # The same record on another data set calibrates nothing.
-  records.write_record(str(other), dict(rec, config=dict(base.flat, **{'data.name': 'elsewhere'})))
-  assert sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir) == raw
+  records.write_record(other, dict(rec, config=dict(base.flat, **{'data.name': 'elsewhere'})))
+  assert sweep_lib.estimate_seconds(plan, results_dir=mine) == raw
 
 
 def test_the_report_names_the_code_of_its_runs():
@@ -566,12 +562,12 @@ def test_a_diverged_run_does_not_stop_the_runs_after_it(tmp_path, monkeypatch):
   monkeypatch.setattr(train_mod, 'train_and_evaluate', diverges_for_base_seed_0)
   with pytest.raises(NonFiniteLossError,
                      match=r'1 of 4 runs failed \(base seed 0\).*NaN/inf at step 2'):
-    run_sweep(_sweep_config(), str(tmp_path))
+    run_sweep(sweep_config(), str(tmp_path))
   for name, seed in (('base', 1), ('wide', 0), ('wide', 1)):
     assert (tmp_path / name / f'seed_{seed}' / 'record.json').exists()
   assert not (tmp_path / 'base' / 'seed_0' / 'record.json').exists()
   monkeypatch.setattr(train_mod, 'train_and_evaluate', real)
-  out = run_sweep(_sweep_config(), str(tmp_path))   # the next invocation trains only that one
+  out = run_sweep(sweep_config(), str(tmp_path))   # the next invocation trains only that one
   assert [r.action for r in out['plan']] == ['train', 'reuse', 'reuse', 'reuse']
 
 
@@ -629,7 +625,7 @@ def test_lanes_that_claim_runs_share_a_study_and_skip_what_another_holds(tmp_pat
   import subprocess
   import sys
   from onetrans_jax.sweep import CLAIMS_DIR
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
   c.sweep.claim = True
   work = tmp_path / 'w'
@@ -662,7 +658,7 @@ def test_a_claimed_run_recorded_after_the_plan_is_reused_not_trained_again(tmp_p
   lane plans that run again and reuses the record instead of training it a second time."""
   from onetrans_jax import sweep as sweep_mod
   from onetrans_jax import train as train_mod
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.results_dir = str(tmp_path / 'study' / 'runs')
   work = str(tmp_path / 'w')
   stale = sweep_mod.plan_run(c, work, 'base', (), 0)
@@ -704,7 +700,7 @@ def test_a_claiming_lane_leaves_a_run_directory_in_use_by_a_process_without_clai
     ('yes', '', r"config.sweep.claim='yes': use True"),
     (True, '0/2', r"config.sweep.claim=True and config.sweep.shard='0/2' both split")])
 def test_bad_claim_settings_name_the_field_before_anything_runs(tmp_path, claim, shard, message):
-  c = _sweep_config()
+  c = sweep_config()
   c.sweep.claim = claim
   c.sweep.shard = shard
   with pytest.raises(ConfigError, match=message):
@@ -731,29 +727,19 @@ def test_a_family_without_records_is_calibrated_by_the_other_families(tmp_path, 
   matmul timed beside busy lanes no longer sets its estimate alone."""
   import dataclasses as dc
   from onetrans_jax import sweep as sweep_lib
-  monkeypatch.setattr(sweep_lib, '_matmul_rate', lambda: 1e9)
   # Two families: the rows' FFN widths stand in for two model families.
   monkeypatch.setattr(sweep_lib, '_family', lambda m: (str(tuple(m.hidden)),))
-  c = _sweep_config()
-  c.sweep.seeds = (0,)
-  c.sweep.dry_run = True
-  c.sweep.results_dir = str(tmp_path / 'results' / 'mine' / 'runs')
-  plan = run_sweep(c, str(tmp_path / 'work'))['plan']
+  mine = str(tmp_path / 'results' / 'mine' / 'runs')
+  plan, raw, analytic = _estimated_plan(tmp_path, monkeypatch, mine)
   base, wide = plan
-  raw = sweep_lib.estimate_seconds(plan)
-  analytic = {r.variant: (raw[(r.variant, 0)] - sweep_lib.STARTUP_SECONDS) / 3 for r in plan}
   # The plan's own finished 'base' run took 5x its analytic time: 'wide' is scaled by 5 too.
   done = dc.replace(base, action='reuse', record={'wall_seconds': 5 * analytic['base'] * 3,
                                                   'step': 3})
-  est = sweep_lib.estimate_seconds([done, wide], results_dir=c.sweep.results_dir)
+  est = sweep_lib.estimate_seconds([done, wide], results_dir=mine)
   assert est[('base', 0)] == 0.0
   assert est[('wide', 0)] == pytest.approx(5 * analytic['wide'] * 3)
   # No finished run in the plan: another study's 'base' record (4x) calibrates both families.
-  records.write_record(
-      str(tmp_path / 'results' / 'other' / 'runs' / 'base' / 'seed_7-ffffffffffff.json'),
-      {'fingerprint': 'f' * 64, 'metrics': {}, 'config': dict(base.flat, seed=7),
-       'wall_seconds': 4 * analytic['base'] * 3, 'step': 3,
-       'finished': '2026-12-06T00:00:00+00:00'})
-  est = sweep_lib.estimate_seconds(plan, results_dir=c.sweep.results_dir)
+  _other_studys_record(tmp_path, base, 4 * analytic['base'] * 3)
+  est = sweep_lib.estimate_seconds(plan, results_dir=mine)
   assert est[('base', 0)] == pytest.approx(4 * analytic['base'] * 3)
   assert est[('wide', 0)] == pytest.approx(4 * analytic['wide'] * 3)
