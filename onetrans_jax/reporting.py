@@ -67,6 +67,15 @@ class MetricWriter:
       self._tb.close()
 
 
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Every record of the run's metrics.jsonl, in order (none when the run left no log)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
 def _truncate_after(path: str, step: int) -> None:
   """Keep the records of ``path`` up to ``step`` (no 'final' one), dropping a torn last line."""
   if not os.path.exists(path):

@@ -119,15 +119,6 @@ def summary(study: str, dataset: str, reference: str, seeds: Sequence[int],
 
 
 # ---------------------------------------------------------------------------------- plots
-def _metric_records(run_dir: str) -> list[dict[str, Any]]:
-  """Every record of one run's metrics.jsonl (none when the run left no log, e.g. reused)."""
-  path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f]
-
-
 def _curve_records(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
   """A run record's validation curve in metrics.jsonl's form ('valid' records with 'task/metric'
   keys): what a reused, committed run contributes to the learning curves (no train loss)."""
@@ -162,7 +153,7 @@ def plot_learning_curves(path: str, run_dirs: Mapping[str, Sequence[str]],
   for name, dirs in run_dirs.items():
     recs = list((run_records or {}).get(name, ())) + [None] * len(dirs)
     for d, rec in zip(dirs, recs):
-      logs[d] = _metric_records(d) or _curve_records(rec)
+      logs[d] = reporting.read_metrics(d) or _curve_records(rec)   # a reused run: no log
   panels = [('train', 'loss', 'train loss')]
   split = 'valid' if any(_curves(recs, 'valid', f'{tasks[0]}/auc')[0].size
                          for recs in logs.values()) else 'eval'

@@ -455,7 +455,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ the loop
   writer = reporting.MetricWriter(workdir, start_step=int(jax.device_get(state.step)))
-  _refill_loss_variance(loss_variance, workdir, run.schema.task_names)
+  if run.diag_every:   # a resume refills the stability window (no log read otherwise)
+    _refill_loss_variance(loss_variance, workdir, run.schema.task_names)
   state, step, step_seconds = _train_loop(run, steps, ckpt, writer, train_iter, state, days,
                                           loss_variance, valid)
   ckpt.wait()
@@ -947,7 +948,8 @@ def _final_report(run: _Run, steps: _Steps, writer: reporting.MetricWriter, para
                             **chosen})
     if run.config.train.get('plot_curves', False):
       _plot_curves(run)
-  diag = _diagnostics_series(run.workdir) if jax.process_index() == 0 else []
+  diag = (_diagnostics_series(run.workdir) if run.diag_every and jax.process_index() == 0
+          else [])
   return {'final': final, 'daily': days.daily, 'table': table, **chosen,
           **({'diagnostics': diag} if diag else {})}
 
@@ -957,11 +959,7 @@ DIAGNOSTIC_KEYS = ('loss_var/', 'grad_cos/')
 
 def _diagnostics_log(workdir: str) -> list[dict[str, Any]]:
   """The 'diagnostics' records of the run's metrics.jsonl, in order (none without the file)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    return [rec for line in f if (rec := json.loads(line)).get('split') == 'diagnostics']
+  return [r for r in reporting.read_metrics(workdir) if r.get('split') == 'diagnostics']
 
 
 def _refill_loss_variance(loss_variance: diagnostics.LossVariance, workdir: str,
